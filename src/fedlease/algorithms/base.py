@@ -1,0 +1,152 @@
+"""The interface every federated algorithm implements, and the messages it exchanges.
+
+The message flow of one round, whatever drives it (the simulator or Flower):
+
+1. server: ``configure_fit(rnd)`` -> one ``Instruction`` per client
+   (tensors to install, the adapter layout to train, what to upload);
+2. client: ``client_fit(instruction, local_state, trainer)`` -> ``Reply`` + new local state;
+3. server: ``aggregate_fit(rnd, replies)``;
+4. server: ``configure_evaluate(rnd)``, client: ``client_evaluate(...)`` -> metrics.
+
+Tensors travel as ``dict[str, Tensor]`` keyed by state name (see ``fedlease.model.model``);
+everything else as plain values in ``config``. The client keeps whatever it does not upload
+(its head, local LoRA parts) in its local state between rounds; the server never sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from fedlease.config import RunConfig
+from fedlease.model.lora import AdapterLayout, init_lora
+from fedlease.model.model import ADAPTER_PREFIX, HEAD_PREFIX
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class Instruction:
+    """Server -> client. ``config["layout"]`` is an ``AdapterLayout.to_config()``;
+    ``config["upload"]`` is ``{"experts": [...], "parts": [...]}`` or None (nothing)."""
+
+    arrays: Tensors
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    """Client -> server."""
+
+    arrays: Tensors
+    num_examples: int
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """What the server knows of a client: its id and its number of training examples."""
+
+    client_id: str
+    num_examples: int
+
+
+def tensor_bytes(arrays: Tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in arrays.values())
+
+
+def select_upload(state: Tensors, spec: dict | None) -> Tensors:
+    """The part of a client's state it sends: the listed parts, of the listed experts only."""
+    if not spec:
+        return {}
+    experts = torch.tensor(spec["experts"], dtype=torch.long)
+    out = {}
+    for key, value in state.items():
+        part = key.rsplit(".", 1)[-1]
+        if key.startswith(ADAPTER_PREFIX) and part in spec["parts"]:
+            out[key] = value if part == "router" else value.index_select(0, experts)
+    return out
+
+
+def weighted_mean(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """FedAvg: the average weighted by each client's number of training examples."""
+    total = float(sum(weights))
+    return sum(t * (w / total) for t, w in zip(tensors, weights, strict=True))
+
+
+class Algorithm:
+    """Server side of a federated algorithm; client side as overridable class methods."""
+
+    name = ""
+
+    def __init__(self, config: RunConfig, clients: list[ClientInfo],
+                 adapter_shapes: dict[str, tuple[int, int]]):
+        self.config = config
+        self.clients = clients
+        self.adapter_shapes = adapter_shapes
+        self.client_index = {c.client_id: i for i, c in enumerate(clients)}
+
+    # -- server side: what each algorithm defines ------------------------------------------
+
+    def download(self, after_round: int) -> dict[str, Instruction]:
+        """Per client: the tensors and layout it holds once round ``after_round`` is aggregated
+        (``after_round = 0``: before training starts)."""
+        raise NotImplementedError
+
+    def upload_spec(self, rnd: int, client_id: str) -> dict | None:
+        """What the client uploads after training in round ``rnd`` (None: nothing)."""
+        raise NotImplementedError
+
+    def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
+        raise NotImplementedError
+
+    def report(self) -> dict:
+        """Extra results for the run summary (e.g. the clustering); JSON-serialisable."""
+        return {}
+
+    # -- server side: shared --------------------------------------------------------------
+
+    def configure_fit(self, rnd: int) -> dict[str, Instruction]:
+        instructions = self.download(rnd - 1)
+        for cid, ins in instructions.items():
+            ins.config["upload"] = self.upload_spec(rnd, cid)
+            ins.config["seed"] = self.client_seed(rnd, cid)
+        return instructions
+
+    def configure_evaluate(self, rnd: int) -> dict[str, Instruction]:
+        return self.download(rnd)
+
+    def client_seed(self, rnd: int, client_id: str) -> int:
+        return (self.config.federation.seed * 1_000_003 + rnd * 10_007
+                + self.client_index[client_id]) % 2**31
+
+    def init_lora_state(self, seed_offset: int = 0) -> Tensors:
+        """One LoRA (``E = 1``) for every adapted layer, the same for every client given the
+        seed: clients must start from a common A for their B matrices to be comparable."""
+        gen = torch.Generator().manual_seed(self.config.federation.seed + seed_offset)
+        state = {}
+        for name, (d_in, d_out) in sorted(self.adapter_shapes.items()):
+            A, B = init_lora(d_in, d_out, self.config.lora.rank, gen)
+            state[f"{ADAPTER_PREFIX}{name}.lora_A"] = A
+            state[f"{ADAPTER_PREFIX}{name}.lora_B"] = B
+        return state
+
+    # -- client side --------------------------------------------------------------------
+
+    @classmethod
+    def client_fit(cls, ins: Instruction, local_state: Tensors, trainer) -> tuple[Reply, Tensors]:
+        """Install what came down over the local state, train, upload what was asked."""
+        state = {**local_state, **ins.arrays}
+        if HEAD_PREFIX + "weight" not in state:
+            state.update(trainer.new_head(ins.config["seed"]))
+        layout = AdapterLayout.from_config(ins.config["layout"])
+        state, metrics = trainer.train(state, layout, seed=ins.config["seed"])
+        upload = select_upload(state, ins.config.get("upload"))
+        metrics["upload_bytes"] = tensor_bytes(upload)
+        return Reply(upload, trainer.num_train, metrics), state
+
+    @classmethod
+    def client_evaluate(cls, ins: Instruction, local_state: Tensors, trainer) -> dict:
+        state = {**local_state, **ins.arrays}
+        return trainer.evaluate(state, AdapterLayout.from_config(ins.config["layout"]))

@@ -1,0 +1,73 @@
+"""Phase 2 of FedLEASE: group clients by the similarity of their warm-up LoRA B matrices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.cluster import AgglomerativeClustering
+from sklearn.metrics import silhouette_score
+
+
+@dataclass
+class Clustering:
+    labels: list[int]  # cluster of each client, in input order, numbered 0..K-1
+    distance: np.ndarray  # [N, N]
+    silhouette: dict[int, float]  # k -> score, for every k tried
+
+    @property
+    def num_clusters(self) -> int:
+        return max(self.labels) + 1
+
+
+def b_distance_matrix(b_matrices: list[dict[str, torch.Tensor]]) -> np.ndarray:
+    """``1 - cos(vec B_i, vec B_j)`` per adapted layer, averaged over the layers of each module
+    type (the last name component, e.g. ``query``), then over module types."""
+    names = sorted(b_matrices[0])
+    by_type: dict[str, list[str]] = {}
+    for name in names:
+        by_type.setdefault(name.rsplit(".", 2)[-2], []).append(name)
+    n = len(b_matrices)
+    per_type = []
+    for layer_names in by_type.values():
+        layer_dists = []
+        for name in layer_names:
+            vecs = torch.stack([b[name].reshape(-1).double() for b in b_matrices])
+            unit = vecs / vecs.norm(dim=1, keepdim=True).clamp(min=1e-12)
+            layer_dists.append(1.0 - unit @ unit.T)
+        per_type.append(torch.stack(layer_dists).mean(0))
+    dist = torch.stack(per_type).mean(0).numpy() if per_type else np.zeros((n, n))
+    dist = np.clip((dist + dist.T) / 2, 0.0, 2.0)
+    np.fill_diagonal(dist, 0.0)
+    return dist
+
+
+def cluster_clients(distance: np.ndarray, max_clusters: int, tol: float = 1e-6) -> Clustering:
+    """Average-linkage agglomerative clustering for k in 2..min(M_max, N-1), k by silhouette.
+
+    Edge cases, where silhouette is undefined: all clients identical (every distance below
+    ``tol``) or ``M_max = 1`` gives one cluster; ``N = 2`` gives one cluster per client.
+    """
+    n = distance.shape[0]
+    if n == 1 or max_clusters == 1 or distance.max() < tol:
+        return Clustering([0] * n, distance, {})
+    if n == 2:
+        return Clustering([0, 1], distance, {})
+    scores, candidates = {}, {}
+    for k in range(2, min(max_clusters, n - 1) + 1):
+        labels = AgglomerativeClustering(
+            n_clusters=k, metric="precomputed", linkage="average"
+        ).fit_predict(distance)
+        if len(set(labels)) < 2:
+            continue
+        scores[k] = float(silhouette_score(distance, labels, metric="precomputed"))
+        candidates[k] = labels
+    best = max(scores, key=lambda k: (scores[k], -k))
+    return Clustering(_renumber(candidates[best]), distance, scores)
+
+
+def _renumber(labels) -> list[int]:
+    """Clusters numbered by their first client, so the numbering is stable."""
+    order: dict[int, int] = {}
+    return [order.setdefault(int(lab), len(order)) for lab in labels]

@@ -1,0 +1,124 @@
+"""FedLEASE: warm-up LoRAs, clients clustered by their B matrices, one expert per cluster, and an
+adaptive top-M router on every client (see ``../shared/FEDLEASE.md``).
+
+Rounds ``1..W`` (warm-up): every client trains its own LoRA from a common seeded init; nothing is
+aggregated. After round ``W`` each client uploads its LoRA, the server clusters the B matrices and
+starts expert ``c`` as the sample-weighted mean of the LoRAs of cluster ``c``. Rounds ``W+1..R``:
+each client runs all K experts behind its router (2K-1 slots, top K), trains its own expert and
+router, and uploads both; expert ``c`` and the router of cluster ``c`` are the sample-weighted
+means of the uploads of cluster ``c`` (the reference code takes a plain mean; with equal client
+sizes the two agree).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedlease.algorithms.base import Algorithm, Instruction, Reply, weighted_mean
+from fedlease.algorithms.clustering import Clustering, b_distance_matrix, cluster_clients
+from fedlease.model.lora import AdapterLayout, init_router
+from fedlease.model.model import ADAPTER_PREFIX
+
+LORA_PARTS = ["lora_A", "lora_B"]
+
+
+class FedLEASE(Algorithm):
+    name = "fedlease"
+
+    def __init__(self, config, clients, adapter_shapes):
+        super().__init__(config, clients, adapter_shapes)
+        self.warmup_rounds = config.federation.warmup_rounds
+        self.initial_lora = self.init_lora_state()
+        self.clustering: Clustering | None = None
+        self.cluster_of: dict[str, int] = {}
+        self.experts: dict[str, torch.Tensor] = {}  # lora_A/lora_B stacked over experts
+        self.routers: list[dict[str, torch.Tensor]] = []  # one per cluster
+
+    @property
+    def num_experts(self) -> int:
+        return self.clustering.num_clusters
+
+    def layout_for(self, client_id: str) -> AdapterLayout:
+        return AdapterLayout.fedlease(self.num_experts, self.cluster_of[client_id])
+
+    def download(self, after_round: int) -> dict[str, Instruction]:
+        if after_round < self.warmup_rounds:
+            arrays = self.initial_lora if after_round == 0 else {}
+            layout = AdapterLayout().to_config()
+            return {c.client_id: Instruction(dict(arrays), {"layout": layout})
+                    for c in self.clients}
+        return {
+            c.client_id: Instruction(
+                {**self.experts, **self.routers[self.cluster_of[c.client_id]]},
+                {"layout": self.layout_for(c.client_id).to_config()},
+            )
+            for c in self.clients
+        }
+
+    def upload_spec(self, rnd: int, client_id: str) -> dict | None:
+        if rnd < self.warmup_rounds:
+            return None
+        if rnd == self.warmup_rounds:
+            return {"experts": [0], "parts": LORA_PARTS}
+        return {"experts": [self.cluster_of[client_id]], "parts": LORA_PARTS + ["router"]}
+
+    def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
+        if rnd == self.warmup_rounds:
+            self.allocate_experts(replies)
+        elif rnd > self.warmup_rounds:
+            self.aggregate_experts(replies)
+
+    def allocate_experts(self, replies: dict[str, Reply]) -> None:
+        """Phase 2: cluster the warm-up B matrices, one expert per cluster, routers per cluster."""
+        missing = [c.client_id for c in self.clients if c.client_id not in replies]
+        if missing:
+            raise RuntimeError(f"expert allocation needs every client's warm-up LoRA; "
+                               f"missing: {missing}")
+        ids = [c.client_id for c in self.clients]
+        b_mats = [{k: v for k, v in replies[cid].arrays.items() if k.endswith(".lora_B")}
+                  for cid in ids]
+        self.clustering = cluster_clients(b_distance_matrix(b_mats),
+                                          self.config.federation.max_experts)
+        self.cluster_of = dict(zip(ids, self.clustering.labels, strict=True))
+        K = self.num_experts
+        members = [[cid for cid in ids if self.cluster_of[cid] == c] for c in range(K)]
+        self.experts = {
+            key: torch.cat([
+                weighted_mean([replies[cid].arrays[key] for cid in group],
+                              [replies[cid].num_examples for cid in group])
+                for group in members
+            ])
+            for key in replies[ids[0]].arrays
+        }
+        gen = torch.Generator().manual_seed(self.config.federation.seed + 1)
+        self.routers = [
+            {f"{ADAPTER_PREFIX}{name}.router": init_router(d_in, 2 * K - 1, gen)
+             for name, (d_in, _) in sorted(self.adapter_shapes.items())}
+            for _ in range(K)
+        ]
+
+    def aggregate_experts(self, replies: dict[str, Reply]) -> None:
+        """Expert c and router c: sample-weighted means over the replies of cluster c."""
+        for c in range(self.num_experts):
+            group = [cid for cid in replies if self.cluster_of[cid] == c]
+            if not group:
+                continue  # nobody of this cluster answered: keep its expert as it was
+            weights = [replies[cid].num_examples for cid in group]
+            for key in replies[group[0]].arrays:
+                mean = weighted_mean([replies[cid].arrays[key] for cid in group], weights)
+                if key.endswith(".router"):
+                    self.routers[c][key] = mean
+                else:
+                    self.experts[key] = self.experts[key].clone()
+                    self.experts[key][c] = mean[0]
+
+    def report(self) -> dict:
+        if self.clustering is None:
+            return {}
+        return {
+            "clients": [c.client_id for c in self.clients],
+            "assignment": self.cluster_of,
+            "num_experts": self.num_experts,
+            "silhouette": {str(k): v for k, v in self.clustering.silhouette.items()},
+            "distance": self.clustering.distance.tolist(),
+        }

@@ -1,0 +1,72 @@
+"""The ``fedlease`` command line: one subcommand per user task."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fedlease.config import ConfigError, load_config
+from fedlease.data.federation import DataError
+
+
+def _overrides(args) -> dict:
+    """Command-line flags that override the config file."""
+    out: dict = {}
+    if args.algorithm:
+        out.setdefault("federation", {})["algorithm"] = args.algorithm
+    if args.rounds is not None:
+        out.setdefault("federation", {})["rounds"] = args.rounds
+    if args.seed is not None:
+        out.setdefault("federation", {})["seed"] = args.seed
+    if args.device:
+        out.setdefault("train", {})["device"] = args.device
+    if args.out:
+        out.setdefault("output", {})["dir"] = args.out
+    return out
+
+
+def cmd_run(args) -> int:
+    from fedlease.reporting.summary import summary_table
+    from fedlease.runners.simulator import run_simulation
+
+    config = load_config(args.config, _overrides(args))
+    print(f"fedlease: {config.federation.algorithm}, {config.federation.rounds} rounds, "
+          f"output in {config.output.dir}", file=sys.stderr)
+    result = run_simulation(config, config.output.dir, progress=not args.quiet)
+    print(summary_table(result))
+    print(f"\nmetrics, plots and adapters written to {config.output.dir}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedlease", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one federated fine-tuning (default: FedLEASE on the "
+                                     "built-in federation)")
+    run.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    run.add_argument("--algorithm", help="override federation.algorithm")
+    run.add_argument("--rounds", type=int, help="override federation.rounds")
+    run.add_argument("--seed", type=int, help="override federation.seed")
+    run.add_argument("--device", help="override train.device (cpu, cuda)")
+    run.add_argument("--out", help="override output.dir")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError) as err:
+        print(f"fedlease: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedlease: interrupted; metrics of finished rounds are in the output folder",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

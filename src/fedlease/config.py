@@ -1,0 +1,205 @@
+"""Run configuration: typed dataclasses read from TOML, checked before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or impossible; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # local Hugging Face model directory; "" = the packaged all-MiniLM-L6-v2
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    max_length: int = 64  # tokens per example (longer texts are truncated)
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 4
+    alpha: float = 16.0
+    dropout: float = 0.05
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"  # builtin | glue | jsonl
+    path: str = ""  # glue: the glue_data folder; jsonl: a folder of per-client files
+    tasks: list[str] = field(default_factory=lambda: ["sentiment", "news", "spam", "uncertainty"])
+    clients_per_task: int = 4
+    train_per_client: int = 64
+    test_per_client: int = 48
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    batch_size: int = 16
+    local_epochs: int = 1
+    device: str = "cpu"
+
+
+@dataclass
+class FederationConfig:
+    algorithm: str = "fedlease"
+    rounds: int = 10
+    warmup_rounds: int = 3
+    max_experts: int = 4  # M_max: the largest number of clusters tried
+    seed: int = 0
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/latest"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def validate(self) -> RunConfig:
+        """Values that parse but cannot work; one message per problem, all at once."""
+        problems = []
+
+        def need(ok: bool, name: str, expected: str, value):
+            if not ok:
+                problems.append(f"{name} = {value!r}: expected {expected}")
+
+        need(self.lora.rank >= 1, "lora.rank", "an integer >= 1", self.lora.rank)
+        need(self.lora.alpha > 0, "lora.alpha", "a number > 0", self.lora.alpha)
+        need(0 <= self.lora.dropout < 1, "lora.dropout", "a number in [0, 1)", self.lora.dropout)
+        need(len(self.model.target_modules) > 0, "model.target_modules", "a non-empty list",
+             self.model.target_modules)
+        need(self.model.max_length >= 8, "model.max_length", "an integer >= 8",
+             self.model.max_length)
+        need(self.data.source in ("builtin", "glue", "jsonl"), "data.source",
+             "one of builtin, glue, jsonl", self.data.source)
+        need(self.data.source == "builtin" or bool(self.data.path), "data.path",
+             f"a folder for data.source = {self.data.source!r}", self.data.path)
+        need(self.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
+             self.data.clients_per_task)
+        need(self.data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
+             self.data.train_per_client)
+        need(self.data.test_per_client >= 1, "data.test_per_client", "an integer >= 1",
+             self.data.test_per_client)
+        need(self.train.lr > 0, "train.lr", "a number > 0", self.train.lr)
+        need(self.train.weight_decay >= 0, "train.weight_decay", "a number >= 0",
+             self.train.weight_decay)
+        need(self.train.batch_size >= 1, "train.batch_size", "an integer >= 1",
+             self.train.batch_size)
+        need(self.train.local_epochs >= 1, "train.local_epochs", "an integer >= 1",
+             self.train.local_epochs)
+        need(self.train.device in ("cpu", "cuda") or self.train.device.startswith("cuda:"),
+             "train.device", "cpu or cuda", self.train.device)
+        need(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1",
+             self.federation.rounds)
+        need(self.federation.max_experts >= 1, "federation.max_experts", "an integer >= 1",
+             self.federation.max_experts)
+        from fedlease.algorithms import ALGORITHMS
+
+        need(self.federation.algorithm in ALGORITHMS, "federation.algorithm",
+             "one of " + ", ".join(sorted(ALGORITHMS)), self.federation.algorithm)
+        if self.federation.algorithm == "fedlease":
+            need(1 <= self.federation.warmup_rounds < self.federation.rounds,
+                 "federation.warmup_rounds", "an integer in [1, rounds)",
+                 self.federation.warmup_rounds)
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        return self
+
+
+def _build(cls, values: dict, where: str):
+    """Construct dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{where}] must be a table, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        place = f"[{where}]" if where else "the top level"
+        raise ConfigError(f"unknown key(s) {unknown} in {place}; expected some of {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        label = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, label)
+        else:
+            kwargs[name] = _check_type(value, hint, label)
+    return cls(**kwargs)
+
+
+def _check_type(value, hint, label: str):
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+            raise ConfigError(f"{label} = {value!r}: expected a list of {item.__name__}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{label} = {value!r}: expected {hint.__name__}")
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """Defaults, then the TOML file, then ``overrides`` (``{"section": {"key": value}}``)."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    try:
+        config = _build(RunConfig, data, "")
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+    return config.validate()
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump_toml(config: RunConfig) -> str:
+    """The config as TOML (all values are strings, numbers, booleans or lists of those)."""
+    lines = []
+    for section, values in config_to_dict(config).items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

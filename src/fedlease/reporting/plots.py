@@ -1,0 +1,97 @@
+"""Plots of a run: what people would rather look at than read."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.cluster.hierarchy import dendrogram, linkage  # noqa: E402
+from scipy.spatial.distance import squareform  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_dendrogram(distance: np.ndarray, names: list[str], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 4))
+    condensed = squareform(np.asarray(distance), checks=False)
+    dendrogram(linkage(condensed, method="average"), labels=names, ax=ax, leaf_rotation=90)
+    ax.set_ylabel("1 - cos(B_i, B_j)  (average linkage)")
+    ax.set_title("Clients clustered by their warm-up LoRA B matrices")
+    _save(fig, path)
+
+
+def plot_distance_heatmap(distance: np.ndarray, names: list[str], path: Path) -> None:
+    size = max(5, 0.4 * len(names))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(distance, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    fig.colorbar(im, ax=ax, label="B-matrix cosine distance")
+    ax.set_title("Distance between clients")
+    _save(fig, path)
+
+
+def plot_silhouette(scores: dict[int, float], chosen: int, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ks = sorted(scores)
+    ax.plot(ks, [scores[k] for k in ks], marker="o")
+    if chosen in scores:
+        ax.axvline(chosen, color="tab:red", linestyle="--", label=f"chosen K = {chosen}")
+        ax.legend()
+    ax.set_xticks(ks)
+    ax.set_xlabel("number of clusters k")
+    ax.set_ylabel("silhouette score")
+    ax.set_title("Choosing the number of experts")
+    _save(fig, path)
+
+
+def plot_accuracy(curves: dict[str, list[float]], path: Path, title: str) -> None:
+    """One line per curve name (a task, an algorithm...), accuracy against round."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker=".", label=name)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    _save(fig, path)
+
+
+def accuracy_curves(result) -> dict[str, list[float]]:
+    """Mean accuracy per task per round, and the mean over tasks as ``overall``."""
+    curves: dict[str, list[float]] = defaultdict(list)
+    for entry in result.history:
+        by_task = defaultdict(list)
+        for cid, metrics in entry["clients"].items():
+            by_task[result.tasks[cid]].append(metrics["accuracy"])
+        means = {t: sum(v) / len(v) for t, v in by_task.items()}
+        for task, acc in means.items():
+            curves[task].append(acc)
+        curves["overall"].append(sum(means.values()) / len(means))
+    return dict(curves)
+
+
+def plot_run(result, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_accuracy(accuracy_curves(result), folder / "accuracy_per_round.png",
+                  f"{result.config.federation.algorithm}: accuracy per round")
+    report = result.report
+    if "distance" in report:
+        names = [f"{c} ({report['assignment'][c]})" for c in report["clients"]]
+        distance = np.array(report["distance"])
+        plot_dendrogram(distance, names, folder / "dendrogram.png")
+        plot_distance_heatmap(distance, names, folder / "distance_heatmap.png")
+        if report["silhouette"]:
+            scores = {int(k): v for k, v in report["silhouette"].items()}
+            plot_silhouette(scores, report["num_experts"], folder / "silhouette.png")

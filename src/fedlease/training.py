@@ -1,0 +1,130 @@
+"""A client's local work on the shared model: train the trainable part of its state, evaluate.
+
+This is the engine-agnostic client update: state (``dict[str, Tensor]``) and an
+``AdapterLayout`` in, state and metrics out. The simulator and the Flower ClientApp both call it.
+Examples are tokenized once per client and padded per batch, never to a fixed length.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from fedlease.data.federation import ClientData, Example
+from fedlease.model.lora import AdapterLayout
+from fedlease.model.model import FederatedClassifier
+
+
+@dataclass
+class TokenizedSplit:
+    features: list[dict[str, list[int]]]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def tokenize(tokenizer, examples: list[Example], max_length: int) -> TokenizedSplit:
+    texts = [ex.text for ex in examples]
+    pairs = [ex.text_pair for ex in examples]
+    has_pairs = any(p is not None for p in pairs)
+    enc = tokenizer(texts, pairs if has_pairs else None, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    features = [{k: enc[k][i] for k in keys} for i in range(len(examples))]
+    return TokenizedSplit(features, torch.tensor([ex.label for ex in examples]))
+
+
+def collate(features: list[dict[str, list[int]]], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence of this batch."""
+    width = max(len(f["input_ids"]) for f in features)
+    batch = {}
+    for key in features[0]:
+        fill = pad_id if key == "input_ids" else 0
+        rows = [f[key] + [fill] * (width - len(f[key])) for f in features]
+        batch[key] = torch.tensor(rows, device=device)
+    return batch
+
+
+class ClientTrainer:
+    """One client's data, tokenized once, and the shared model it trains on."""
+
+    def __init__(self, model: FederatedClassifier, tokenizer, data: ClientData, *,
+                 max_length: int, batch_size: int, local_epochs: int, lr: float,
+                 weight_decay: float, autocast_dtype: torch.dtype | None = None):
+        self.model = model
+        self.data = data
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.train_split = tokenize(tokenizer, data.train, max_length)
+        self.test_split = tokenize(tokenizer, data.test, max_length)
+        self.batch_size = batch_size
+        self.local_epochs = local_epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.autocast_dtype = autocast_dtype
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_split)
+
+    def new_head(self, seed: int) -> dict[str, torch.Tensor]:
+        return self.model.new_head(self.data.num_labels, torch.Generator().manual_seed(seed))
+
+    def _batches(self, split: TokenizedSplit, order: torch.Tensor):
+        device = self.model.device
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = collate([split.features[i] for i in idx.tolist()], self.pad_id, device)
+            yield batch, split.labels[idx].to(device)
+
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.autocast_dtype is None:
+            return self.model(**batch)
+        with torch.autocast(self.model.device.type, dtype=self.autocast_dtype):
+            return self.model(**batch).float()
+
+    def train(self, state: dict[str, torch.Tensor], layout: AdapterLayout, seed: int):
+        """Local epochs of AdamW on the layout's trainable tensors and the head."""
+        torch.manual_seed(seed)  # dropout
+        order_gen = torch.Generator().manual_seed(seed)
+        self.model.load_state(state, layout)
+        self.model.train()
+        params = self.model.trainable_parameters()
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        total_loss, steps, tokens = 0.0, 0, 0
+        start = time.perf_counter()
+        for _ in range(self.local_epochs):
+            order = torch.randperm(self.num_train, generator=order_gen)
+            for batch, labels in self._batches(self.train_split, order):
+                loss = F.cross_entropy(self._logits(batch), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.item()
+                steps += 1
+                tokens += int(batch["attention_mask"].sum())
+        self.model.eval()
+        metrics = {
+            "train_loss": total_loss / max(steps, 1),
+            "train_steps": steps,
+            "train_tokens": tokens,
+            "train_seconds": time.perf_counter() - start,
+        }
+        return self.model.state(), metrics
+
+    @torch.no_grad()
+    def evaluate(self, state: dict[str, torch.Tensor], layout: AdapterLayout,
+                 on: str = "test") -> dict[str, float]:
+        """Accuracy and mean loss on this client's test (or train) split."""
+        split = self.test_split if on == "test" else self.train_split
+        self.model.load_state(state, layout)
+        self.model.eval()
+        correct, loss_sum = 0, 0.0
+        for batch, labels in self._batches(split, torch.arange(len(split))):
+            logits = self._logits(batch)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            correct += int((logits.argmax(-1) == labels).sum())
+        n = max(len(split), 1)
+        return {"accuracy": correct / n, "loss": loss_sum / n}
