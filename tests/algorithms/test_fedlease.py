@@ -1,0 +1,76 @@
+"""The server side of FedLEASE driven by hand-made replies (no model needed)."""
+
+import torch
+
+from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
+from fedlease.algorithms.base import select_upload
+from fedlease.config import load_config
+
+SHAPES = {"l0.query": (6, 5), "l0.value": (6, 5)}
+
+
+def make_server(sizes=(10, 10, 30, 30), warmup=1, rounds=3):
+    config = load_config(overrides={"federation": {"rounds": rounds, "warmup_rounds": warmup,
+                                                   "max_experts": 3}})
+    clients = [ClientInfo(f"c{i}", n) for i, n in enumerate(sizes)]
+    return ALGORITHMS["fedlease"](config, clients, SHAPES)
+
+
+def lora_reply(direction: float, value: float, n: int) -> Reply:
+    arrays = {}
+    for name, (d_in, d_out) in SHAPES.items():
+        B = torch.full((1, d_out, 4), value)
+        B[0, :, 0] = direction  # clients of a group share the direction of their B
+        arrays[f"adapter.{name}.lora_A"] = torch.full((1, 4, d_in), value)
+        arrays[f"adapter.{name}.lora_B"] = B
+    return Reply(arrays, n)
+
+
+def test_warmup_sends_common_init_then_nothing_and_uploads_only_at_the_end():
+    server = make_server(warmup=2, rounds=4)
+    first, second = server.configure_fit(1), server.configure_fit(2)
+    inits = [ins.arrays for ins in first.values()]
+    assert all(torch.equal(a["adapter.l0.query.lora_A"], inits[0]["adapter.l0.query.lora_A"])
+               for a in inits)
+    assert all(ins.config["upload"] is None for ins in first.values())
+    assert all(ins.arrays == {} for ins in second.values())
+    assert all(ins.config["upload"]["parts"] == ["lora_A", "lora_B"] for ins in second.values())
+
+
+def test_experts_start_as_weighted_mean_of_their_cluster():
+    server = make_server()
+    replies = {"c0": lora_reply(5.0, 1.0, 10), "c1": lora_reply(5.0, 3.0, 10),
+               "c2": lora_reply(-5.0, 2.0, 30), "c3": lora_reply(-5.0, 4.0, 10)}
+    server.configure_fit(1)
+    server.aggregate_fit(1, replies)
+    assert server.cluster_of == {"c0": 0, "c1": 0, "c2": 1, "c3": 1}
+    A = server.experts["adapter.l0.query.lora_A"]
+    assert A.shape == (2, 4, 6)
+    assert torch.allclose(A[0], torch.full((4, 6), 2.0))  # (1*10 + 3*10) / 20
+    assert torch.allclose(A[1], torch.full((4, 6), 2.5))  # (2*30 + 4*10) / 40
+    ins = server.configure_fit(2)
+    assert ins["c2"].config["layout"]["router_slots"] == [0, 1, 1]
+    assert ins["c2"].config["upload"] == {"experts": [1],
+                                          "parts": ["lora_A", "lora_B", "router"]}
+    assert ins["c0"].arrays["adapter.l0.query.router"].shape == (3, 6)
+
+
+def test_phase3_aggregation_touches_only_each_cluster_expert():
+    server = make_server()
+    server.aggregate_fit(1, {"c0": lora_reply(5.0, 1.0, 10), "c1": lora_reply(5.0, 1.0, 10),
+                             "c2": lora_reply(-5.0, 2.0, 30), "c3": lora_reply(-5.0, 2.0, 30)})
+    before = {k: v.clone() for k, v in server.experts.items()}
+    down = server.configure_fit(2)
+    replies = {}
+    for cid, value in (("c0", 7.0), ("c1", 9.0)):  # only cluster 0 answers
+        state = {k: v.clone() for k, v in down[cid].arrays.items()}
+        state["adapter.l0.query.lora_A"][0] = value
+        state["adapter.l0.query.router"] = torch.full((3, 6), value)
+        replies[cid] = Reply(select_upload(state, down[cid].config["upload"]), 10)
+    server.aggregate_fit(2, replies)
+    A = server.experts["adapter.l0.query.lora_A"]
+    assert torch.allclose(A[0], torch.full((4, 6), 8.0))
+    assert torch.equal(A[1], before["adapter.l0.query.lora_A"][1])
+    assert torch.allclose(server.routers[0]["adapter.l0.query.router"], torch.full((3, 6), 8.0))
+    report = server.report()
+    assert report["num_experts"] == 2 and report["assignment"]["c3"] == 1

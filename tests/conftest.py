@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny random-init BERT saved as a local model folder, and small
+synthetic per-client JSONL federations with planted tasks."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+# Two planted tasks: each decides its label by which of its two cue words a sentence holds.
+TASK_WORDS = {
+    "colors": ("red", "blue"),
+    "animals": ("cat", "dog"),
+}
+FILLER = "the a of and to in is it that for on with as was at by an be this".split()
+
+
+def make_tiny_model_dir(path, vocab_extra=()):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + FILLER + list(vocab_extra)
+    for cues in TASK_WORDS.values():
+        words += list(cues)
+    (path / "vocab.txt").write_text("\n".join(dict.fromkeys(words)) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    config = BertConfig(vocab_size=len(set(words)) + 5, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def write_federation(folder, clients_per_task=2, train=24, test=8, seed=0):
+    """``<task>-<i>.jsonl`` per client, lines with a split field; the task named in a manifest."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {}
+    for task, cues in TASK_WORDS.items():
+        for i in range(clients_per_task):
+            name = f"{task}-{i}"
+            manifest[name] = task
+            lines = []
+            for split, n in (("train", train), ("test", test)):
+                for j in range(n):
+                    label = j % 2
+                    words = rng.choices(FILLER, k=6) + [cues[label]]
+                    rng.shuffle(words)
+                    lines.append({"text": " ".join(words), "label": cues[label], "split": split})
+            (folder / f"{name}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    (folder / "manifest.json").write_text(json.dumps({"clients": manifest}))
+    return folder
+
+
+@pytest.fixture
+def tiny_federation(tmp_path):
+    return write_federation(tmp_path / "fed")
+
+
+@pytest.fixture
+def tiny_config(tiny_model_dir, tiny_federation, tmp_path):
+    """A small, fast FedLEASE config on the tiny model and the synthetic federation."""
+    from fedlease.config import load_config
+
+    return load_config(overrides={
+        "model": {"path": str(tiny_model_dir), "max_length": 16},
+        "data": {"source": "jsonl", "path": str(tiny_federation)},
+        "train": {"batch_size": 8, "lr": 1e-2},
+        "federation": {"rounds": 3, "warmup_rounds": 1, "max_experts": 3, "seed": 0},
+        "output": {"dir": str(tmp_path / "out")},
+    })

@@ -1,0 +1,109 @@
+import pytest
+import torch
+from torch import nn
+
+from fedlease.model.lora import AdapterLayout, MixtureLoRALinear, init_router
+
+
+def make_layer(layout, d_in=12, d_out=10, rank=3, seed=0):
+    torch.manual_seed(seed)
+    layer = MixtureLoRALinear(nn.Linear(d_in, d_out), rank=rank, alpha=6.0, dropout=0.0)
+    E = layout.num_experts
+    A, B = torch.randn(E, rank, d_in), torch.randn(E, d_out, rank)
+    router = None
+    if layout.router_slots is not None:
+        router = init_router(d_in, len(layout.router_slots), torch.Generator().manual_seed(seed))
+    layer.load_adapters(layout, A, B, router)
+    return layer, A, B, router
+
+
+def per_slot_reference(layer, A, B, router, layout, x):
+    """The formula written slot by slot, as the paper states it (K^2 expert products)."""
+    y = layer.base(x)
+    probs = torch.softmax(x @ router.t(), dim=-1)
+    top_p, top_slot = probs.topk(layout.top_k, dim=-1)
+    top_p = top_p / top_p.sum(-1, keepdim=True)
+    out = torch.zeros_like(y)
+    for t in range(x.shape[0]):
+        for j in range(layout.top_k):
+            e = layout.router_slots[top_slot[t, j]]
+            out[t] += top_p[t, j] * layer.scaling * (B[e] @ (A[e] @ x[t]))
+    return y + out
+
+
+@pytest.mark.parametrize("K,own", [(1, 0), (2, 1), (3, 0), (4, 2)])
+def test_fedlease_layer_matches_per_slot_formula(K, own):
+    layout = AdapterLayout.fedlease(K, own)
+    layer, A, B, router = make_layer(layout, seed=K)
+    x = torch.randn(50, 12)
+    expected = per_slot_reference(layer, A, B, router, layout, x)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fixed_top_m_layer_matches_per_slot_formula():
+    layout = AdapterLayout(num_experts=4, trainable=(1,), router_slots=(0, 1, 2, 3), top_k=2)
+    layer, A, B, router = make_layer(layout, seed=3)
+    x = torch.randn(40, 12)
+    torch.testing.assert_close(layer(x), per_slot_reference(layer, A, B, router, layout, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("K", [2, 3, 4])
+def test_own_expert_always_used(K):
+    own = K - 1
+    layer, *_ = make_layer(AdapterLayout.fedlease(K, own), seed=K)
+    x = torch.randn(500, 12) * 3
+    w = layer.expert_weights(x)
+    assert (w[:, own] > 0).all()
+    torch.testing.assert_close(w.sum(-1), torch.ones(500))
+    used = (w > 0).sum(-1)
+    assert used.min() >= 1 and used.max() <= K
+
+
+def test_plain_lora_is_base_plus_scaled_BA():
+    layer, A, B, _ = make_layer(AdapterLayout(), seed=1)
+    x = torch.randn(7, 12)
+    expected = layer.base(x) + layer.scaling * x @ A[0].t() @ B[0].t()
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_only_own_expert_and_router_are_trainable():
+    layout = AdapterLayout.fedlease(3, own_expert=1)
+    layer, A, B, _ = make_layer(layout)
+    trainable = {n: p.shape for n, p in layer.named_parameters() if p.requires_grad}
+    assert trainable == {"train_A": (1, 3, 12), "train_B": (1, 10, 3), "router": (5, 12)}
+    layer(torch.randn(5, 12)).sum().backward()
+    assert layer.train_A.grad is not None and layer.router.grad is not None
+    assert layer.base.weight.grad is None
+    # a step on the trainable tensors leaves the other experts untouched
+    with torch.no_grad():
+        layer.train_A += 1.0
+    A_all, _ = layer.experts()
+    torch.testing.assert_close(A_all[[0, 2]], A[[0, 2]])
+    torch.testing.assert_close(A_all[1], A[1] + 1.0)
+
+
+def test_frozen_A_for_ffa_lora():
+    layer, *_ = make_layer(AdapterLayout(train_A=False))
+    names = {n for n, p in layer.named_parameters() if p.requires_grad}
+    assert names == {"train_B"}
+
+
+def test_shape_mismatch_is_a_clear_error():
+    layer = MixtureLoRALinear(nn.Linear(8, 8), rank=2, alpha=4, dropout=0.0)
+    with pytest.raises(ValueError, match="do not match the layout"):
+        layer.load_adapters(AdapterLayout(num_experts=2, trainable=(0,)),
+                            torch.zeros(1, 2, 8), torch.zeros(1, 8, 2), None)
+
+
+def test_layout_round_trips_through_plain_config():
+    layout = AdapterLayout.fedlease(4, 2)
+    assert AdapterLayout.from_config(layout.to_config()) == layout
+    assert layout.router_slots == (0, 1, 2, 3, 2, 2, 2) and layout.top_k == 4
+
+
+def test_invalid_layouts_are_rejected():
+    with pytest.raises(ValueError):
+        AdapterLayout(num_experts=2, trainable=(2,))
+    with pytest.raises(ValueError):
+        AdapterLayout(num_experts=2, trainable=(0,), router_slots=(0, 1), top_k=3)
