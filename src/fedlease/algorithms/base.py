@@ -79,6 +79,9 @@ class Algorithm:
     """Server side of a federated algorithm; client side as overridable class methods."""
 
     name = ""
+    # names of the attributes holding the server's mutable state (tensors, numbers, strings, or
+    # nested dicts/lists of those): what a checkpoint must save to resume the run
+    state_fields: tuple[str, ...] = ()
 
     def __init__(self, config: RunConfig, clients: list[ClientInfo],
                  adapter_shapes: dict[str, tuple[int, int]]):

@@ -24,6 +24,7 @@ LORA_PARTS = ["lora_A", "lora_B"]
 
 class FedLEASE(Algorithm):
     name = "fedlease"
+    state_fields = ("clustering", "cluster_of", "experts", "routers")
 
     def __init__(self, config, clients, adapter_shapes):
         super().__init__(config, clients, adapter_shapes)
