@@ -7,6 +7,7 @@ Examples are tokenized once per client and padded per batch, never to a fixed le
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -48,17 +49,15 @@ def collate(features: list[dict[str, list[int]]], pad_id: int, device) -> dict[s
     return batch
 
 
-class ClientTrainer:
-    """One client's data, tokenized once, and the shared model it trains on."""
+class LocalTrainer:
+    """The local update every task shares: AdamW on the layout's trainable tensors (and the
+    head, if any), ``local_epochs`` passes over shuffled mini-batches of the client's data.
 
-    def __init__(self, model: FederatedClassifier, tokenizer, data: ClientData, *,
-                 max_length: int, batch_size: int, local_epochs: int, lr: float,
+    A task says how a batch is built (``batches``) and what its loss is (``loss``)."""
+
+    def __init__(self, model, *, batch_size: int, local_epochs: int, lr: float,
                  weight_decay: float, autocast_dtype: torch.dtype | None = None):
         self.model = model
-        self.data = data
-        self.pad_id = tokenizer.pad_token_id or 0
-        self.train_split = tokenize(tokenizer, data.train, max_length)
-        self.test_split = tokenize(tokenizer, data.test, max_length)
         self.batch_size = batch_size
         self.local_epochs = local_epochs
         self.lr = lr
@@ -67,23 +66,20 @@ class ClientTrainer:
 
     @property
     def num_train(self) -> int:
-        return len(self.train_split)
+        raise NotImplementedError
 
-    def new_head(self, seed: int) -> dict[str, torch.Tensor]:
-        return self.model.new_head(self.data.num_labels, torch.Generator().manual_seed(seed))
+    def batches(self, on: str, order: torch.Tensor):
+        """``(inputs, targets)`` per mini-batch of split ``on`` ("train"/"test") in ``order``;
+        ``inputs`` holds an ``attention_mask``."""
+        raise NotImplementedError
 
-    def _batches(self, split: TokenizedSplit, order: torch.Tensor):
-        device = self.model.device
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            batch = collate([split.features[i] for i in idx.tolist()], self.pad_id, device)
-            yield batch, split.labels[idx].to(device)
+    def loss(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
-    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def autocast(self):
         if self.autocast_dtype is None:
-            return self.model(**batch)
-        with torch.autocast(self.model.device.type, dtype=self.autocast_dtype):
-            return self.model(**batch).float()
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
 
     def train(self, state: dict[str, torch.Tensor], layout: AdapterLayout, seed: int):
         """Local epochs of AdamW on the layout's trainable tensors and the head."""
@@ -97,14 +93,14 @@ class ClientTrainer:
         start = time.perf_counter()
         for _ in range(self.local_epochs):
             order = torch.randperm(self.num_train, generator=order_gen)
-            for batch, labels in self._batches(self.train_split, order):
-                loss = F.cross_entropy(self._logits(batch), labels)
+            for inputs, targets in self.batches("train", order):
+                loss = self.loss(inputs, targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total_loss += loss.item()
                 steps += 1
-                tokens += int(batch["attention_mask"].sum())
+                tokens += int(inputs["attention_mask"].sum())
         self.model.eval()
         metrics = {
             "train_loss": total_loss / max(steps, 1),
@@ -114,6 +110,42 @@ class ClientTrainer:
         }
         return self.model.state(), metrics
 
+
+class ClientTrainer(LocalTrainer):
+    """One client's classification data, tokenized once, and the shared model it trains on."""
+
+    def __init__(self, model: FederatedClassifier, tokenizer, data: ClientData, *,
+                 max_length: int, batch_size: int, local_epochs: int, lr: float,
+                 weight_decay: float, autocast_dtype: torch.dtype | None = None):
+        super().__init__(model, batch_size=batch_size, local_epochs=local_epochs, lr=lr,
+                         weight_decay=weight_decay, autocast_dtype=autocast_dtype)
+        self.data = data
+        self.pad_id = tokenizer.pad_token_id or 0
+        self.train_split = tokenize(tokenizer, data.train, max_length)
+        self.test_split = tokenize(tokenizer, data.test, max_length)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_split)
+
+    def new_head(self, seed: int) -> dict[str, torch.Tensor]:
+        return self.model.new_head(self.data.num_labels, torch.Generator().manual_seed(seed))
+
+    def batches(self, on: str, order: torch.Tensor):
+        split = self.test_split if on == "test" else self.train_split
+        device = self.model.device
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = collate([split.features[i] for i in idx.tolist()], self.pad_id, device)
+            yield batch, split.labels[idx].to(device)
+
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.autocast():
+            return self.model(**batch).float()
+
+    def loss(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self._logits(inputs), targets)
+
     @torch.no_grad()
     def evaluate(self, state: dict[str, torch.Tensor], layout: AdapterLayout,
                  on: str = "test") -> dict[str, float]:
@@ -122,7 +154,7 @@ class ClientTrainer:
         self.model.load_state(state, layout)
         self.model.eval()
         correct, loss_sum = 0, 0.0
-        for batch, labels in self._batches(split, torch.arange(len(split))):
+        for batch, labels in self.batches(on, torch.arange(len(split))):
             logits = self._logits(batch)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(-1) == labels).sum())

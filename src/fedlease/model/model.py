@@ -64,8 +64,11 @@ def inject_adapters(
     return layers
 
 
-class FederatedClassifier(nn.Module):
-    """Frozen encoder + adapters + a per-client linear head on the mean-pooled hidden states."""
+class AdaptedModel(nn.Module):
+    """A frozen pretrained model whose target linears carry swappable LoRA experts.
+
+    ``load_adapters``/``adapter_state`` move the ``adapter.*`` part of a client state in and
+    out; subclasses add whatever else a task's state holds (a classifier's head)."""
 
     def __init__(self, backbone: nn.Module, targets: list[str], rank: int, alpha: float,
                  dropout: float):
@@ -75,8 +78,6 @@ class FederatedClassifier(nn.Module):
             p.requires_grad_(False)
         self.adapters = inject_adapters(backbone, targets, rank, alpha, dropout)
         self.rank = rank
-        self.hidden_size = backbone.config.hidden_size
-        self.head: nn.Linear | None = None
 
     @property
     def device(self) -> torch.device:
@@ -86,14 +87,7 @@ class FederatedClassifier(nn.Module):
         """``(d_in, d_out)`` of each adapted layer, by module name."""
         return {n: (m.in_features, m.out_features) for n, m in self.adapters.items()}
 
-    def new_head(self, num_labels: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """A freshly initialised head (nn.Linear's init), as state entries."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        weight = (torch.rand(num_labels, self.hidden_size, generator=generator) * 2 - 1) * bound
-        bias = (torch.rand(num_labels, generator=generator) * 2 - 1) * bound
-        return {HEAD_PREFIX + "weight": weight, HEAD_PREFIX + "bias": bias}
-
-    def load_state(self, state: dict[str, torch.Tensor], layout: AdapterLayout) -> None:
+    def load_adapters(self, state: dict[str, torch.Tensor], layout: AdapterLayout) -> None:
         for name, layer in self.adapters.items():
             key = ADAPTER_PREFIX + name + "."
             missing = [k for k in ("lora_A", "lora_B") if key + k not in state]
@@ -102,6 +96,36 @@ class FederatedClassifier(nn.Module):
             layer.load_adapters(
                 layout, state[key + "lora_A"], state[key + "lora_B"], state.get(key + "router")
             )
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, layer in self.adapters.items():
+            for k, v in layer.adapter_state().items():
+                out[f"{ADAPTER_PREFIX}{name}.{k}"] = v
+        return out
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+class FederatedClassifier(AdaptedModel):
+    """Frozen encoder + adapters + a per-client linear head on the mean-pooled hidden states."""
+
+    def __init__(self, backbone: nn.Module, targets: list[str], rank: int, alpha: float,
+                 dropout: float):
+        super().__init__(backbone, targets, rank, alpha, dropout)
+        self.hidden_size = backbone.config.hidden_size
+        self.head: nn.Linear | None = None
+
+    def new_head(self, num_labels: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A freshly initialised head (nn.Linear's init), as state entries."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        weight = (torch.rand(num_labels, self.hidden_size, generator=generator) * 2 - 1) * bound
+        bias = (torch.rand(num_labels, generator=generator) * 2 - 1) * bound
+        return {HEAD_PREFIX + "weight": weight, HEAD_PREFIX + "bias": bias}
+
+    def load_state(self, state: dict[str, torch.Tensor], layout: AdapterLayout) -> None:
+        self.load_adapters(state, layout)
         weight = state[HEAD_PREFIX + "weight"]
         self.head = nn.Linear(weight.shape[1], weight.shape[0]).to(self.device)
         with torch.no_grad():
@@ -109,16 +133,10 @@ class FederatedClassifier(nn.Module):
             self.head.bias.copy_(state[HEAD_PREFIX + "bias"])
 
     def state(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, layer in self.adapters.items():
-            for k, v in layer.adapter_state().items():
-                out[f"{ADAPTER_PREFIX}{name}.{k}"] = v
+        out = self.adapter_state()
         out[HEAD_PREFIX + "weight"] = self.head.weight.detach().cpu().clone()
         out[HEAD_PREFIX + "bias"] = self.head.bias.detach().cpu().clone()
         return out
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -130,17 +148,24 @@ class FederatedClassifier(nn.Module):
         return self.head(pooled.to(self.head.weight.dtype))
 
 
-def load_classifier(path: str, targets: list[str], rank: int, alpha: float, dropout: float,
-                    device: str = "cpu"):
-    """Load tokenizer and frozen encoder from a local directory (never from a hub)."""
-    from transformers import AutoModel, AutoTokenizer
+def load_pretrained(path: str, auto_class_name: str = "AutoModel"):
+    """Tokenizer and frozen model (``transformers.<auto_class_name>``) from a local directory,
+    never from a hub."""
+    import transformers
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        backbone = AutoModel.from_pretrained(path, local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        backbone = getattr(transformers, auto_class_name).from_pretrained(
+            path, local_files_only=True)
     except OSError as err:
         raise ValueError(f"[model] path {path!r} is not a loadable local model directory: {err}") \
             from err
     backbone.eval()
+    return backbone, tokenizer
+
+
+def load_classifier(path: str, targets: list[str], rank: int, alpha: float, dropout: float,
+                    device: str = "cpu"):
+    backbone, tokenizer = load_pretrained(path)
     model = FederatedClassifier(backbone, targets, rank, alpha, dropout).to(device)
     return model, tokenizer
