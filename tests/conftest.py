@@ -78,3 +78,98 @@ def tiny_config(tiny_model_dir, tiny_federation, tmp_path):
         "federation": {"rounds": 3, "warmup_rounds": 1, "max_experts": 3, "seed": 0},
         "output": {"dir": str(tmp_path / "out")},
     })
+
+
+# -- generation: a tiny random-init LLaMA with a word-level tokenizer, and an instruction
+# federation whose answer is the cue word of the input ---------------------------------------
+
+INSTRUCTIONS = {"colors": "which color is named ?", "animals": "which animal is named ?"}
+PROMPT_WORDS = ("### Instruction Input Response : ? which color animal is named "
+                "user assistant").split()
+
+
+def make_tiny_causal_lm_dir(path, arch: str = "llama", chat_template: str | None = None):
+    """A random-init causal LM (``llama``: rotary positions; ``opt``: learned absolute
+    positions) with a word-level tokenizer, saved as a local model folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        OPTConfig,
+        OPTForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = ["<pad>", "<unk>", "<s>", "</s>"] + PROMPT_WORDS + FILLER
+    for cues in TASK_WORDS.values():
+        words += list(cues)
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
+                                        unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(path)
+    ids = {"vocab_size": len(vocab), "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3}
+    torch.manual_seed(0)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128, **ids))
+    else:
+        model = OPTForCausalLM(OPTConfig(
+            hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+            word_embed_proj_dim=32, max_position_embeddings=128, **ids))
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    return make_tiny_causal_lm_dir(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_opt_dir(tmp_path_factory):
+    return make_tiny_causal_lm_dir(tmp_path_factory.mktemp("tiny_opt"), "opt")
+
+
+def write_instruction_federation(folder, clients_per_task=2, train=8, test=4, seed=0):
+    """``<task>-<i>.jsonl`` per client of ``{"instruction", "input", "output", "split"}`` lines;
+    the answer is the input's cue word."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {}
+    for task, cues in TASK_WORDS.items():
+        for i in range(clients_per_task):
+            name = f"{task}-{i}"
+            manifest[name] = task
+            lines = []
+            for split, n in (("train", train), ("test", test)):
+                for j in range(n):
+                    words = rng.choices(FILLER, k=4) + [cues[j % 2]]
+                    rng.shuffle(words)
+                    lines.append({"instruction": INSTRUCTIONS[task], "input": " ".join(words),
+                                  "output": cues[j % 2], "split": split})
+            (folder / f"{name}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    (folder / "manifest.json").write_text(json.dumps({"clients": manifest}))
+    return folder
+
+
+@pytest.fixture
+def tiny_generation_config(tiny_llama_dir, tmp_path):
+    """A small, fast FedLEASE generation config on the tiny LLaMA."""
+    from fedlease.config import load_config
+
+    fed = write_instruction_federation(tmp_path / "instructions")
+    return load_config(overrides={
+        "model": {"task": "generation", "path": str(tiny_llama_dir), "max_length": 32,
+                  "max_new_tokens": 3},
+        "data": {"source": "jsonl", "path": str(fed)},
+        "train": {"batch_size": 8, "lr": 1e-2},
+        "federation": {"rounds": 3, "warmup_rounds": 1, "max_experts": 3, "seed": 0},
+        "output": {"dir": str(tmp_path / "out")},
+    })

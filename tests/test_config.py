@@ -43,3 +43,26 @@ def test_missing_file_and_bad_toml(tmp_path):
     bad.write_text("[lora\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_generation_task_has_its_own_defaults_and_metric():
+    config = load_config(overrides={"model": {"task": "generation"}})
+    assert config.model.target_modules == ["q_proj", "v_proj"]
+    assert config.model.max_length == 128
+    assert config.model.metric == "rouge_l"
+    assert load_config().model.metric == "accuracy"
+    assert load_config().model.target_modules == ["query", "value"]
+
+
+def test_file_values_win_over_task_defaults(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\ntask = "generation"\ntarget_modules = ["q_proj"]\n')
+    config = load_config(path)
+    assert config.model.target_modules == ["q_proj"]
+    assert load_config(path, {"model": {"max_length": 40}}).model.max_length == 40
+
+
+@pytest.mark.parametrize("key,value", [("task", "translation"), ("max_new_tokens", 0)])
+def test_impossible_generation_values_are_named(key, value):
+    with pytest.raises(ConfigError, match=f"model.{key}"):
+        load_config(overrides={"model": {key: value}})

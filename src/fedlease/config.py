@@ -18,11 +18,30 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or impossible; the message names the field."""
 
 
+TASKS = ("classification", "generation")
+# what each task is scored by; the run summary and comparisons rank by it
+PRIMARY_METRIC = {"classification": "accuracy", "generation": "rouge_l"}
+# defaults that differ by task; a value in the file or an override wins
+TASK_DEFAULTS = {
+    "generation": {"model": {"target_modules": ["q_proj", "v_proj"], "max_length": 128}},
+}
+
+
 @dataclass
 class ModelConfig:
-    path: str = ""  # local Hugging Face model directory; "" = the packaged all-MiniLM-L6-v2
+    # classification: a sequence encoder + a per-client head; generation: a causal LM
+    task: str = "classification"
+    # local Hugging Face model directory; "" = the default model of the task
+    # (all-MiniLM-L6-v2 for classification, SmolLM2-135M-Instruct for generation)
+    path: str = ""
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
-    max_length: int = 64  # tokens per example (longer texts are truncated)
+    max_length: int = 64  # tokens per example / per prompt (longer inputs are truncated)
+    max_new_tokens: int = 16  # generation: answer tokens learned and generated
+
+    @property
+    def metric(self) -> str:
+        """The task's primary metric: a key of every client's evaluation metrics."""
+        return PRIMARY_METRIC[self.task]
 
 
 @dataclass
@@ -85,6 +104,10 @@ class RunConfig:
         need(self.lora.rank >= 1, "lora.rank", "an integer >= 1", self.lora.rank)
         need(self.lora.alpha > 0, "lora.alpha", "a number > 0", self.lora.alpha)
         need(0 <= self.lora.dropout < 1, "lora.dropout", "a number in [0, 1)", self.lora.dropout)
+        need(self.model.task in TASKS, "model.task", "one of " + ", ".join(TASKS),
+             self.model.task)
+        need(self.model.max_new_tokens >= 1, "model.max_new_tokens", "an integer >= 1",
+             self.model.max_new_tokens)
         need(len(self.model.target_modules) > 0, "model.target_modules", "a non-empty list",
              self.model.target_modules)
         need(self.model.max_length >= 8, "model.max_length", "an integer >= 8",
@@ -173,6 +196,13 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
+    model_table = data.get("model")
+    task = model_table.get("task") if isinstance(model_table, dict) else None
+    for section, values in TASK_DEFAULTS.get(task, {}).items() if isinstance(task, str) else ():
+        table = data.setdefault(section, {})
+        if isinstance(table, dict):  # a non-table is reported by _build
+            for key, value in values.items():
+                table.setdefault(key, value)
     try:
         config = _build(RunConfig, data, "")
     except ConfigError as err:

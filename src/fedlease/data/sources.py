@@ -121,6 +121,36 @@ def load_jsonl_folder(folder: Path) -> list[ClientData]:
     a ``"task"`` field on the lines, else it is the client's own name. Each file must carry a
     ``"split"`` field ("train"/"test") when train and test share one file.
     """
+    clients = read_jsonl_clients(folder, check_labelled_row)
+    labels_by_task: dict[str, set] = {}
+    for _name, task, splits in clients:
+        labels_by_task.setdefault(task, set()).update(
+            r["label"] for rows in splits.values() for r in rows)
+    label_lists = {t: sorted(ls, key=str) for t, ls in labels_by_task.items()}
+    out = []
+    for name, task, splits in clients:
+        labels = label_lists[task]
+        examples = {part: [Example(r["text"], labels.index(r["label"]), r.get("text_pair"))
+                           for r in rows] for part, rows in splits.items()}
+        out.append(ClientData(name, task, [str(x) for x in labels], examples["train"],
+                              examples["test"]))
+    return out
+
+
+def check_labelled_row(where: str, row: dict) -> None:
+    if not isinstance(row.get("text"), str) or not row["text"].strip():
+        raise DataError(f"{where}: \"text\" must be a non-empty string")
+    if "text_pair" in row and (not isinstance(row["text_pair"], str)
+                               or not row["text_pair"].strip()):
+        raise DataError(f"{where}: \"text_pair\" must be a non-empty string")
+    if not isinstance(row.get("label"), (str, int)) or isinstance(row["label"], bool):
+        raise DataError(f"{where}: \"label\" must be a string or an integer")
+
+
+def read_jsonl_clients(folder: Path, check_row) -> list[tuple[str, str, dict[str, list[dict]]]]:
+    """``(client, task, {"train": rows, "test": rows})`` for every client of a JSONL folder
+    (layout and task naming: see ``load_jsonl_folder``); ``check_row(where, row)`` raises
+    ``DataError`` for a line whose fields do not fit the task."""
     if not folder.is_dir():
         raise DataError(f"data.path = {str(folder)!r}: not a folder of per-client JSONL files")
     manifest_path = folder / "manifest.json"
@@ -137,31 +167,22 @@ def load_jsonl_folder(folder: Path) -> list[ClientData]:
     if not sources:
         raise DataError(f"{folder}: no *.jsonl files or client folders found")
 
-    rows_by_client = {name: _read_client_rows(name, paths) for name, paths in sources.items()}
-    labels_by_task: dict[str, set] = {}
-    for name, rows in rows_by_client.items():
-        task = tasks_by_client.get(name) or rows[0][1].get("task") or name
-        labels_by_task.setdefault(task, set()).update(r["label"] for _, r, _ in rows)
-        tasks_by_client[name] = task
-    label_lists = {t: sorted(ls, key=str) for t, ls in labels_by_task.items()}
-
     clients = []
-    for name, rows in rows_by_client.items():
-        task, labels = tasks_by_client[name], label_lists[tasks_by_client[name]]
-        split = {"train": [], "test": []}
-        for _where, row, default_split in rows:
-            ex = Example(row["text"], labels.index(row["label"]), row.get("text_pair"))
-            split[row.get("split", default_split)].append(ex)
+    for name, paths in sources.items():
+        rows = _read_client_rows(name, paths, check_row)
+        task = tasks_by_client.get(name) or rows[0][0].get("task") or name
+        splits = {"train": [], "test": []}
+        for row, default_split in rows:
+            splits[row.get("split", default_split)].append(row)
         for part in ("train", "test"):
-            if not split[part]:
-                raise DataError(f"client {name!r} ({sources[name][0]}): no {part} examples")
-        clients.append(ClientData(name, task, [str(x) for x in labels], split["train"],
-                                  split["test"]))
+            if not splits[part]:
+                raise DataError(f"client {name!r} ({paths[0]}): no {part} examples")
+        clients.append((name, task, splits))
     return clients
 
 
-def _read_client_rows(name: str, paths: list[Path]):
-    """(``file:line``, row, default split) for every line; malformed lines raise DataError."""
+def _read_client_rows(name: str, paths: list[Path], check_row):
+    """(row, default split) for every line; malformed lines raise DataError."""
     rows = []
     for path in paths:
         if not path.exists():
@@ -178,18 +199,12 @@ def _read_client_rows(name: str, paths: list[Path]):
                     raise DataError(f"{where}: not valid JSON ({err.msg})") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{where}: expected a JSON object")
-                if not isinstance(row.get("text"), str) or not row["text"].strip():
-                    raise DataError(f"{where}: \"text\" must be a non-empty string")
-                if "text_pair" in row and (not isinstance(row["text_pair"], str)
-                                           or not row["text_pair"].strip()):
-                    raise DataError(f"{where}: \"text_pair\" must be a non-empty string")
-                if not isinstance(row.get("label"), (str, int)) or isinstance(row["label"], bool):
-                    raise DataError(f"{where}: \"label\" must be a string or an integer")
+                check_row(where, row)
                 split = row.get("split", default_split)
                 if split not in ("train", "test"):
                     raise DataError(f"{where}: \"split\" must be \"train\" or \"test\" "
                                     "(or use <client>/train.jsonl and test.jsonl)")
-                rows.append((where, row, default_split))
+                rows.append((row, default_split))
     if not rows:
         raise DataError(f"client {name!r}: {', '.join(map(str, paths))} hold no examples")
     return rows

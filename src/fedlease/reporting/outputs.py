@@ -3,10 +3,11 @@
 ::
 
     OUT/config.toml        the configuration used
-    OUT/metrics.json       per round, per client: accuracy, loss, train metrics, upload bytes
+    OUT/metrics.json       per round, per client: accuracy (or ROUGE-L, exact match), loss, train
+                           metrics, upload bytes; "metric": the primary one
     OUT/clustering.json    distance matrix, silhouette per k, assignment (FedLEASE)
     OUT/summary.txt        the table printed at the end
-    OUT/plots/*.png        dendrogram, distance heat map, silhouette curve, accuracy per round
+    OUT/plots/*.png        dendrogram, distance heat map, silhouette curve, metric per round
     OUT/adapters/<client>.safetensors   each client's final adapters, router and head
 
 Files are written atomically (temp file + rename) so a killed run never leaves half a file.
@@ -45,8 +46,8 @@ class RunWriter:
                 from None
 
     def write_round(self, result) -> None:
-        payload = {"algorithm": result.config.federation.algorithm, "tasks": result.tasks,
-                   "rounds": result.history}
+        payload = {"algorithm": result.config.federation.algorithm, "metric": result.metric,
+                   "tasks": result.tasks, "rounds": result.history}
         atomic_write(self.dir / "metrics.json", json.dumps(payload, indent=1))
         if result.report:
             atomic_write(self.dir / "clustering.json", json.dumps(result.report, indent=1))

@@ -54,13 +54,17 @@ def plot_silhouette(scores: dict[int, float], chosen: int, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_accuracy(curves: dict[str, list[float]], path: Path, title: str) -> None:
-    """One line per curve name (a task, an algorithm...), accuracy against round."""
+METRIC_LABELS = {"accuracy": "test accuracy", "rouge_l": "test ROUGE-L"}
+
+
+def plot_accuracy(curves: dict[str, list[float]], path: Path, title: str,
+                  metric: str = "accuracy") -> None:
+    """One line per curve name (a task, an algorithm...), the metric against round."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in curves.items():
         ax.plot(range(1, len(values) + 1), values, marker=".", label=name)
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -69,12 +73,13 @@ def plot_accuracy(curves: dict[str, list[float]], path: Path, title: str) -> Non
 
 
 def accuracy_curves(result) -> dict[str, list[float]]:
-    """Mean accuracy per task per round, and the mean over tasks as ``overall``."""
+    """Mean primary metric (accuracy, ROUGE-L) per task per round, and the mean over tasks as
+    ``overall``."""
     curves: dict[str, list[float]] = defaultdict(list)
     for entry in result.history:
         by_task = defaultdict(list)
         for cid, metrics in entry["clients"].items():
-            by_task[result.tasks[cid]].append(metrics["accuracy"])
+            by_task[result.tasks[cid]].append(metrics[result.metric])
         means = {t: sum(v) / len(v) for t, v in by_task.items()}
         for task, acc in means.items():
             curves[task].append(acc)
@@ -84,8 +89,9 @@ def accuracy_curves(result) -> dict[str, list[float]]:
 
 def plot_run(result, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    plot_accuracy(accuracy_curves(result), folder / "accuracy_per_round.png",
-                  f"{result.config.federation.algorithm}: accuracy per round")
+    metric = result.metric
+    plot_accuracy(accuracy_curves(result), folder / f"{metric}_per_round.png",
+                  f"{result.config.federation.algorithm}: {metric} per round", metric)
     report = result.report
     if "distance" in report:
         names = [f"{c} ({report['assignment'][c]})" for c in report["clients"]]

@@ -7,11 +7,13 @@ from collections import defaultdict
 from sklearn.metrics import adjusted_rand_score
 
 
-def task_accuracies(tasks: dict[str, str], final: dict[str, dict]) -> dict[str, float]:
-    """Mean accuracy per task, then ``"overall"`` = the mean over tasks."""
+def task_accuracies(tasks: dict[str, str], final: dict[str, dict],
+                    metric: str = "accuracy") -> dict[str, float]:
+    """Mean ``metric`` (a run's primary metric: ``result.metric``) per task, then
+    ``"overall"`` = the mean over tasks."""
     by_task = defaultdict(list)
     for cid, task in tasks.items():
-        by_task[task].append(final[cid]["accuracy"])
+        by_task[task].append(final[cid][metric])
     out = {t: sum(v) / len(v) for t, v in by_task.items()}
     out["overall"] = sum(out.values()) / len(out)
     return out
@@ -22,19 +24,28 @@ def clustering_ari(tasks: dict[str, str], assignment: dict[str, int]) -> float:
     return float(adjusted_rand_score([tasks[c] for c in ids], [assignment[c] for c in ids]))
 
 
+# the columns of the table per primary metric: that metric first
+TABLE_METRICS = {"accuracy": ("accuracy",), "rouge_l": ("rouge_l", "exact_match")}
+
+
 def summary_table(result) -> str:
     final = result.final
     assignment = result.report.get("assignment", {})
-    lines = [f"{'client':<16} {'task':<14} {'expert':>6} {'accuracy':>9}"]
+    columns = TABLE_METRICS[result.metric]
+    lines = [f"{'client':<16} {'task':<14} {'expert':>6}"
+             + "".join(f" {name:>11}" for name in columns)]
     for cid, task in result.tasks.items():
         expert = str(assignment.get(cid, "-"))
-        lines.append(f"{cid:<16} {task:<14} {expert:>6} {final[cid]['accuracy']:>9.3f}")
+        lines.append(f"{cid:<16} {task:<14} {expert:>6}"
+                     + "".join(f" {final[cid][name]:>11.3f}" for name in columns))
     lines.append("")
-    for task, acc in task_accuracies(result.tasks, final).items():
-        lines.append(f"{'mean ' + task:<38} {acc:>9.3f}")
+    means = {name: task_accuracies(result.tasks, final, name) for name in columns}
+    for task in means[result.metric]:
+        lines.append(f"{'mean ' + task:<38}"
+                     + "".join(f" {means[name][task]:>11.3f}" for name in columns))
     if assignment:
-        lines.append(f"{'experts (clusters)':<38} {result.report['num_experts']:>9d}")
+        lines.append(f"{'experts (clusters)':<38} {result.report['num_experts']:>11d}")
         ari = clustering_ari(result.tasks, assignment)
-        lines.append(f"{'adjusted Rand index vs tasks':<38} {ari:>9.3f}")
-    lines.append(f"{'wall time (s)':<38} {result.wall_seconds:>9.1f}")
+        lines.append(f"{'adjusted Rand index vs tasks':<38} {ari:>11.3f}")
+    lines.append(f"{'wall time (s)':<38} {result.wall_seconds:>11.1f}")
     return "\n".join(lines)

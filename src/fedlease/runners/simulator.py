@@ -16,10 +16,13 @@ from tqdm.auto import tqdm
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
 from fedlease.config import RunConfig
 from fedlease.data.federation import ClientData
+from fedlease.data.instructions import InstructionClientData, load_instruction_federation
 from fedlease.data.sources import load_federation
+from fedlease.generation import GenerationTrainer
+from fedlease.model.causal_lm import default_generation_model_path, load_causal_lm
 from fedlease.model.model import default_model_path, load_classifier
 from fedlease.reporting.outputs import RunWriter
-from fedlease.training import ClientTrainer
+from fedlease.training import ClientTrainer, LocalTrainer
 
 
 @dataclass
@@ -34,6 +37,11 @@ class RunResult:
     def final(self) -> dict[str, dict]:
         return self.history[-1]["clients"]
 
+    @property
+    def metric(self) -> str:
+        """The primary metric (``accuracy``, ``rouge_l``): a key of every client's metrics."""
+        return self.config.model.metric
+
 
 def autocast_dtype(device: str) -> torch.dtype | None:
     """bf16 autocast on GPUs that support it; full precision on CPU."""
@@ -42,21 +50,29 @@ def autocast_dtype(device: str) -> torch.dtype | None:
     return None
 
 
-def build_trainers(config: RunConfig, clients: list[ClientData]) -> dict[str, ClientTrainer]:
+def load_clients(config: RunConfig) -> list[ClientData] | list[InstructionClientData]:
+    """The federation's clients, as examples of the configured task."""
+    if config.model.task == "generation":
+        return load_instruction_federation(config.data, config.federation.seed)
+    return load_federation(config.data, config.federation.seed)
+
+
+def build_trainers(config: RunConfig, clients) -> dict[str, LocalTrainer]:
     """Load the base model once and give every client a trainer over it."""
-    model, tokenizer = load_classifier(
-        config.model.path or default_model_path(), config.model.target_modules,
-        config.lora.rank, config.lora.alpha, config.lora.dropout, config.train.device,
-    )
-    return {
-        c.client_id: ClientTrainer(
-            model, tokenizer, c, max_length=config.model.max_length,
-            batch_size=config.train.batch_size, local_epochs=config.train.local_epochs,
-            lr=config.train.lr, weight_decay=config.train.weight_decay,
-            autocast_dtype=autocast_dtype(config.train.device),
-        )
-        for c in clients
-    }
+    adapters = (config.model.target_modules, config.lora.rank, config.lora.alpha,
+                config.lora.dropout, config.train.device)
+    common = {"max_length": config.model.max_length, "batch_size": config.train.batch_size,
+              "local_epochs": config.train.local_epochs, "lr": config.train.lr,
+              "weight_decay": config.train.weight_decay,
+              "autocast_dtype": autocast_dtype(config.train.device)}
+    if config.model.task == "generation":
+        model, tokenizer = load_causal_lm(config.model.path or default_generation_model_path(),
+                                          *adapters)
+        return {c.client_id: GenerationTrainer(model, tokenizer, c, **common,
+                                               max_new_tokens=config.model.max_new_tokens)
+                for c in clients}
+    model, tokenizer = load_classifier(config.model.path or default_model_path(), *adapters)
+    return {c.client_id: ClientTrainer(model, tokenizer, c, **common) for c in clients}
 
 
 def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
@@ -66,7 +82,7 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     writer = RunWriter(out_dir) if out_dir is not None else None
     if writer:
         writer.start(config)
-    clients = load_federation(config.data, config.federation.seed)
+    clients = load_clients(config)
     trainers = build_trainers(config, clients)
     model = next(iter(trainers.values())).model
     infos = [ClientInfo(c.client_id, len(c.train)) for c in clients]
@@ -91,15 +107,17 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
             metrics = algorithm_cls.client_evaluate(evaluate[cid], local_states[cid],
                                                     trainers[cid])
             per_client[cid] = {**replies[cid].metrics, **metrics} if cid in replies else metrics
-        mean_acc = sum(m["accuracy"] for m in per_client.values()) / len(per_client)
+        # accuracy always (exact match for generation), and the task's primary metric
+        means = {f"mean_{name}": sum(m[name] for m in per_client.values()) / len(per_client)
+                 for name in dict.fromkeys(("accuracy", result.metric))}
         result.history.append({
             "round": rnd,
             "seconds": time.perf_counter() - round_start,
-            "mean_accuracy": mean_acc,
+            **means,
             "clients": per_client,
         })
         result.report = algorithm.report()
-        rounds.set_postfix(accuracy=f"{mean_acc:.3f}")
+        rounds.set_postfix({result.metric: f"{means['mean_' + result.metric]:.3f}"})
         if writer:
             writer.write_round(result)
     result.wall_seconds = time.perf_counter() - start

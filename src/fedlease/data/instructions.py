@@ -1,0 +1,112 @@
+"""Instruction data for generation: ``{"instruction", "input", "output"}`` examples per client.
+
+Two ways in:
+
+* a classification federation (the built-in tasks or GLUE) turned into instructions, one
+  template per task, the label's word as the short answer; clients, balance and disjoint splits
+  are those of the classification loaders (``split_task``);
+* a folder of per-client JSONL files the user brings (same layout as the classification JSONL
+  folder, see ``load_jsonl_folder``), lines ``{"instruction", "input", "output"}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedlease.config import DataConfig
+from fedlease.data.federation import ClientData, DataError, Example
+from fedlease.data.sources import load_builtin, load_glue, read_jsonl_clients
+
+
+@dataclass(frozen=True)
+class InstructionExample:
+    instruction: str
+    input: str  # may be ""
+    output: str
+
+
+@dataclass
+class InstructionClientData:
+    client_id: str
+    task: str
+    train: list[InstructionExample]
+    test: list[InstructionExample]
+
+
+@dataclass(frozen=True)
+class Template:
+    """How a classification task reads as an instruction."""
+
+    instruction: str
+    answers: tuple[str, ...] | None = None  # answer per label index; None: the label names
+    pair_format: str = "{text}\n{pair}"  # the input of a two-text example
+
+    def apply(self, example: Example, labels: list[str]) -> InstructionExample:
+        answers = self.answers or tuple(labels)
+        text = (example.text if example.text_pair is None
+                else self.pair_format.format(text=example.text, pair=example.text_pair))
+        return InstructionExample(self.instruction, text, answers[example.label])
+
+
+TEMPLATES = {
+    # built-in tasks (labels are the answers; see DATA.md)
+    "sentiment": Template("Is the sentiment of this movie review negative or positive?"),
+    "news": Template("Which topic is this news article about: business, entertainment, "
+                     "politics, sports or tech?"),
+    "spam": Template("Is this message spam or ham (a normal message)?"),
+    "uncertainty": Template("Does this sentence state something as certain or as uncertain?"),
+    # GLUE tasks (label order as in ``GLUE_COLUMNS``)
+    "SST-2": Template("Is the sentiment of this sentence negative or positive?",
+                      ("negative", "positive")),
+    "QNLI": Template("Does the sentence answer the question? Answer yes or no.", ("yes", "no"),
+                     "Question: {text}\nSentence: {pair}"),
+    "MRPC": Template("Do the two sentences mean the same thing? Answer yes or no.",
+                     ("no", "yes"), "Sentence 1: {text}\nSentence 2: {pair}"),
+    "QQP": Template("Do the two questions ask the same thing? Answer yes or no.", ("no", "yes"),
+                    "Question 1: {text}\nQuestion 2: {pair}"),
+}
+
+
+def to_instructions(client: ClientData) -> InstructionClientData:
+    template = TEMPLATES.get(client.task)
+    if template is None:
+        raise DataError(f"task {client.task!r} (client {client.client_id!r}) has no instruction "
+                        f"template; tasks with one: {sorted(TEMPLATES)}")
+    if template.answers is not None and len(template.answers) != client.num_labels:
+        raise DataError(f"task {client.task!r}: the template has {len(template.answers)} "
+                        f"answers for {client.num_labels} labels {client.labels}")
+    return InstructionClientData(
+        client.client_id, client.task,
+        [template.apply(ex, client.labels) for ex in client.train],
+        [template.apply(ex, client.labels) for ex in client.test],
+    )
+
+
+def load_instruction_federation(data: DataConfig, seed: int) -> list[InstructionClientData]:
+    if data.source == "builtin":
+        return [to_instructions(c) for c in load_builtin(data, seed)]
+    if data.source == "glue":
+        return [to_instructions(c) for c in load_glue(data, seed)]
+    if data.source == "jsonl":
+        return load_instruction_jsonl(Path(data.path))
+    raise DataError(f"data.source = {data.source!r}: expected builtin, glue or jsonl")
+
+
+def check_instruction_row(where: str, row: dict) -> None:
+    for key in ("instruction", "output"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise DataError(f"{where}: \"{key}\" must be a non-empty string")
+    if not isinstance(row.get("input", ""), str):
+        raise DataError(f"{where}: \"input\" must be a string (or left out)")
+
+
+def load_instruction_jsonl(folder: Path) -> list[InstructionClientData]:
+    """Per-client JSONL files of ``{"instruction", "input", "output"}`` lines (``input`` may be
+    empty or missing); folder layout, tasks and splits as in ``load_jsonl_folder``."""
+    def examples(rows):
+        return [InstructionExample(r["instruction"], r.get("input", ""), r["output"])
+                for r in rows]
+
+    return [InstructionClientData(name, task, examples(splits["train"]), examples(splits["test"]))
+            for name, task, splits in read_jsonl_clients(folder, check_instruction_row)]

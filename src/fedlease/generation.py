@@ -1,0 +1,176 @@
+"""A client's local work for instruction generation: train on the answer tokens, evaluate by
+greedy generation scored with ROUGE-L and exact match.
+
+Same interface as ``ClientTrainer`` (``train``/``evaluate``/``num_train``/``new_head``), same
+local-update loop (``LocalTrainer``); only the batches and the loss differ. Each example is
+encoded once: the prompt (the tokenizer's chat template if it has one, else a plain
+Instruction/Input/Response layout) with its *input* cut so the prompt fits ``max_length``
+tokens, then the answer tokens and end-of-sequence, at most ``max_new_tokens`` of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import string
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from fedlease.data.instructions import InstructionClientData, InstructionExample
+from fedlease.model.causal_lm import FederatedCausalLM
+from fedlease.model.lora import AdapterLayout
+from fedlease.training import LocalTrainer
+
+IGNORE = -100  # target of a position the loss skips
+INPUT_MARK = "\u241fFEDLEASE-INPUT\u241f"  # where the input goes in a rendered prompt
+
+
+def prompt_text(tokenizer, instruction: str, input_text: str) -> str:
+    if tokenizer.chat_template:
+        content = instruction + ("\n\n" + input_text if input_text else "")
+        return tokenizer.apply_chat_template([{"role": "user", "content": content}],
+                                             tokenize=False, add_generation_prompt=True)
+    if input_text:
+        return f"### Instruction:\n{instruction}\n\n### Input:\n{input_text}\n\n### Response:\n"
+    return f"### Instruction:\n{instruction}\n\n### Response:\n"
+
+
+@dataclass
+class EncodedExample:
+    prompt: list[int]
+    answer: list[int]  # answer tokens, then end-of-sequence (unless cut)
+    reference: str
+
+
+def encode(tokenizer, example: InstructionExample, max_length: int,
+           max_new_tokens: int) -> EncodedExample:
+    """Token ids of the prompt (its input cut to fit ``max_length``) and of the answer."""
+    rendered = prompt_text(tokenizer, example.instruction, INPUT_MARK if example.input else "")
+    before, _, after = rendered.partition(INPUT_MARK)
+    before_ids = tokenizer(before, add_special_tokens=not tokenizer.chat_template)["input_ids"]
+    after_ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    room = max_length - len(before_ids) - len(after_ids)
+    if room < (1 if example.input else 0):
+        raise ValueError(
+            f"model.max_length = {max_length} tokens leaves no room for the input: the prompt "
+            f"around it takes {len(before_ids) + len(after_ids)} tokens (instruction "
+            f"{example.instruction[:60]!r}); raise model.max_length")
+    input_ids = tokenizer(example.input, add_special_tokens=False)["input_ids"][:room] \
+        if example.input else []
+    answer = tokenizer(example.output, add_special_tokens=False)["input_ids"]
+    answer = (answer + [tokenizer.eos_token_id])[:max_new_tokens]
+    return EncodedExample(before_ids + input_ids + after_ids, answer, example.output)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, no punctuation, single spaces: what exact match compares."""
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l(reference: str, prediction: str) -> float:
+    """ROUGE-L F-measure (the ``rouge-score`` package, no stemming)."""
+    return _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
+
+
+class GenerationTrainer(LocalTrainer):
+    """One client's instruction data, encoded once, and the shared causal LM it trains on."""
+
+    def __init__(self, model: FederatedCausalLM, tokenizer, data: InstructionClientData, *,
+                 max_length: int, max_new_tokens: int, batch_size: int, local_epochs: int,
+                 lr: float, weight_decay: float, autocast_dtype: torch.dtype | None = None):
+        super().__init__(model, batch_size=batch_size, local_epochs=local_epochs, lr=lr,
+                         weight_decay=weight_decay, autocast_dtype=autocast_dtype)
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the generation model's tokenizer has no end-of-sequence token")
+        self.data = data
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+            else self.eos_id
+        self.max_new_tokens = max_new_tokens
+        self.splits = {
+            on: [encode(tokenizer, ex, max_length, max_new_tokens) for ex in examples]
+            for on, examples in (("train", data.train), ("test", data.test))
+        }
+
+    @property
+    def num_train(self) -> int:
+        return len(self.splits["train"])
+
+    def new_head(self, seed: int) -> dict[str, torch.Tensor]:
+        """No head: the LM's own (frozen, shared) output layer answers."""
+        return {}
+
+    def collate(self, items: list[EncodedExample], with_answer: bool):
+        """Left-padded ``input_ids``/``attention_mask`` of prompt (+ answer) per row, and the
+        answer ids right-aligned under the last positions (``IGNORE`` elsewhere)."""
+        rows = [it.prompt + (it.answer if with_answer else []) for it in items]
+        width = max(len(r) for r in rows)
+        answer_width = max(len(it.answer) for it in items)
+        ids = [[self.pad_id] * (width - len(r)) + r for r in rows]
+        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+        targets = [[IGNORE] * (answer_width - len(it.answer)) + it.answer for it in items]
+        device = self.model.device
+        inputs = {"input_ids": torch.tensor(ids, device=device),
+                  "attention_mask": torch.tensor(mask, device=device)}
+        return inputs, torch.tensor(targets, device=device)
+
+    def batches(self, on: str, order: torch.Tensor):
+        split = self.splits[on]
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size].tolist()
+            yield self.collate([split[i] for i in idx], with_answer=True)
+
+    def loss(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor,
+             reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy over the answer tokens of the batch."""
+        with self.autocast():
+            logits = self.model.answer_logits(**inputs, answer_len=targets.shape[1]).float()
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                               reduction=reduction)
+
+    def predict(self, items: list[EncodedExample]) -> list[str]:
+        """Greedy answers to the prompts of ``items``."""
+        inputs, _ = self.collate(items, with_answer=False)
+        with self.autocast():
+            new = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
+                                      eos_id=self.eos_id, pad_id=self.pad_id)
+        return [text.strip() for text in self.tokenizer.batch_decode(new,
+                                                                     skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def evaluate(self, state: dict[str, torch.Tensor], layout: AdapterLayout,
+                 on: str = "test") -> dict[str, float]:
+        """ROUGE-L and exact match of greedy answers; ``loss``: the mean answer-token
+        cross-entropy. ``accuracy`` is the exact match, for code that reads accuracy."""
+        split = self.splits[on]
+        self.model.load_state(state, layout)
+        self.model.eval()
+        loss_sum, answer_tokens, predictions = 0.0, 0, []
+        for start in range(0, len(split), self.batch_size):
+            items = split[start : start + self.batch_size]
+            inputs, targets = self.collate(items, with_answer=True)
+            loss_sum += self.loss(inputs, targets, reduction="sum").item()
+            answer_tokens += int((targets != IGNORE).sum())
+            predictions += self.predict(items)
+        n = max(len(split), 1)
+        references = [it.reference for it in split]
+        exact = sum(normalize_answer(r) == normalize_answer(p)
+                    for r, p in zip(references, predictions, strict=True)) / n
+        return {
+            "rouge_l": sum(rouge_l(r, p) for r, p in zip(references, predictions,
+                                                         strict=True)) / n,
+            "exact_match": exact,
+            "accuracy": exact,
+            "loss": loss_sum / max(answer_tokens, 1),
+        }

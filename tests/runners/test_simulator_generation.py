@@ -1,0 +1,53 @@
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from fedlease.config import load_config
+from fedlease.reporting.summary import summary_table
+from fedlease.runners.simulator import run_simulation
+
+
+def test_fedlease_generation_runs_end_to_end_and_reports_rouge_l(tiny_generation_config,
+                                                                  tmp_path):
+    out = tmp_path / "run"
+    result = run_simulation(tiny_generation_config, out, progress=False)
+    assert result.metric == "rouge_l"
+    assert set(result.final) == {"colors-0", "colors-1", "animals-0", "animals-1"}
+    for m in result.final.values():
+        assert 0.0 <= m["exact_match"] <= m["rouge_l"] <= 1.0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metric"] == "rouge_l"
+    last = metrics["rounds"][-1]
+    assert last["mean_rouge_l"] == pytest.approx(
+        sum(m["rouge_l"] for m in last["clients"].values()) / 4)
+    assert "mean_accuracy" in last
+    clustering = json.loads((out / "clustering.json").read_text())
+    K = clustering["num_experts"]
+    tensors = load_file(out / "adapters" / "colors-0.safetensors")
+    assert not any(k.startswith("head.") for k in tensors)
+    assert all(v.shape[0] == K for k, v in tensors.items() if k.endswith("lora_A"))
+    assert (out / "plots" / "rouge_l_per_round.png").stat().st_size > 1000
+    table = summary_table(result)
+    assert "rouge_l" in table and "exact_match" in table and "mean colors" in table
+
+
+@pytest.mark.slow
+def test_smollm2_on_the_builtin_instruction_federation(tmp_path):
+    """The real default generation model, two tasks, two clients each, two rounds."""
+    config = load_config(overrides={
+        "model": {"task": "generation", "max_length": 96, "max_new_tokens": 4},
+        "data": {"tasks": ["sentiment", "uncertainty"], "clients_per_task": 2,
+                 "train_per_client": 8, "test_per_client": 8},
+        "train": {"batch_size": 8, "lr": 1e-3},
+        "federation": {"rounds": 2, "warmup_rounds": 1, "max_experts": 2},
+    })
+    result = run_simulation(config, tmp_path / "run", progress=False)
+    assert len(result.history) == 2
+    assert result.report["num_experts"] == 2
+    for m in result.final.values():
+        assert 0.0 <= m["exact_match"] <= m["rouge_l"] <= 1.0
+        assert m["train_loss"] > 0
+    # the instruct model already answers most sentiment questions with the right word
+    sentiment = [m["rouge_l"] for c, m in result.final.items() if c.startswith("sentiment")]
+    assert sum(sentiment) / len(sentiment) > 0.5

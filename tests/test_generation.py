@@ -1,0 +1,108 @@
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from fedlease.data.instructions import InstructionClientData, InstructionExample
+from fedlease.generation import GenerationTrainer, encode, normalize_answer, rouge_l
+from fedlease.model.causal_lm import load_causal_lm
+from fedlease.model.lora import AdapterLayout, init_lora
+
+CHAT = ("{% for m in messages %}user : {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant : {% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llama_dir):
+    return AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+def words(tokenizer, ids):
+    return tokenizer.convert_ids_to_tokens(ids)
+
+
+def test_encode_cuts_the_input_never_the_instruction_or_answer(tokenizer):
+    example = InstructionExample("which color is named ?", "the a of and to red", "red")
+    full = encode(tokenizer, example, max_length=64, max_new_tokens=4)
+    assert words(tokenizer, full.answer) == ["red", "</s>"]
+    assert words(tokenizer, full.prompt) == [
+        "###", "Instruction", ":", "which", "color", "is", "named", "?", "###", "Input", ":",
+        "the", "a", "of", "and", "to", "red", "###", "Response", ":"]
+    cut = encode(tokenizer, example, max_length=len(full.prompt) - 2, max_new_tokens=4)
+    assert len(cut.prompt) == len(full.prompt) - 2
+    kept = words(tokenizer, cut.prompt)
+    assert kept == words(tokenizer, full.prompt)[:15] + ["###", "Response", ":"]
+    assert words(tokenizer, encode(tokenizer, example, 64, 1).answer) == ["red"]
+    with pytest.raises(ValueError, match="model.max_length = 8 tokens leaves no room"):
+        encode(tokenizer, example, max_length=8, max_new_tokens=4)
+
+
+def test_chat_template_prompt_is_the_template_rendering(tokenizer):
+    chat = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
+    chat.chat_template = CHAT
+    example = InstructionExample("which color is named ?", "the red", "red")
+    encoded = encode(chat, example, max_length=64, max_new_tokens=4)
+    assert words(chat, encoded.prompt) == [
+        "user", ":", "which", "color", "is", "named", "?", "the", "red", "assistant", ":"]
+
+
+def test_exact_match_and_rouge_l():
+    assert normalize_answer(" Positive. ") == "positive"
+    assert rouge_l("the cat sat", "the cat sat") == pytest.approx(1.0)
+    assert rouge_l("the cat sat", "a cat") == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
+    assert rouge_l("positive", "") == 0.0
+
+
+def cue_client(n_train=16, n_test=4):
+    def examples(n, offset):
+        return [InstructionExample("which color is named ?",
+                                   f"the {'of a' if i % 3 else 'and'} {('red', 'blue')[i % 2]}",
+                                   ("red", "blue")[i % 2]) for i in range(offset, offset + n)]
+    return InstructionClientData("colors-0", "colors", examples(n_train, 0),
+                                 examples(n_test, n_train))
+
+
+def lora_state(model, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, (d_in, d_out) in model.adapter_shapes().items():
+        state[f"adapter.{name}.lora_A"], state[f"adapter.{name}.lora_B"] = init_lora(
+            d_in, d_out, 4, gen)
+    return state
+
+
+def test_loss_is_the_answer_tokens_cross_entropy(tiny_llama_dir, tokenizer):
+    """The same number as the model's own next-token loss with the prompt masked out."""
+    model, _ = load_causal_lm(str(tiny_llama_dir), ["q_proj", "v_proj"], 4, 16, 0.0)
+    client = cue_client(n_train=3)
+    trainer = GenerationTrainer(model, tokenizer, client, max_length=32, max_new_tokens=3,
+                                batch_size=3, local_epochs=1, lr=1e-2, weight_decay=0.0)
+    model.load_state(lora_state(model), AdapterLayout())
+    with torch.no_grad():
+        inputs, targets = next(trainer.batches("train", torch.arange(3)))
+        ours = trainer.loss(inputs, targets, reduction="sum")
+        reference = 0.0
+        for item in trainer.splits["train"]:
+            ids = torch.tensor([item.prompt + item.answer])
+            labels = torch.tensor([[-100] * len(item.prompt) + item.answer])
+            out = model.backbone(input_ids=ids, labels=labels)
+            reference += out.loss * len(item.answer)
+    torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_training_lowers_the_answer_loss_and_evaluation_scores(tiny_llama_dir, tokenizer):
+    model, _ = load_causal_lm(str(tiny_llama_dir), ["q_proj", "v_proj"], 4, 16, 0.0)
+    trainer = GenerationTrainer(model, tokenizer, cue_client(), max_length=32,
+                                max_new_tokens=3, batch_size=8, local_epochs=3, lr=3e-2,
+                                weight_decay=0.0)
+    assert trainer.num_train == 16 and trainer.new_head(0) == {}
+    state, layout = lora_state(model), AdapterLayout()
+    before = trainer.evaluate(state, layout, on="train")
+    trained, metrics = trainer.train(state, layout, seed=0)
+    after = trainer.evaluate(trained, layout, on="train")
+    assert set(trained) == set(state)  # adapters only, no head
+    assert metrics["train_steps"] == 6
+    assert after["loss"] < before["loss"]
+    for result in (before, after):
+        assert set(result) == {"rouge_l", "exact_match", "accuracy", "loss"}
+        assert result["accuracy"] == result["exact_match"]
+        assert 0.0 <= result["exact_match"] <= result["rouge_l"] <= 1.0
