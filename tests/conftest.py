@@ -40,8 +40,14 @@ def tiny_model_dir(tmp_path_factory):
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_bert"))
 
 
-def write_federation(folder, clients_per_task=2, train=24, test=8, seed=0):
-    """``<task>-<i>.jsonl`` per client, lines with a split field; the task named in a manifest."""
+def classification_row(task: str, text: str, cue: str) -> dict:
+    return {"text": text, "label": cue}
+
+
+def write_federation(folder, clients_per_task=2, train=24, test=8, seed=0,
+                     make_row=classification_row):
+    """``<task>-<i>.jsonl`` per client, lines with a split field; the task named in a manifest.
+    ``make_row(task, text, cue)``: the fields of a line (default: text and label)."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {}
@@ -55,7 +61,8 @@ def write_federation(folder, clients_per_task=2, train=24, test=8, seed=0):
                     label = j % 2
                     words = rng.choices(FILLER, k=6) + [cues[label]]
                     rng.shuffle(words)
-                    lines.append({"text": " ".join(words), "label": cues[label], "split": split})
+                    lines.append({**make_row(task, " ".join(words), cues[label]),
+                                  "split": split})
             (folder / f"{name}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     (folder / "manifest.json").write_text(json.dumps({"clients": manifest}))
     return folder
@@ -137,26 +144,9 @@ def tiny_opt_dir(tmp_path_factory):
     return make_tiny_causal_lm_dir(tmp_path_factory.mktemp("tiny_opt"), "opt")
 
 
-def write_instruction_federation(folder, clients_per_task=2, train=8, test=4, seed=0):
-    """``<task>-<i>.jsonl`` per client of ``{"instruction", "input", "output", "split"}`` lines;
-    the answer is the input's cue word."""
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = {}
-    for task, cues in TASK_WORDS.items():
-        for i in range(clients_per_task):
-            name = f"{task}-{i}"
-            manifest[name] = task
-            lines = []
-            for split, n in (("train", train), ("test", test)):
-                for j in range(n):
-                    words = rng.choices(FILLER, k=4) + [cues[j % 2]]
-                    rng.shuffle(words)
-                    lines.append({"instruction": INSTRUCTIONS[task], "input": " ".join(words),
-                                  "output": cues[j % 2], "split": split})
-            (folder / f"{name}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    (folder / "manifest.json").write_text(json.dumps({"clients": manifest}))
-    return folder
+def instruction_row(task: str, text: str, cue: str) -> dict:
+    """An instruction whose answer is the input's cue word."""
+    return {"instruction": INSTRUCTIONS[task], "input": text, "output": cue}
 
 
 @pytest.fixture
@@ -164,7 +154,8 @@ def tiny_generation_config(tiny_llama_dir, tmp_path):
     """A small, fast FedLEASE generation config on the tiny LLaMA."""
     from fedlease.config import load_config
 
-    fed = write_instruction_federation(tmp_path / "instructions")
+    fed = write_federation(tmp_path / "instructions", train=8, test=4,
+                           make_row=instruction_row)
     return load_config(overrides={
         "model": {"task": "generation", "path": str(tiny_llama_dir), "max_length": 32,
                   "max_new_tokens": 3},
