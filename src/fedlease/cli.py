@@ -22,6 +22,8 @@ def _overrides(args) -> dict:
         out.setdefault("train", {})["device"] = args.device
     if args.out:
         out.setdefault("output", {})["dir"] = args.out
+    if args.data_path:
+        out.setdefault("data", {})["path"] = args.data_path
     return out
 
 
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="override federation.seed")
     run.add_argument("--device", help="override train.device (cpu, cuda)")
     run.add_argument("--out", help="override output.dir")
+    run.add_argument("--data-path", help="override data.path (a glue_data or JSONL folder)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=cmd_run)
     return parser
