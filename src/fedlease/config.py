@@ -38,7 +38,7 @@ class DataConfig:
     path: str = ""  # glue: the glue_data folder; jsonl: a folder of per-client files
     tasks: list[str] = field(default_factory=lambda: ["sentiment", "news", "spam", "uncertainty"])
     clients_per_task: int = 4
-    train_per_client: int = 64
+    train_per_client: int = 128
     test_per_client: int = 48
 
 
@@ -54,7 +54,7 @@ class TrainConfig:
 @dataclass
 class FederationConfig:
     algorithm: str = "fedlease"
-    rounds: int = 10
+    rounds: int = 8
     warmup_rounds: int = 3
     max_experts: int = 4  # M_max: the largest number of clusters tried
     seed: int = 0
