@@ -24,13 +24,14 @@ LORA_PARTS = ["lora_A", "lora_B"]
 
 class FedLEASE(Algorithm):
     name = "fedlease"
-    state_fields = ("clustering", "cluster_of", "experts", "routers")
+    state_fields = ("clustering", "clustered", "cluster_of", "experts", "routers")
 
     def __init__(self, config, clients, adapter_shapes):
         super().__init__(config, clients, adapter_shapes)
         self.warmup_rounds = config.federation.warmup_rounds
         self.initial_lora = self.init_lora_state()
         self.clustering: Clustering | None = None
+        self.clustered: list[str] = []  # the clients the clustering saw (rows of its matrix)
         self.cluster_of: dict[str, int] = {}
         self.experts: dict[str, torch.Tensor] = {}  # lora_A/lora_B stacked over experts
         self.routers: list[dict[str, torch.Tensor]] = []  # one per cluster
@@ -70,19 +71,24 @@ class FedLEASE(Algorithm):
             self.aggregate_experts(replies)
 
     def allocate_experts(self, replies: dict[str, Reply]) -> None:
-        """Phase 2: cluster the warm-up B matrices, one expert per cluster, routers per cluster."""
-        missing = [c.client_id for c in self.clients if c.client_id not in replies]
-        if missing:
-            raise RuntimeError(f"expert allocation needs every client's warm-up LoRA; "
-                               f"missing: {missing}")
-        ids = [c.client_id for c in self.clients]
+        """Phase 2: cluster the warm-up B matrices, one expert per cluster, routers per cluster.
+
+        A client whose warm-up LoRA did not arrive (or was rejected) cannot be placed by its
+        data; it joins the largest cluster and its router learns which experts serve it."""
+        ids = [c.client_id for c in self.clients if c.client_id in replies]
+        if not ids:
+            raise RuntimeError("expert allocation needs warm-up LoRAs, but no client's arrived")
         b_mats = [{k: v for k, v in replies[cid].arrays.items() if k.endswith(".lora_B")}
                   for cid in ids]
         self.clustering = cluster_clients(b_distance_matrix(b_mats),
                                           self.config.federation.max_experts)
+        self.clustered = ids
         self.cluster_of = dict(zip(ids, self.clustering.labels, strict=True))
         K = self.num_experts
         members = [[cid for cid in ids if self.cluster_of[cid] == c] for c in range(K)]
+        largest = max(range(K), key=lambda c: len(members[c]))
+        for c in self.clients:
+            self.cluster_of.setdefault(c.client_id, largest)
         self.experts = {
             key: torch.cat([
                 weighted_mean([replies[cid].arrays[key] for cid in group],
@@ -117,7 +123,7 @@ class FedLEASE(Algorithm):
         if self.clustering is None:
             return {}
         return {
-            "clients": [c.client_id for c in self.clients],
+            "clients": self.clustered,
             "assignment": self.cluster_of,
             "num_experts": self.num_experts,
             "silhouette": {str(k): v for k, v in self.clustering.silhouette.items()},
