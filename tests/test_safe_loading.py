@@ -34,3 +34,21 @@ def test_the_patterns_catch_what_they_should():
            "np.load(f, allow_pickle=True)", "from_pretrained(p, trust_remote_code=True)"]
     assert all(any(re.search(p, line) for p in UNSAFE) for line in bad)
     assert not any(re.search(p, "torch.load(path, weights_only=True)") for p in UNSAFE)
+
+
+def test_a_model_folder_with_only_pickled_weights_is_refused(tiny_model_dir, tmp_path):
+    import shutil
+
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    from fedlease.config import ConfigError
+    from fedlease.model.model import load_classifier
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match="model.path = .*safetensors"):
+        load_classifier(str(folder), ["query"], 2, 4.0, 0.0)

@@ -8,6 +8,11 @@ each client runs all K experts behind its router (2K-1 slots, top K), trains its
 router, and uploads both; expert ``c`` and the router of cluster ``c`` are the sample-weighted
 means of the uploads of cluster ``c`` (the reference code takes a plain mean; with equal client
 sizes the two agree).
+
+A client whose warm-up LoRA did not arrive for the allocation (it dropped out, or a runner that
+samples clients did not pick it) is clustered without it; it keeps training its warm-up LoRA
+and, the first time that LoRA arrives, joins the cluster whose expert's B matrices are nearest
+(the same B distance), then gets the experts like every other client.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class FedLEASE(Algorithm):
         self.warmup_rounds = config.federation.warmup_rounds
         self.initial_lora = self.init_lora_state()
         self.clustering: Clustering | None = None
-        self.clustered: list[str] = []  # the clients the clustering saw (rows of its matrix)
+        self.clustered: list[str] = []  # the clients the clustering saw, in its order
         self.cluster_of: dict[str, int] = {}
         self.experts: dict[str, torch.Tensor] = {}  # lora_A/lora_B stacked over experts
         self.routers: list[dict[str, torch.Tensor]] = []  # one per cluster
@@ -44,23 +49,23 @@ class FedLEASE(Algorithm):
         return AdapterLayout.fedlease(self.num_experts, self.cluster_of[client_id])
 
     def download(self, after_round: int) -> dict[str, Instruction]:
+        warmup_layout = AdapterLayout().to_config()
         if after_round < self.warmup_rounds:
             arrays = self.initial_lora if after_round == 0 else {}
-            layout = AdapterLayout().to_config()
-            return {c.client_id: Instruction(dict(arrays), {"layout": layout})
+            return {c.client_id: Instruction(dict(arrays), {"layout": warmup_layout})
                     for c in self.clients}
         return {
             c.client_id: Instruction(
                 {**self.experts, **self.routers[self.cluster_of[c.client_id]]},
                 {"layout": self.layout_for(c.client_id).to_config()},
-            )
+            ) if c.client_id in self.cluster_of else Instruction({}, {"layout": warmup_layout})
             for c in self.clients
         }
 
     def upload_spec(self, rnd: int, client_id: str) -> dict | None:
         if rnd < self.warmup_rounds:
             return None
-        if rnd == self.warmup_rounds:
+        if client_id not in self.cluster_of:  # the allocation round, or a late client
             return {"experts": [0], "parts": LORA_PARTS}
         return {"experts": [self.cluster_of[client_id]], "parts": LORA_PARTS + ["router"]}
 
@@ -68,27 +73,24 @@ class FedLEASE(Algorithm):
         if rnd == self.warmup_rounds:
             self.allocate_experts(replies)
         elif rnd > self.warmup_rounds:
-            self.aggregate_experts(replies)
+            late = {cid: r for cid, r in replies.items() if cid not in self.cluster_of}
+            self.aggregate_experts({cid: r for cid, r in replies.items() if cid not in late})
+            self.assign_late(late)
 
     def allocate_experts(self, replies: dict[str, Reply]) -> None:
         """Phase 2: cluster the warm-up B matrices, one expert per cluster, routers per cluster.
-
-        A client whose warm-up LoRA did not arrive (or was rejected) cannot be placed by its
-        data; it joins the largest cluster and its router learns which experts serve it."""
+        Clients without a reply are left out (see ``assign_late``)."""
         ids = [c.client_id for c in self.clients if c.client_id in replies]
         if not ids:
-            raise RuntimeError("expert allocation needs warm-up LoRAs, but no client's arrived")
+            raise RuntimeError("expert allocation: no client uploaded its warm-up LoRA")
+        self.clustered = ids
         b_mats = [{k: v for k, v in replies[cid].arrays.items() if k.endswith(".lora_B")}
                   for cid in ids]
         self.clustering = cluster_clients(b_distance_matrix(b_mats),
                                           self.config.federation.max_experts)
-        self.clustered = ids
         self.cluster_of = dict(zip(ids, self.clustering.labels, strict=True))
         K = self.num_experts
         members = [[cid for cid in ids if self.cluster_of[cid] == c] for c in range(K)]
-        largest = max(range(K), key=lambda c: len(members[c]))
-        for c in self.clients:
-            self.cluster_of.setdefault(c.client_id, largest)
         self.experts = {
             key: torch.cat([
                 weighted_mean([replies[cid].arrays[key] for cid in group],
@@ -118,6 +120,15 @@ class FedLEASE(Algorithm):
                 else:
                     self.experts[key] = self.experts[key].clone()
                     self.experts[key][c] = mean[0]
+
+    def assign_late(self, replies: dict[str, Reply]) -> None:
+        """Clients that missed the allocation join the cluster whose expert's B is nearest."""
+        b_keys = sorted(k for k in self.experts if k.endswith(".lora_B"))
+        expert_bs = [{k: self.experts[k][c : c + 1] for k in b_keys}
+                     for c in range(self.num_experts)]
+        for cid, reply in replies.items():
+            distance = b_distance_matrix([{k: reply.arrays[k] for k in b_keys}, *expert_bs])
+            self.cluster_of[cid] = int(distance[0, 1:].argmin())
 
     def report(self) -> dict:
         if self.clustering is None:
