@@ -43,3 +43,22 @@ def test_missing_file_and_bad_toml(tmp_path):
     bad.write_text("[lora\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("section,key,value,field", [
+    ("train", "lr", float("nan"), "train.lr"),
+    ("train", "lr", float("inf"), "train.lr"),
+    ("lora", "alpha", float("nan"), "lora.alpha"),
+    ("federation", "max_update_norm", 0.0, "federation.max_update_norm"),
+    ("federation", "max_update_norm", float("nan"), "federation.max_update_norm"),
+    ("data", "tasks", [], "data.tasks"),
+    ("output", "dir", "", "output.dir"),
+])
+def test_non_finite_and_empty_values_are_named(section, key, value, field):
+    with pytest.raises(ConfigError, match=field):
+        load_config(overrides={section: {key: value}})
+
+
+def test_unbounded_update_norm_is_allowed():
+    config = load_config(overrides={"federation": {"max_update_norm": float("inf")}})
+    assert config.federation.max_update_norm == float("inf")

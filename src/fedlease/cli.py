@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from fedlease.config import ConfigError, load_config
 from fedlease.data.federation import DataError
+from fedlease.reporting.outputs import OutputError
+from fedlease.runners.checkpoint import CheckpointError
 
 
 def _overrides(args) -> dict:
@@ -27,14 +30,33 @@ def _overrides(args) -> dict:
     return out
 
 
+def _resume_config(args):
+    """The configuration an interrupted run began with (only the device may change)."""
+    fixed = [flag for flag, value in (("--config", args.config), ("--algorithm", args.algorithm),
+                                      ("--rounds", args.rounds), ("--seed", args.seed),
+                                      ("--out", args.out)) if value is not None]
+    if fixed:
+        raise ConfigError(f"--resume continues a run with the configuration it began with "
+                          f"(OUTPUT_DIR/config.toml); drop {', '.join(fixed)}")
+    overrides = {"output": {"dir": args.resume}}
+    if args.device:
+        overrides["train"] = {"device": args.device}
+    return load_config(Path(args.resume) / "config.toml", overrides)
+
+
 def cmd_run(args) -> int:
     from fedlease.reporting.summary import summary_table
     from fedlease.runners.simulator import run_simulation
 
-    config = load_config(args.config, _overrides(args))
+    if args.resume:
+        config = _resume_config(args)
+    else:
+        config = load_config(args.config, _overrides(args))
     print(f"fedlease: {config.federation.algorithm}, {config.federation.rounds} rounds, "
-          f"output in {config.output.dir}", file=sys.stderr)
-    result = run_simulation(config, config.output.dir, progress=not args.quiet)
+          f"output in {config.output.dir}" + (" (resumed)" if args.resume else ""),
+          file=sys.stderr)
+    result = run_simulation(config, config.output.dir, progress=not args.quiet,
+                            resume=bool(args.resume))
     print(summary_table(result))
     print(f"\nmetrics, plots and adapters written to {config.output.dir}/")
     return 0
@@ -54,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="override output.dir")
     run.add_argument("--data-path", help="override data.path (a glue_data or JSONL folder)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--resume", metavar="OUTPUT_DIR",
+                     help="continue an interrupted run from its last checkpoint")
     run.set_defaults(func=cmd_run)
     return parser
 
@@ -62,12 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, CheckpointError) as err:
         print(f"fedlease: error: {err}", file=sys.stderr)
         return 2
+    except OutputError as err:
+        print(f"fedlease: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("fedlease: interrupted; metrics of finished rounds are in the output folder",
-              file=sys.stderr)
+        print("fedlease: interrupted; metrics of finished rounds are in the output folder; "
+              "continue with: fedlease run --resume OUTPUT_DIR", file=sys.stderr)
         return 130
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class FederationConfig:
     warmup_rounds: int = 3
     max_experts: int = 4  # M_max: the largest number of clusters tried
     seed: int = 0
+    # the server rejects a client upload holding a tensor of larger L2 norm (inf: no bound)
+    max_update_norm: float = 100.0
 
 
 @dataclass
@@ -83,7 +86,7 @@ class RunConfig:
                 problems.append(f"{name} = {value!r}: expected {expected}")
 
         need(self.lora.rank >= 1, "lora.rank", "an integer >= 1", self.lora.rank)
-        need(self.lora.alpha > 0, "lora.alpha", "a number > 0", self.lora.alpha)
+        need(0 < self.lora.alpha < math.inf, "lora.alpha", "a number > 0", self.lora.alpha)
         need(0 <= self.lora.dropout < 1, "lora.dropout", "a number in [0, 1)", self.lora.dropout)
         need(len(self.model.target_modules) > 0, "model.target_modules", "a non-empty list",
              self.model.target_modules)
@@ -93,14 +96,16 @@ class RunConfig:
              "one of builtin, glue, jsonl", self.data.source)
         need(self.data.source == "builtin" or bool(self.data.path), "data.path",
              f"a folder for data.source = {self.data.source!r}", self.data.path)
+        need(self.data.source == "jsonl" or len(self.data.tasks) > 0, "data.tasks",
+             "a non-empty list of task names", self.data.tasks)
         need(self.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
              self.data.clients_per_task)
         need(self.data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
              self.data.train_per_client)
         need(self.data.test_per_client >= 1, "data.test_per_client", "an integer >= 1",
              self.data.test_per_client)
-        need(self.train.lr > 0, "train.lr", "a number > 0", self.train.lr)
-        need(self.train.weight_decay >= 0, "train.weight_decay", "a number >= 0",
+        need(0 < self.train.lr < math.inf, "train.lr", "a number > 0", self.train.lr)
+        need(0 <= self.train.weight_decay < math.inf, "train.weight_decay", "a number >= 0",
              self.train.weight_decay)
         need(self.train.batch_size >= 1, "train.batch_size", "an integer >= 1",
              self.train.batch_size)
@@ -112,6 +117,9 @@ class RunConfig:
              self.federation.rounds)
         need(self.federation.max_experts >= 1, "federation.max_experts", "an integer >= 1",
              self.federation.max_experts)
+        need(self.federation.max_update_norm > 0, "federation.max_update_norm",
+             "a number > 0 (inf: no bound)", self.federation.max_update_norm)
+        need(bool(self.output.dir), "output.dir", "a folder path", self.output.dir)
         from fedlease.algorithms import ALGORITHMS
 
         need(self.federation.algorithm in ALGORITHMS, "federation.algorithm",

@@ -14,11 +14,22 @@ import torch
 from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
-from fedlease.config import RunConfig
+from fedlease.algorithms.validation import accept_replies
+from fedlease.config import ConfigError, RunConfig
 from fedlease.data.federation import ClientData
 from fedlease.data.sources import load_federation
 from fedlease.model.model import default_model_path, load_classifier
-from fedlease.reporting.outputs import RunWriter
+from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
+from fedlease.runners.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    algorithm_state,
+    load_checkpoint,
+    restore_algorithm_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from fedlease.training import ClientTrainer
 
 
@@ -44,6 +55,9 @@ def autocast_dtype(device: str) -> torch.dtype | None:
 
 def build_trainers(config: RunConfig, clients: list[ClientData]) -> dict[str, ClientTrainer]:
     """Load the base model once and give every client a trainer over it."""
+    if config.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {config.train.device!r}: this machine has no CUDA "
+                          "device; expected cpu")
     model, tokenizer = load_classifier(
         config.model.path or default_model_path(), config.model.target_modules,
         config.lora.rank, config.lora.alpha, config.lora.dropout, config.train.device,
@@ -59,9 +73,18 @@ def build_trainers(config: RunConfig, clients: list[ClientData]) -> dict[str, Cl
     }
 
 
+def client_state_bytes(model, rank: int, num_experts: int, num_labels: int) -> int:
+    """Upper bound of one client state's size: ``num_experts`` LoRAs and a router of
+    ``2 * num_experts - 1`` slots on every adapted layer, and the head, all float32."""
+    floats = sum(num_experts * rank * (d_in + d_out) + (2 * num_experts - 1) * d_in
+                 for d_in, d_out in model.adapter_shapes().values())
+    return 4 * (floats + (model.hidden_size + 1) * num_labels)
+
+
 def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
-                   progress: bool = True) -> RunResult:
-    """Run ``config.federation.rounds`` rounds of ``config.federation.algorithm``."""
+                   progress: bool = True, resume: bool = False) -> RunResult:
+    """Run ``config.federation.rounds`` rounds of ``config.federation.algorithm``; with
+    ``resume``, continue from the checkpoint in ``out_dir`` after its last finished round."""
     start = time.perf_counter()
     writer = RunWriter(out_dir) if out_dir is not None else None
     if writer:
@@ -74,8 +97,26 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     algorithm = algorithm_cls(config, infos, model.adapter_shapes())
     result = RunResult(config, {c.client_id: c.task for c in clients})
     local_states: dict[str, dict] = {c.client_id: {} for c in clients}
+    first_round = 1
+    if writer:
+        per_client = client_state_bytes(model, config.lora.rank, config.federation.max_experts,
+                                        max(c.num_labels for c in clients))
+        writer.check_free_space(estimate_run_bytes(per_client, len(clients),
+                                                   config.federation.max_experts))
+    if resume:
+        checkpoint = load_checkpoint(out_dir, config)
+        if set(checkpoint.local_states) != set(local_states):
+            raise CheckpointError(f"{out_dir}: the checkpoint's clients "
+                                  f"{sorted(checkpoint.local_states)} are not the data's "
+                                  f"{sorted(local_states)}")
+        restore_algorithm_state(algorithm, checkpoint.server_state)
+        set_rng_state(checkpoint.rng)
+        local_states, result.history = checkpoint.local_states, checkpoint.history
+        result.report = algorithm.report()
+        first_round = checkpoint.round + 1
 
-    rounds = tqdm(range(1, config.federation.rounds + 1), desc=algorithm.name, unit="round",
+    rounds = tqdm(range(first_round, config.federation.rounds + 1), desc=algorithm.name,
+                  unit="round", initial=first_round - 1, total=config.federation.rounds,
                   disable=not progress)
     for rnd in rounds:
         round_start = time.perf_counter()
@@ -84,27 +125,33 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
         for cid in tqdm(fit, desc=f"round {rnd} train", leave=False, disable=not progress):
             replies[cid], local_states[cid] = algorithm_cls.client_fit(
                 fit[cid], local_states[cid], trainers[cid])
-        algorithm.aggregate_fit(rnd, replies)
+        accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
+        algorithm.aggregate_fit(rnd, accepted)
         evaluate = algorithm.configure_evaluate(rnd)
         per_client = {}
         for cid in tqdm(evaluate, desc=f"round {rnd} eval", leave=False, disable=not progress):
             metrics = algorithm_cls.client_evaluate(evaluate[cid], local_states[cid],
                                                     trainers[cid])
-            per_client[cid] = {**replies[cid].metrics, **metrics} if cid in replies else metrics
+            per_client[cid] = {**accepted[cid].metrics, **metrics} if cid in accepted \
+                else metrics
         mean_acc = sum(m["accuracy"] for m in per_client.values()) / len(per_client)
         result.history.append({
             "round": rnd,
             "seconds": time.perf_counter() - round_start,
             "mean_accuracy": mean_acc,
             "clients": per_client,
+            "rejected": rejected,
         })
         result.report = algorithm.report()
         rounds.set_postfix(accuracy=f"{mean_acc:.3f}")
         if writer:
             writer.write_round(result)
+            save_checkpoint(out_dir, Checkpoint(rnd, algorithm_state(algorithm), local_states,
+                                                result.history, rng_state()), config)
     result.wall_seconds = time.perf_counter() - start
     if writer:
         # each client's final model: what it kept locally plus the last download
+        final = algorithm.configure_evaluate(config.federation.rounds)
         writer.finish(result, {cid: ({**local_states[cid], **ins.arrays}, ins.config["layout"])
-                               for cid, ins in evaluate.items()})
+                               for cid, ins in final.items()})
     return result
