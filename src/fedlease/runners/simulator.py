@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
@@ -19,7 +18,7 @@ from fedlease.data.federation import ClientData
 from fedlease.data.sources import load_federation
 from fedlease.model.model import default_model_path, load_classifier
 from fedlease.reporting.outputs import RunWriter
-from fedlease.training import ClientTrainer
+from fedlease.training import ClientTrainer, autocast_dtype
 
 
 @dataclass
@@ -35,13 +34,6 @@ class RunResult:
         return self.history[-1]["clients"]
 
 
-def autocast_dtype(device: str) -> torch.dtype | None:
-    """bf16 autocast on GPUs that support it; full precision on CPU."""
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
 def build_trainers(config: RunConfig, clients: list[ClientData]) -> dict[str, ClientTrainer]:
     """Load the base model once and give every client a trainer over it."""
     model, tokenizer = load_classifier(
@@ -53,7 +45,7 @@ def build_trainers(config: RunConfig, clients: list[ClientData]) -> dict[str, Cl
             model, tokenizer, c, max_length=config.model.max_length,
             batch_size=config.train.batch_size, local_epochs=config.train.local_epochs,
             lr=config.train.lr, weight_decay=config.train.weight_decay,
-            autocast_dtype=autocast_dtype(config.train.device),
+            autocast_dtype=autocast_dtype(config.train.device, config.train.precision),
         )
         for c in clients
     }
