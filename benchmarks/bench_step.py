@@ -225,14 +225,13 @@ def rss_kib(field: str) -> int:
 
 
 def measure_memory(args, device, dtype) -> dict:
-    """Peak memory of steps of one variant: in total, and above the memory held at rest."""
+    """Peak memory over a few steps of one variant: in total, and above what the built model
+    holds at rest (CPU: RSS; glibc keeps freed memory, so the peak is set by the first steps)."""
     (name,) = args.variants
     backbone = load_backbone(args.model)
     batch, labels = make_batch(args, backbone.config.vocab_size, device)
     runner = Runner(name, build_variant(name, backbone, args, device), device, dtype)
     del backbone
-    for _ in range(args.warmup):
-        runner.step(batch, labels)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -241,7 +240,7 @@ def measure_memory(args, device, dtype) -> dict:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
         rest = rss_kib("VmRSS") * 1024
-    for _ in range(3):
+    for _ in range(args.warmup + 2):  # the first step also allocates the optimizer state
         runner.step(batch, labels)
     sync(device)
     if device.type == "cuda":
@@ -316,6 +315,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory runs")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -329,7 +330,8 @@ def parse_args(argv=None):
         "--device", args.device, "--model", args.model, "--batch-size", str(args.batch_size),
         "--seq-len", str(args.seq_len), "--precision", args.precision, "--rank", str(args.rank),
         "--alpha", str(args.alpha), "--dropout", str(args.dropout),
-        "--experts", str(args.experts), "--warmup", str(args.warmup), "--targets", *args.targets,
+        "--experts", str(args.experts), "--warmup", str(args.warmup),
+        "--threads", str(args.threads), "--targets", *args.targets,
     ]
     if args.memory_of:
         args.variants = [args.memory_of]
@@ -343,6 +345,8 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     dtype = autocast_dtype(args.device, args.precision)
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_of:
         print(json.dumps(measure_memory(args, device, dtype)))
         return {}
