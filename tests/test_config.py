@@ -30,6 +30,7 @@ def test_wrong_type_is_named(tmp_path):
     ("federation", "warmup_rounds", 10, "federation.warmup_rounds"),
     ("federation", "algorithm", "fedsgd", "federation.algorithm"),
     ("data", "source", "csv", "data.source"),
+    ("train", "precision", "fp8", "train.precision"),
 ])
 def test_impossible_values_are_named(section, key, value, field):
     with pytest.raises(ConfigError, match=field):

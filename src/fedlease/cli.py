@@ -23,6 +23,8 @@ def _overrides(args) -> dict:
         out.setdefault("federation", {})["seed"] = args.seed
     if args.device:
         out.setdefault("train", {})["device"] = args.device
+    if args.precision:
+        out.setdefault("train", {})["precision"] = args.precision
     if args.out:
         out.setdefault("output", {})["dir"] = args.out
     if args.data_path:
@@ -73,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=int, help="override federation.rounds")
     run.add_argument("--seed", type=int, help="override federation.seed")
     run.add_argument("--device", help="override train.device (cpu, cuda)")
+    run.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                     help="override train.precision (autocast; auto: bf16 on CUDA, fp32 on CPU)")
     run.add_argument("--out", help="override output.dir")
     run.add_argument("--data-path", help="override data.path (a glue_data or JSONL folder)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")

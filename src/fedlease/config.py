@@ -50,6 +50,7 @@ class TrainConfig:
     batch_size: int = 16
     local_epochs: int = 1
     device: str = "cpu"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: bf16 (or fp16) on CUDA, fp32 on CPU
 
 
 @dataclass
@@ -113,6 +114,8 @@ class RunConfig:
              self.train.local_epochs)
         need(self.train.device in ("cpu", "cuda") or self.train.device.startswith("cuda:"),
              "train.device", "cpu or cuda", self.train.device)
+        need(self.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
+             "one of auto, fp32, bf16, fp16", self.train.precision)
         need(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1",
              self.federation.rounds)
         need(self.federation.max_experts >= 1, "federation.max_experts", "an integer >= 1",

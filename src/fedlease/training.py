@@ -48,6 +48,27 @@ def collate(features: list[dict[str, list[int]]], pad_id: int, device) -> dict[s
     return batch
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_dtype(device: str, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` on ``device`` (None: no autocast, fp32).
+
+    ``auto`` is bf16 on GPUs that support it, fp16 on older GPUs and fp32 on CPU; fp16 steps
+    go through a gradient scaler (see ``ClientTrainer.train``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision = {precision!r}: expected one of {PRECISIONS}")
+    cuda = device.startswith("cuda")
+    if precision == "auto":
+        if not cuda:
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError("train.precision = 'bf16': this GPU does not support bf16; "
+                         "use fp16 or auto")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 class ClientTrainer:
     """One client's data, tokenized once, and the shared model it trains on."""
 
@@ -93,6 +114,9 @@ class ClientTrainer:
         self.model.train()
         params = self.model.trainable_parameters()
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
+        scaler = torch.amp.GradScaler(self.model.device.type,
+                                      enabled=self.autocast_dtype == torch.float16)
         total_loss, steps, tokens = 0.0, 0, 0
         start = time.perf_counter()
         for _ in range(self.local_epochs):
@@ -100,8 +124,9 @@ class ClientTrainer:
             for batch, labels in self._batches(self.train_split, order):
                 loss = F.cross_entropy(self._logits(batch), labels)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 total_loss += loss.item()
                 steps += 1
                 tokens += int(batch["attention_mask"].sum())
@@ -121,10 +146,12 @@ class ClientTrainer:
         split = self.test_split if on == "test" else self.train_split
         self.model.load_state(state, layout)
         self.model.eval()
+        start = time.perf_counter()
         correct, loss_sum = 0, 0.0
         for batch, labels in self._batches(split, torch.arange(len(split))):
             logits = self._logits(batch)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(-1) == labels).sum())
         n = max(len(split), 1)
-        return {"accuracy": correct / n, "loss": loss_sum / n}
+        return {"accuracy": correct / n, "loss": loss_sum / n,
+                "eval_seconds": time.perf_counter() - start}

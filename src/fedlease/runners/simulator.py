@@ -30,7 +30,7 @@ from fedlease.runners.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fedlease.training import ClientTrainer
+from fedlease.training import ClientTrainer, autocast_dtype
 
 
 @dataclass
@@ -44,13 +44,6 @@ class RunResult:
     @property
     def final(self) -> dict[str, dict]:
         return self.history[-1]["clients"]
-
-
-def autocast_dtype(device: str) -> torch.dtype | None:
-    """bf16 autocast on GPUs that support it; full precision on CPU."""
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def build_trainers(config: RunConfig, clients: list[ClientData]) -> dict[str, ClientTrainer]:
@@ -67,7 +60,7 @@ def build_trainers(config: RunConfig, clients: list[ClientData]) -> dict[str, Cl
             model, tokenizer, c, max_length=config.model.max_length,
             batch_size=config.train.batch_size, local_epochs=config.train.local_epochs,
             lr=config.train.lr, weight_decay=config.train.weight_decay,
-            autocast_dtype=autocast_dtype(config.train.device),
+            autocast_dtype=autocast_dtype(config.train.device, config.train.precision),
         )
         for c in clients
     }
