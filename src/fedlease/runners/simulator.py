@@ -105,6 +105,7 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     result.wall_seconds = time.perf_counter() - start
     if writer:
         # each client's final model: what it kept locally plus the last download
-        writer.finish(result, {cid: ({**local_states[cid], **ins.arrays}, ins.config["layout"])
+        writer.finish(result, {cid: (algorithm_cls.install(ins, local_states[cid]),
+                                     ins.config["layout"])
                                for cid, ins in evaluate.items()})
     return result
