@@ -136,9 +136,10 @@ def ranking_note(rows: list[dict], focus: str = "fedlease") -> str:
         return ""
     best = others[0]
     gap = 100 * (row["accuracy"]["overall"][0] - best["accuracy"]["overall"][0])
-    return (f"{focus} ranks {row['rank']} of {len(rows)} by average accuracy; "
-            f"{abs(gap):.1f} points {'above' if gap >= 0 else 'below'} the best other "
-            f"algorithm ({best['algorithm']}).")
+    where = ("level with" if round(gap, 1) == 0
+             else f"{abs(gap):.1f} points {'above' if gap > 0 else 'below'}")
+    return (f"{focus} ranks {row['rank']} of {len(rows)} by average accuracy, {where} the best "
+            f"other algorithm ({best['algorithm']}).")
 
 
 def mean_accuracy_curves(runs: list[FinishedRun]) -> dict[str, list[float]]:
