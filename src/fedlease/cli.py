@@ -15,11 +15,11 @@ from fedlease.runners.checkpoint import CheckpointError
 def _overrides(args) -> dict:
     """Command-line flags that override the config file."""
     out: dict = {}
-    if args.algorithm:
+    if getattr(args, "algorithm", None):
         out.setdefault("federation", {})["algorithm"] = args.algorithm
     if args.rounds is not None:
         out.setdefault("federation", {})["rounds"] = args.rounds
-    if args.seed is not None:
+    if getattr(args, "seed", None) is not None:
         out.setdefault("federation", {})["seed"] = args.seed
     if args.device:
         out.setdefault("train", {})["device"] = args.device
@@ -64,6 +64,27 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from fedlease.reporting.comparison import ranking_note
+    from fedlease.runners.compare import parse_algorithms, run_comparison
+
+    config = load_config(args.config, _overrides(args))
+    algorithms = parse_algorithms(args.algorithms)
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: expected an integer >= 1")
+    seeds = [config.federation.seed + i for i in range(args.seeds)]
+    out = args.out or "runs/compare"
+    print(f"fedlease compare: {len(algorithms)} algorithm(s) x {len(seeds)} seed(s), "
+          f"{config.federation.rounds} rounds, output in {out}", file=sys.stderr)
+    rows = run_comparison(config, algorithms, seeds, out, progress=not args.quiet)
+    print((Path(out) / "results.md").read_text())
+    note = ranking_note(rows)
+    if note:
+        print(note)
+    print(f"table: {out}/results.md, {out}/results.csv; plot: {out}/accuracy_per_round.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedlease", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="OUTPUT_DIR",
                      help="continue an interrupted run from its last checkpoint")
     run.set_defaults(func=cmd_run)
+
+    compare = sub.add_parser("compare", help="run several algorithms on the same setup and "
+                                             "seeds; write a results table and plot")
+    compare.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    compare.add_argument("--algorithms", default="all",
+                         help="'all' (default) or a comma-separated list of algorithm names")
+    compare.add_argument("--seeds", type=int, default=3,
+                         help="number of seeds, from federation.seed on (default 3)")
+    compare.add_argument("--rounds", type=int, help="override federation.rounds")
+    compare.add_argument("--device", help="override train.device (cpu, cuda)")
+    compare.add_argument("--out", help="output folder (default runs/compare); finished "
+                                       "(algorithm, seed) runs in it are not run again")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -127,7 +127,8 @@ class RunConfig:
 
         need(self.federation.algorithm in ALGORITHMS, "federation.algorithm",
              "one of " + ", ".join(sorted(ALGORITHMS)), self.federation.algorithm)
-        if self.federation.algorithm == "fedlease":
+        algorithm = ALGORITHMS.get(self.federation.algorithm)
+        if algorithm is not None and algorithm.uses_warmup:
             need(1 <= self.federation.warmup_rounds < self.federation.rounds,
                  "federation.warmup_rounds", "an integer in [1, rounds)",
                  self.federation.warmup_rounds)

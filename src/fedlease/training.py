@@ -136,6 +136,7 @@ class ClientTrainer:
             "train_steps": steps,
             "train_tokens": tokens,
             "train_seconds": time.perf_counter() - start,
+            "trainable_params": sum(p.numel() for p in params),
         }
         return self.model.state(), metrics
 

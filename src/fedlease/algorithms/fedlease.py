@@ -30,6 +30,7 @@ LORA_PARTS = ["lora_A", "lora_B"]
 class FedLEASE(Algorithm):
     name = "fedlease"
     state_fields = ("clustering", "clustered", "cluster_of", "experts", "routers")
+    uses_warmup = True
 
     def __init__(self, config, clients, adapter_shapes):
         super().__init__(config, clients, adapter_shapes)
@@ -47,6 +48,10 @@ class FedLEASE(Algorithm):
 
     def layout_for(self, client_id: str) -> AdapterLayout:
         return AdapterLayout.fedlease(self.num_experts, self.cluster_of[client_id])
+
+    def assign(self, clustering: Clustering) -> list[int]:
+        """The expert of each client, in client order: its cluster."""
+        return clustering.labels
 
     def download(self, after_round: int) -> dict[str, Instruction]:
         warmup_layout = AdapterLayout().to_config()
@@ -88,7 +93,7 @@ class FedLEASE(Algorithm):
                   for cid in ids]
         self.clustering = cluster_clients(b_distance_matrix(b_mats),
                                           self.config.federation.max_experts)
-        self.cluster_of = dict(zip(ids, self.clustering.labels, strict=True))
+        self.cluster_of = dict(zip(ids, self.assign(self.clustering), strict=True))
         K = self.num_experts
         members = [[cid for cid in ids if self.cluster_of[cid] == c] for c in range(K)]
         self.experts = {
@@ -100,8 +105,9 @@ class FedLEASE(Algorithm):
             for key in replies[ids[0]].arrays
         }
         gen = torch.Generator().manual_seed(self.config.federation.seed + 1)
+        num_slots = len(self.layout_for(ids[0]).router_slots)
         self.routers = [
-            {f"{ADAPTER_PREFIX}{name}.router": init_router(d_in, 2 * K - 1, gen)
+            {f"{ADAPTER_PREFIX}{name}.router": init_router(d_in, num_slots, gen)
              for name, (d_in, _) in sorted(self.adapter_shapes.items())}
             for _ in range(K)
         ]

@@ -145,6 +145,7 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     if writer:
         # each client's final model: what it kept locally plus the last download
         final = algorithm.configure_evaluate(config.federation.rounds)
-        writer.finish(result, {cid: ({**local_states[cid], **ins.arrays}, ins.config["layout"])
+        writer.finish(result, {cid: (algorithm_cls.install(ins, local_states[cid]),
+                                     ins.config["layout"])
                                for cid, ins in final.items()})
     return result
