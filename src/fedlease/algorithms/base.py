@@ -15,6 +15,7 @@ everything else as plain values in ``config``. The client keeps whatever it does
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -120,8 +121,14 @@ class Algorithm:
 
     # -- server side: shared --------------------------------------------------------------
 
-    def configure_fit(self, rnd: int) -> dict[str, Instruction]:
+    def configure_fit(self, rnd: int, first_time: Collection[str] = ()) -> dict[str, Instruction]:
+        """``first_time``: clients that have never trained (a runner that samples clients has
+        some); they also get the initial tensors (``download(0)``) under the current ones."""
         instructions = self.download(rnd - 1)
+        if rnd > 1 and first_time:
+            initial = self.download(0)
+            for cid in first_time:
+                instructions[cid].arrays = {**initial[cid].arrays, **instructions[cid].arrays}
         for cid, ins in instructions.items():
             ins.config["upload"] = self.upload_spec(rnd, cid)
             ins.config["seed"] = self.client_seed(rnd, cid)

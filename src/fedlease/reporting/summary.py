@@ -8,10 +8,12 @@ from sklearn.metrics import adjusted_rand_score
 
 
 def task_accuracies(tasks: dict[str, str], final: dict[str, dict]) -> dict[str, float]:
-    """Mean accuracy per task, then ``"overall"`` = the mean over tasks."""
+    """Mean accuracy per task, then ``"overall"`` = the mean over tasks; clients without a final
+    result (dropped out of a deployed run) are left out."""
     by_task = defaultdict(list)
     for cid, task in tasks.items():
-        by_task[task].append(final[cid]["accuracy"])
+        if cid in final:
+            by_task[task].append(final[cid]["accuracy"])
     out = {t: sum(v) / len(v) for t, v in by_task.items()}
     out["overall"] = sum(out.values()) / len(out)
     return out
@@ -28,7 +30,8 @@ def summary_table(result) -> str:
     lines = [f"{'client':<16} {'task':<14} {'expert':>6} {'accuracy':>9}"]
     for cid, task in result.tasks.items():
         expert = str(assignment.get(cid, "-"))
-        lines.append(f"{cid:<16} {task:<14} {expert:>6} {final[cid]['accuracy']:>9.3f}")
+        accuracy = f"{final[cid]['accuracy']:>9.3f}" if cid in final else f"{'no result':>9}"
+        lines.append(f"{cid:<16} {task:<14} {expert:>6} {accuracy}")
     lines.append("")
     for task, acc in task_accuracies(result.tasks, final).items():
         lines.append(f"{'mean ' + task:<38} {acc:>9.3f}")

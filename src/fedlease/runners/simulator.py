@@ -46,23 +46,43 @@ class RunResult:
         return self.history[-1]["clients"]
 
 
-def build_trainers(config: RunConfig, clients: list[ClientData]) -> dict[str, ClientTrainer]:
-    """Load the base model once and give every client a trainer over it."""
+def load_base_model(config: RunConfig):
+    """The frozen base model with the configured adapters injected, and its tokenizer."""
     if config.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {config.train.device!r}: this machine has no CUDA "
                           "device; expected cpu")
-    model, tokenizer = load_classifier(
+    return load_classifier(
         config.model.path or default_model_path(), config.model.target_modules,
         config.lora.rank, config.lora.alpha, config.lora.dropout, config.train.device,
     )
+
+
+def client_trainer(config: RunConfig, model, tokenizer, client: ClientData) -> ClientTrainer:
+    return ClientTrainer(
+        model, tokenizer, client, max_length=config.model.max_length,
+        batch_size=config.train.batch_size, local_epochs=config.train.local_epochs,
+        lr=config.train.lr, weight_decay=config.train.weight_decay,
+        autocast_dtype=autocast_dtype(config.train.device, config.train.precision),
+    )
+
+
+def build_trainers(config: RunConfig, clients: list[ClientData]) -> dict[str, ClientTrainer]:
+    """Load the base model once and give every client a trainer over it."""
+    model, tokenizer = load_base_model(config)
+    return {c.client_id: client_trainer(config, model, tokenizer, c) for c in clients}
+
+
+def round_entry(rnd: int, seconds: float, replies: dict[str, Reply],
+                evaluated: dict[str, dict]) -> dict:
+    """One round of the history: per client its training metrics (if it trained) and its
+    evaluation metrics, and the mean accuracy over the evaluated clients."""
+    per_client = {cid: {**replies[cid].metrics, **metrics} if cid in replies else metrics
+                  for cid, metrics in evaluated.items()}
     return {
-        c.client_id: ClientTrainer(
-            model, tokenizer, c, max_length=config.model.max_length,
-            batch_size=config.train.batch_size, local_epochs=config.train.local_epochs,
-            lr=config.train.lr, weight_decay=config.train.weight_decay,
-            autocast_dtype=autocast_dtype(config.train.device, config.train.precision),
-        )
-        for c in clients
+        "round": rnd,
+        "seconds": seconds,
+        "mean_accuracy": sum(m["accuracy"] for m in per_client.values()) / len(per_client),
+        "clients": per_client,
     }
 
 
@@ -121,22 +141,16 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
         accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
         algorithm.aggregate_fit(rnd, accepted)
         evaluate = algorithm.configure_evaluate(rnd)
-        per_client = {}
-        for cid in tqdm(evaluate, desc=f"round {rnd} eval", leave=False, disable=not progress):
-            metrics = algorithm_cls.client_evaluate(evaluate[cid], local_states[cid],
-                                                    trainers[cid])
-            per_client[cid] = {**accepted[cid].metrics, **metrics} if cid in accepted \
-                else metrics
-        mean_acc = sum(m["accuracy"] for m in per_client.values()) / len(per_client)
-        result.history.append({
-            "round": rnd,
-            "seconds": time.perf_counter() - round_start,
-            "mean_accuracy": mean_acc,
-            "clients": per_client,
-            "rejected": rejected,
-        })
+        evaluated = {
+            cid: algorithm_cls.client_evaluate(evaluate[cid], local_states[cid], trainers[cid])
+            for cid in tqdm(evaluate, desc=f"round {rnd} eval", leave=False,
+                            disable=not progress)
+        }
+        entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated)
+        entry["rejected"] = rejected
+        result.history.append(entry)
         result.report = algorithm.report()
-        rounds.set_postfix(accuracy=f"{mean_acc:.3f}")
+        rounds.set_postfix(accuracy=f"{entry['mean_accuracy']:.3f}")
         if writer:
             writer.write_round(result)
             save_checkpoint(out_dir, Checkpoint(rnd, algorithm_state(algorithm), local_states,
