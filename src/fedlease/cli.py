@@ -65,7 +65,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from fedlease.reporting.comparison import ranking_note
     from fedlease.runners.compare import parse_algorithms, run_comparison
 
     config = load_config(args.config, _overrides(args))
@@ -76,11 +75,8 @@ def cmd_compare(args) -> int:
     out = args.out or "runs/compare"
     print(f"fedlease compare: {len(algorithms)} algorithm(s) x {len(seeds)} seed(s), "
           f"{config.federation.rounds} rounds, output in {out}", file=sys.stderr)
-    rows = run_comparison(config, algorithms, seeds, out, progress=not args.quiet)
+    run_comparison(config, algorithms, seeds, out, progress=not args.quiet)
     print((Path(out) / "results.md").read_text())
-    note = ranking_note(rows)
-    if note:
-        print(note)
     print(f"table: {out}/results.md, {out}/results.csv; plot: {out}/accuracy_per_round.png")
     return 0
 

@@ -25,7 +25,14 @@ def compared(tiny_model_dir, module_tiny_federation, tmp_path_factory):
         "federation": {"rounds": 2, "warmup_rounds": 1, "max_experts": 3},
     })
     out = root / "out"
-    rows = run_comparison(config, list(ALGORITHMS), [0], out, progress=False)
+    # one thread: the tiny model gains nothing from more, and on a busy CPU idle threads
+    # spinning for work made this fixture several times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = run_comparison(config, list(ALGORITHMS), [0], out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return config, out, rows
 
 
