@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,15 +40,16 @@ def bench_config(args, clients: int, train: int, test: int, rounds: int):
     })
 
 
-def federation_figures(config, num_experts: int) -> dict:
-    """Padding of one shuffled epoch of every client (batches drawn as training draws them)
-    and the size of one client's FedLEASE state with ``num_experts`` experts."""
-    from fedlease.data.sources import load_federation
-    from fedlease.model.model import default_model_path, load_classifier
+def padding_figures(config) -> dict:
+    """Real tokens and padded positions of one shuffled epoch of every client, batches drawn
+    as training draws them."""
+    from transformers import AutoTokenizer
 
-    model, tokenizer = load_classifier(
-        config.model.path or default_model_path(), config.model.target_modules,
-        config.lora.rank, config.lora.alpha, config.lora.dropout)
+    from fedlease.data.sources import load_federation
+    from fedlease.model.model import default_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(config.model.path or default_model_path(),
+                                              local_files_only=True)
     real = padded = 0
     for client in load_federation(config.data, config.federation.seed):
         split = tokenize(tokenizer, client.train, config.model.max_length)
@@ -59,11 +59,20 @@ def federation_figures(config, num_experts: int) -> dict:
             mask = collate(feats, 0, "cpu")["attention_mask"]
             real += int(mask.sum())
             padded += mask.numel()
+    return {"real_tokens": real, "padded_tokens": padded}
+
+
+def client_state_bytes(config, num_experts: int) -> int:
+    """One client's FedLEASE state (K experts, its router, a two-label head) in fp32."""
+    from fedlease.model.model import default_model_path, load_classifier
+
+    model, _ = load_classifier(config.model.path or default_model_path(),
+                               config.model.target_modules, config.lora.rank, config.lora.alpha,
+                               config.lora.dropout)
     K, r = num_experts, config.lora.rank
     floats = sum(K * r * (d_in + d_out) + (2 * K - 1) * d_in
                  for d_in, d_out in model.adapter_shapes().values())
-    floats += (model.hidden_size + 1) * 2  # a two-label head
-    return {"real_tokens": real, "padded_tokens": padded, "state_bytes": 4 * floats}
+    return 4 * (floats + (model.hidden_size + 1) * 2)
 
 
 def time_breakdown(args) -> dict:
@@ -84,15 +93,24 @@ def time_breakdown(args) -> dict:
     K = result.report["num_experts"]
     return {"rounds": rounds, "wall": result.wall_seconds,
             "setup": result.wall_seconds - sum(r["seconds"] for r in rounds),
-            "num_experts": K, **federation_figures(config, K)}
+            "num_experts": K, **padding_figures(config)}
+
+
+def peak_rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("/proc/self/status has no VmHWM")
 
 
 def peak_rss_child(args) -> dict:
     config = bench_config(args, args.clients, args.train_per_client, args.test_per_client,
                           rounds=2)
     result = run_simulation(config, None, progress=False)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"clients": args.clients, "peak_rss_mib": peak_kib / 1024,
+    # VmHWM, not getrusage's ru_maxrss: a child's ru_maxrss starts at its parent's peak
+    # (it survives fork and exec), which would hide every figure below the parent's
+    return {"clients": args.clients, "peak_rss_mib": peak_rss_kib() / 1024,
             "num_experts": result.report.get("num_experts"), "wall": result.wall_seconds}
 
 
@@ -113,7 +131,27 @@ def memory_scaling(args) -> list[dict]:
     return out
 
 
-def report(args, timing: dict, memory: list[dict]) -> str:
+def report(args, timing: dict | None, memory: list[dict]) -> str:
+    lines = [] if timing is None else time_report(args, timing)
+    if memory:
+        lines += ["", f"{'clients':>7}{'peak RSS MiB':>14}{'K':>4}{'wall s':>9}"]
+        for m in memory:
+            lines.append(f"{m['clients']:>7}{m['peak_rss_mib']:>14.0f}{m['num_experts']:>4}"
+                         f"{m['wall']:>9.1f}")
+        first, last = memory[0], memory[-1]
+        growth = (last["peak_rss_mib"] - first["peak_rss_mib"]) / (last["clients"]
+                                                                    - first["clients"])
+        config = bench_config(args, TASKS, 2, 1, 2)
+        lines.append(
+            f"growth per added client: {1024 * growth:.0f} KiB (one client's FedLEASE state at "
+            f"K={last['num_experts']}: "
+            f"{client_state_bytes(config, last['num_experts']) / 1024:.0f} KiB, plus its "
+            f"{args.memory_train_per_client + args.memory_test_per_client} tokenized examples "
+            f"and its trainer)")
+    return "\n".join(lines)
+
+
+def time_report(args, timing: dict) -> list[str]:
     lines = [f"device {args.device}, {args.clients} clients x {args.train_per_client} train / "
              f"{args.test_per_client} test examples, batch {args.batch_size}, "
              f"{args.rounds} rounds (1 warm-up), K = {timing['num_experts']}", "",
@@ -135,20 +173,7 @@ def report(args, timing: dict, memory: list[dict]) -> str:
         f"real tokens in padded batches: {timing['real_tokens']} of {timing['padded_tokens']} "
         f"({100 * timing['real_tokens'] / timing['padded_tokens']:.1f}%; padding is per batch)",
     ]
-    if memory:
-        lines += ["", f"{'clients':>7}{'peak RSS MiB':>14}{'K':>4}{'wall s':>9}"]
-        for m in memory:
-            lines.append(f"{m['clients']:>7}{m['peak_rss_mib']:>14.0f}{m['num_experts']:>4}"
-                         f"{m['wall']:>9.1f}")
-        first, last = memory[0], memory[-1]
-        growth = (last["peak_rss_mib"] - first["peak_rss_mib"]) / (last["clients"]
-                                                                    - first["clients"])
-        lines.append(
-            f"growth per added client: {1024 * growth:.0f} KiB (one client's FedLEASE state at "
-            f"K={timing['num_experts']}: {timing['state_bytes'] / 1024:.0f} KiB, plus its "
-            f"{args.memory_train_per_client + args.memory_test_per_client} tokenized examples "
-            f"and its trainer)")
-    return "\n".join(lines)
+    return lines
 
 
 def parse_args(argv=None):
@@ -166,6 +191,7 @@ def parse_args(argv=None):
                         help="client counts of the peak-RSS runs (none: skip them)")
     parser.add_argument("--memory-train-per-client", type=int, default=16)
     parser.add_argument("--memory-test-per-client", type=int, default=8)
+    parser.add_argument("--no-timing", action="store_true", help="only the memory runs")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--peak-rss-of", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -183,7 +209,7 @@ def main(argv=None) -> dict:
         args.test_per_client = args.memory_test_per_client
         print(json.dumps(peak_rss_child(args)))
         return {}
-    timing = time_breakdown(args)
+    timing = None if args.no_timing else time_breakdown(args)
     memory = memory_scaling(args) if args.memory_clients else []
     print(report(args, timing, memory))
     figures = {"args": {k: v for k, v in vars(args).items() if k != "json"},
