@@ -73,6 +73,12 @@ def tiny_federation(tmp_path):
     return write_federation(tmp_path / "fed")
 
 
+@pytest.fixture(scope="module")
+def module_tiny_federation(tmp_path_factory):
+    """The same federation, shared by the tests of one module (for expensive fixtures)."""
+    return write_federation(tmp_path_factory.mktemp("fed"))
+
+
 @pytest.fixture
 def tiny_config(tiny_model_dir, tiny_federation, tmp_path):
     """A small, fast FedLEASE config on the tiny model and the synthetic federation."""

@@ -30,6 +30,7 @@ def test_wrong_type_is_named(tmp_path):
     ("federation", "warmup_rounds", 10, "federation.warmup_rounds"),
     ("federation", "algorithm", "fedsgd", "federation.algorithm"),
     ("data", "source", "csv", "data.source"),
+    ("train", "precision", "fp8", "train.precision"),
 ])
 def test_impossible_values_are_named(section, key, value, field):
     with pytest.raises(ConfigError, match=field):
@@ -66,3 +67,22 @@ def test_file_values_win_over_task_defaults(tmp_path):
 def test_impossible_generation_values_are_named(key, value):
     with pytest.raises(ConfigError, match=f"model.{key}"):
         load_config(overrides={"model": {key: value}})
+
+
+@pytest.mark.parametrize("section,key,value,field", [
+    ("train", "lr", float("nan"), "train.lr"),
+    ("train", "lr", float("inf"), "train.lr"),
+    ("lora", "alpha", float("nan"), "lora.alpha"),
+    ("federation", "max_update_norm", 0.0, "federation.max_update_norm"),
+    ("federation", "max_update_norm", float("nan"), "federation.max_update_norm"),
+    ("data", "tasks", [], "data.tasks"),
+    ("output", "dir", "", "output.dir"),
+])
+def test_non_finite_and_empty_values_are_named(section, key, value, field):
+    with pytest.raises(ConfigError, match=field):
+        load_config(overrides={section: {key: value}})
+
+
+def test_unbounded_update_norm_is_allowed():
+    config = load_config(overrides={"federation": {"max_update_norm": float("inf")}})
+    assert config.federation.max_update_norm == float("inf")

@@ -4,37 +4,81 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from fedlease.config import ConfigError, load_config
 from fedlease.data.federation import DataError
+from fedlease.reporting.outputs import OutputError
+from fedlease.runners.checkpoint import CheckpointError
 
 
 def _overrides(args) -> dict:
     """Command-line flags that override the config file."""
     out: dict = {}
-    if args.algorithm:
+    if getattr(args, "algorithm", None):
         out.setdefault("federation", {})["algorithm"] = args.algorithm
     if args.rounds is not None:
         out.setdefault("federation", {})["rounds"] = args.rounds
-    if args.seed is not None:
+    if getattr(args, "seed", None) is not None:
         out.setdefault("federation", {})["seed"] = args.seed
     if args.device:
         out.setdefault("train", {})["device"] = args.device
+    if args.precision:
+        out.setdefault("train", {})["precision"] = args.precision
     if args.out:
         out.setdefault("output", {})["dir"] = args.out
+    if args.data_path:
+        out.setdefault("data", {})["path"] = args.data_path
     return out
+
+
+def _resume_config(args):
+    """The configuration an interrupted run began with (only the device may change)."""
+    fixed = [flag for flag, value in (("--config", args.config), ("--algorithm", args.algorithm),
+                                      ("--rounds", args.rounds), ("--seed", args.seed),
+                                      ("--out", args.out)) if value is not None]
+    if fixed:
+        raise ConfigError(f"--resume continues a run with the configuration it began with "
+                          f"(OUTPUT_DIR/config.toml); drop {', '.join(fixed)}")
+    overrides = {"output": {"dir": args.resume}}
+    if args.device:
+        overrides["train"] = {"device": args.device}
+    return load_config(Path(args.resume) / "config.toml", overrides)
 
 
 def cmd_run(args) -> int:
     from fedlease.reporting.summary import summary_table
     from fedlease.runners.simulator import run_simulation
 
-    config = load_config(args.config, _overrides(args))
+    if args.resume:
+        config = _resume_config(args)
+    else:
+        config = load_config(args.config, _overrides(args))
     print(f"fedlease: {config.federation.algorithm}, {config.federation.rounds} rounds, "
-          f"output in {config.output.dir}", file=sys.stderr)
-    result = run_simulation(config, config.output.dir, progress=not args.quiet)
+          f"output in {config.output.dir}" + (" (resumed)" if args.resume else ""),
+          file=sys.stderr)
+    result = run_simulation(config, config.output.dir, progress=not args.quiet,
+                            resume=bool(args.resume))
     print(summary_table(result))
     print(f"\nmetrics, plots and adapters written to {config.output.dir}/")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from fedlease.runners.compare import parse_algorithms, run_comparison
+
+    config = load_config(args.config, _overrides(args))
+    algorithms = parse_algorithms(args.algorithms)
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: expected an integer >= 1")
+    seeds = [config.federation.seed + i for i in range(args.seeds)]
+    out = args.out or "runs/compare"
+    print(f"fedlease compare: {len(algorithms)} algorithm(s) x {len(seeds)} seed(s), "
+          f"{config.federation.rounds} rounds, output in {out}", file=sys.stderr)
+    run_comparison(config, algorithms, seeds, out, progress=not args.quiet)
+    print((Path(out) / "results.md").read_text())
+    print(f"table: {out}/results.md, {out}/results.csv; "
+          f"plot: {out}/{config.model.metric}_per_round.png")
     return 0
 
 
@@ -49,9 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=int, help="override federation.rounds")
     run.add_argument("--seed", type=int, help="override federation.seed")
     run.add_argument("--device", help="override train.device (cpu, cuda)")
+    run.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                     help="override train.precision (autocast; auto: bf16 on CUDA, fp32 on CPU)")
     run.add_argument("--out", help="override output.dir")
+    run.add_argument("--data-path", help="override data.path (a glue_data or JSONL folder)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--resume", metavar="OUTPUT_DIR",
+                     help="continue an interrupted run from its last checkpoint")
     run.set_defaults(func=cmd_run)
+
+    compare = sub.add_parser("compare", help="run several algorithms on the same setup and "
+                                             "seeds; write a results table and plot")
+    compare.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    compare.add_argument("--algorithms", default="all",
+                         help="'all' (default) or a comma-separated list of algorithm names")
+    compare.add_argument("--seeds", type=int, default=3,
+                         help="number of seeds, from federation.seed on (default 3)")
+    compare.add_argument("--rounds", type=int, help="override federation.rounds")
+    compare.add_argument("--device", help="override train.device (cpu, cuda)")
+    compare.add_argument("--out", help="output folder (default runs/compare); finished "
+                                       "(algorithm, seed) runs in it are not run again")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -59,12 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, CheckpointError) as err:
         print(f"fedlease: error: {err}", file=sys.stderr)
         return 2
+    except OutputError as err:
+        print(f"fedlease: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("fedlease: interrupted; metrics of finished rounds are in the output folder",
-              file=sys.stderr)
+        print("fedlease: interrupted; metrics of finished rounds are in the output folder; "
+              "continue with: fedlease run --resume OUTPUT_DIR", file=sys.stderr)
         return 130
 
 

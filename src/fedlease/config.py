@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class DataConfig:
     path: str = ""  # glue: the glue_data folder; jsonl: a folder of per-client files
     tasks: list[str] = field(default_factory=lambda: ["sentiment", "news", "spam", "uncertainty"])
     clients_per_task: int = 4
-    train_per_client: int = 64
+    train_per_client: int = 128
     test_per_client: int = 48
 
 
@@ -68,15 +69,18 @@ class TrainConfig:
     batch_size: int = 16
     local_epochs: int = 1
     device: str = "cpu"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: bf16 (or fp16) on CUDA, fp32 on CPU
 
 
 @dataclass
 class FederationConfig:
     algorithm: str = "fedlease"
-    rounds: int = 10
+    rounds: int = 8
     warmup_rounds: int = 3
     max_experts: int = 4  # M_max: the largest number of clusters tried
     seed: int = 0
+    # the server rejects a client upload holding a tensor of larger L2 norm (inf: no bound)
+    max_update_norm: float = 100.0
 
 
 @dataclass
@@ -102,7 +106,7 @@ class RunConfig:
                 problems.append(f"{name} = {value!r}: expected {expected}")
 
         need(self.lora.rank >= 1, "lora.rank", "an integer >= 1", self.lora.rank)
-        need(self.lora.alpha > 0, "lora.alpha", "a number > 0", self.lora.alpha)
+        need(0 < self.lora.alpha < math.inf, "lora.alpha", "a number > 0", self.lora.alpha)
         need(0 <= self.lora.dropout < 1, "lora.dropout", "a number in [0, 1)", self.lora.dropout)
         need(self.model.task in TASKS, "model.task", "one of " + ", ".join(TASKS),
              self.model.task)
@@ -116,14 +120,16 @@ class RunConfig:
              "one of builtin, glue, jsonl", self.data.source)
         need(self.data.source == "builtin" or bool(self.data.path), "data.path",
              f"a folder for data.source = {self.data.source!r}", self.data.path)
+        need(self.data.source == "jsonl" or len(self.data.tasks) > 0, "data.tasks",
+             "a non-empty list of task names", self.data.tasks)
         need(self.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
              self.data.clients_per_task)
         need(self.data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
              self.data.train_per_client)
         need(self.data.test_per_client >= 1, "data.test_per_client", "an integer >= 1",
              self.data.test_per_client)
-        need(self.train.lr > 0, "train.lr", "a number > 0", self.train.lr)
-        need(self.train.weight_decay >= 0, "train.weight_decay", "a number >= 0",
+        need(0 < self.train.lr < math.inf, "train.lr", "a number > 0", self.train.lr)
+        need(0 <= self.train.weight_decay < math.inf, "train.weight_decay", "a number >= 0",
              self.train.weight_decay)
         need(self.train.batch_size >= 1, "train.batch_size", "an integer >= 1",
              self.train.batch_size)
@@ -131,15 +137,21 @@ class RunConfig:
              self.train.local_epochs)
         need(self.train.device in ("cpu", "cuda") or self.train.device.startswith("cuda:"),
              "train.device", "cpu or cuda", self.train.device)
+        need(self.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
+             "one of auto, fp32, bf16, fp16", self.train.precision)
         need(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1",
              self.federation.rounds)
         need(self.federation.max_experts >= 1, "federation.max_experts", "an integer >= 1",
              self.federation.max_experts)
+        need(self.federation.max_update_norm > 0, "federation.max_update_norm",
+             "a number > 0 (inf: no bound)", self.federation.max_update_norm)
+        need(bool(self.output.dir), "output.dir", "a folder path", self.output.dir)
         from fedlease.algorithms import ALGORITHMS
 
         need(self.federation.algorithm in ALGORITHMS, "federation.algorithm",
              "one of " + ", ".join(sorted(ALGORITHMS)), self.federation.algorithm)
-        if self.federation.algorithm == "fedlease":
+        algorithm = ALGORITHMS.get(self.federation.algorithm)
+        if algorithm is not None and algorithm.uses_warmup:
             need(1 <= self.federation.warmup_rounds < self.federation.rounds,
                  "federation.warmup_rounds", "an integer in [1, rounds)",
                  self.federation.warmup_rounds)

@@ -107,6 +107,10 @@ class GenerationTrainer(LocalTrainer):
     def num_train(self) -> int:
         return len(self.splits["train"])
 
+    @property
+    def num_test(self) -> int:
+        return len(self.splits["test"])
+
     def new_head(self, seed: int) -> dict[str, torch.Tensor]:
         """No head: the LM's own (frozen, shared) output layer answers."""
         return {}

@@ -49,6 +49,27 @@ def collate(features: list[dict[str, list[int]]], pad_id: int, device) -> dict[s
     return batch
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_dtype(device: str, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of ``train.precision`` on ``device`` (None: no autocast, fp32).
+
+    ``auto`` is bf16 on GPUs that support it, fp16 on older GPUs and fp32 on CPU; fp16 steps
+    go through a gradient scaler (see ``LocalTrainer.train``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision = {precision!r}: expected one of {PRECISIONS}")
+    cuda = device.startswith("cuda")
+    if precision == "auto":
+        if not cuda:
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError("train.precision = 'bf16': this GPU does not support bf16; "
+                         "use fp16 or auto")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 class LocalTrainer:
     """The local update every task shares: AdamW on the layout's trainable tensors (and the
     head, if any), ``local_epochs`` passes over shuffled mini-batches of the client's data.
@@ -66,6 +87,10 @@ class LocalTrainer:
 
     @property
     def num_train(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def num_test(self) -> int:
         raise NotImplementedError
 
     def batches(self, on: str, order: torch.Tensor):
@@ -89,6 +114,9 @@ class LocalTrainer:
         self.model.train()
         params = self.model.trainable_parameters()
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
+        scaler = torch.amp.GradScaler(self.model.device.type,
+                                      enabled=self.autocast_dtype == torch.float16)
         total_loss, steps, tokens = 0.0, 0, 0
         start = time.perf_counter()
         for _ in range(self.local_epochs):
@@ -96,8 +124,9 @@ class LocalTrainer:
             for inputs, targets in self.batches("train", order):
                 loss = self.loss(inputs, targets)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 total_loss += loss.item()
                 steps += 1
                 tokens += int(inputs["attention_mask"].sum())
@@ -107,6 +136,7 @@ class LocalTrainer:
             "train_steps": steps,
             "train_tokens": tokens,
             "train_seconds": time.perf_counter() - start,
+            "trainable_params": sum(p.numel() for p in params),
         }
         return self.model.state(), metrics
 
@@ -127,6 +157,10 @@ class ClientTrainer(LocalTrainer):
     @property
     def num_train(self) -> int:
         return len(self.train_split)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.test_split)
 
     def new_head(self, seed: int) -> dict[str, torch.Tensor]:
         return self.model.new_head(self.data.num_labels, torch.Generator().manual_seed(seed))
@@ -153,10 +187,12 @@ class ClientTrainer(LocalTrainer):
         split = self.test_split if on == "test" else self.train_split
         self.model.load_state(state, layout)
         self.model.eval()
+        start = time.perf_counter()
         correct, loss_sum = 0, 0.0
         for batch, labels in self.batches(on, torch.arange(len(split))):
             logits = self._logits(batch)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(-1) == labels).sum())
         n = max(len(split), 1)
-        return {"accuracy": correct / n, "loss": loss_sum / n}
+        return {"accuracy": correct / n, "loss": loss_sum / n,
+                "eval_seconds": time.perf_counter() - start}

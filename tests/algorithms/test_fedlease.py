@@ -74,3 +74,31 @@ def test_phase3_aggregation_touches_only_each_cluster_expert():
     assert torch.allclose(server.routers[0]["adapter.l0.query.router"], torch.full((3, 6), 8.0))
     report = server.report()
     assert report["num_experts"] == 2 and report["assignment"]["c3"] == 1
+
+
+def test_client_missing_at_allocation_joins_the_nearest_cluster_later():
+    server = make_server(rounds=4)
+    server.aggregate_fit(1, {"c0": lora_reply(5.0, 1.0, 10), "c1": lora_reply(5.0, 1.0, 10),
+                             "c2": lora_reply(-5.0, 2.0, 30)})  # c3 dropped out
+    assert "c3" not in server.cluster_of
+    assert server.report()["clients"] == ["c0", "c1", "c2"]
+    down = server.configure_fit(2)
+    # c3 keeps training its own warm-up LoRA and uploads it; the others get the experts
+    assert down["c3"].arrays == {} and down["c3"].config["layout"]["num_experts"] == 1
+    assert down["c3"].config["upload"] == {"experts": [0], "parts": ["lora_A", "lora_B"]}
+    experts_before = {k: v.clone() for k, v in server.experts.items()}
+    server.aggregate_fit(2, {"c3": lora_reply(-5.0, 3.0, 30)})
+    assert server.cluster_of["c3"] == server.cluster_of["c2"]
+    # a late warm-up LoRA is not averaged into the experts
+    assert all(torch.equal(server.experts[k], v) for k, v in experts_before.items())
+    down = server.configure_fit(3)
+    assert down["c3"].config["layout"]["router_slots"] == [0, 1, 1]
+    assert down["c3"].arrays["adapter.l0.query.lora_A"].shape == (2, 4, 6)
+
+
+def test_a_client_that_never_trained_gets_the_initial_tensors_too():
+    server = make_server(warmup=2, rounds=4)
+    down = server.configure_fit(2, first_time=["c1"])
+    assert down["c0"].arrays == {}
+    assert torch.equal(down["c1"].arrays["adapter.l0.query.lora_A"],
+                       server.initial_lora["adapter.l0.query.lora_A"])

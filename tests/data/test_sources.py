@@ -83,7 +83,69 @@ def test_bad_jsonl_lines_name_file_and_line(tmp_path, line, message):
 
 
 def test_client_without_test_examples_is_named(tmp_path):
-    (tmp_path / "lonely.jsonl").write_text(
-        json.dumps({"text": "x", "label": "a", "split": "train"}) + "\n")
+    (tmp_path / "lonely.jsonl").write_text("".join(
+        json.dumps({"text": "x", "label": label, "split": "train"}) + "\n" for label in "ab"))
     with pytest.raises(DataError, match="client 'lonely'.*no test examples"):
+        load_jsonl_folder(tmp_path)
+
+
+def write_client(folder, name, labels, split="train"):
+    lines = [json.dumps({"text": f"text {i}", "label": lab, "split": split})
+             for i, lab in enumerate(labels)]
+    (folder / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_manifest_labels_fix_order_and_reject_other_labels(tmp_path):
+    write_client(tmp_path, "a", ["pos", "neg"])
+    with (tmp_path / "a.jsonl").open("a") as f:
+        f.write(json.dumps({"text": "t", "label": "pos", "split": "test"}) + "\n")
+    manifest = {"clients": {"a": "sent"}, "labels": {"sent": ["pos", "neg", "neutral"]}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (client,) = load_jsonl_folder(tmp_path)
+    assert client.labels == ["pos", "neg", "neutral"] and client.train[1].label == 1
+    write_client(tmp_path, "a", ["pos", "meh"])
+    with (tmp_path / "a.jsonl").open("a") as f:
+        f.write(json.dumps({"text": "t", "label": "pos", "split": "test"}) + "\n")
+    with pytest.raises(DataError, match=r"a.jsonl:2: label 'meh' is not one of the labels "
+                                        r"manifest.json declares for task 'sent'"):
+        load_jsonl_folder(tmp_path)
+
+
+@pytest.mark.parametrize("manifest,message", [
+    ("{oops", "not readable JSON"),
+    ('{"clients": {"a": 3}}', '"clients" must map client names to task names'),
+    ('{"clients": {}, "labels": {"t": ["only"]}}', "labels of task 't'"),
+    ('{"clients": {}, "labels": {"t": ["x", "x"]}}', "at least 2 distinct"),
+    ('{"clients": {}, "extra": 1}', "expected"),
+    ('{"clients": {"ghost": "t"}}', r"clients \['ghost'\] have no"),
+])
+def test_bad_manifest_is_named(tmp_path, manifest, message):
+    write_client(tmp_path, "a", ["x", "y"])
+    (tmp_path / "manifest.json").write_text(manifest)
+    with pytest.raises(DataError, match=message) as err:
+        load_jsonl_folder(tmp_path)
+    assert "manifest.json" in str(err.value)
+
+
+def test_task_with_a_single_label_is_named(tmp_path):
+    write_client(tmp_path, "solo", ["x", "x"])
+    with (tmp_path / "solo.jsonl").open("a") as f:
+        f.write(json.dumps({"text": "t", "label": "x", "split": "test"}) + "\n")
+    with pytest.raises(DataError, match="task 'solo': every example has the label 'x'"):
+        load_jsonl_folder(tmp_path)
+
+
+def test_non_utf8_line_is_named(tmp_path):
+    good = json.dumps({"text": "fine", "label": "a", "split": "train"}).encode()
+    (tmp_path / "c1.jsonl").write_bytes(good + b"\n" + b'{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"c1.jsonl:2: not UTF-8 text"):
+        load_jsonl_folder(tmp_path)
+
+
+def test_missing_client_file_and_folder_are_named(tmp_path):
+    with pytest.raises(DataError, match="not a folder"):
+        load_jsonl_folder(tmp_path / "absent")
+    (tmp_path / "bank").mkdir()
+    write_client(tmp_path / "bank", "train", ["x", "y"])
+    with pytest.raises(DataError, match=r"client 'bank': .*test.jsonl does not exist"):
         load_jsonl_folder(tmp_path)

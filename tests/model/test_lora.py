@@ -107,3 +107,58 @@ def test_invalid_layouts_are_rejected():
         AdapterLayout(num_experts=2, trainable=(2,))
     with pytest.raises(ValueError):
         AdapterLayout(num_experts=2, trainable=(0,), router_slots=(0, 1), top_k=3)
+
+
+def differentiable_per_slot(layer, x):
+    """``per_slot_reference`` on the layer's own tensors, so gradients can be compared."""
+    A, B = layer.experts()
+    probs = torch.softmax(x @ layer.router.t(), dim=-1)
+    top_p, top_slot = probs.topk(layer.layout.top_k, dim=-1)
+    top_p = top_p / top_p.sum(-1, keepdim=True)
+    out = layer.base(x)
+    for j in range(layer.layout.top_k):
+        expert = layer.slot_expert[top_slot[:, j]]  # [T]
+        per_token = torch.einsum("tr,tor->to", torch.einsum("ti,tri->tr", x, A[expert]),
+                                 B[expert])
+        out = out + top_p[:, j : j + 1] * layer.scaling * per_token
+    return out
+
+
+@pytest.mark.parametrize("trainable", [(2,), (0, 1, 2, 3)])
+def test_gradients_match_per_slot_formula(trainable):
+    """The fast path (softmax over the kept logits, one addmm, no splice when everything
+    trains) has the per-slot formula's gradients, not only its values."""
+    own = AdapterLayout.fedlease(4, own_expert=2)
+    layout = AdapterLayout(4, trainable, True, own.router_slots, own.top_k)
+    fast, *_ = make_layer(layout, seed=5)
+    slow, *_ = make_layer(layout, seed=5)
+    x = torch.randn(30, 12, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    target = torch.randn(30, 10)
+    ((fast(x) - target) ** 2).sum().backward()
+    ((differentiable_per_slot(slow, x_ref) - target) ** 2).sum().backward()
+    for name in ("train_A", "train_B", "router"):
+        torch.testing.assert_close(getattr(fast, name).grad, getattr(slow, name).grad,
+                                   rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_all_trainable_experts_are_the_parameters_themselves():
+    layout = AdapterLayout(num_experts=2, trainable=(0, 1))
+    layer, A, B, _ = make_layer(layout)
+    got_A, got_B = layer.experts()
+    assert got_A is layer.train_A and got_B is layer.train_B
+    x = torch.randn(6, 12)
+    expected = layer.base(x) + layer.scaling * (x @ A.reshape(-1, 12).t()) @ \
+        B.permute(1, 0, 2).reshape(10, -1).t()
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_autocast_forward_keeps_the_frozen_output_dtype_and_value():
+    layer, A, B, router = make_layer(AdapterLayout.fedlease(3, own_expert=1), seed=2)
+    x = torch.randn(20, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.bfloat16
+    expected = per_slot_reference(layer, A, B, router, layer.layout, x)
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)

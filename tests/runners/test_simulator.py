@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from fedlease.runners.simulator import run_simulation
@@ -56,3 +57,29 @@ def test_unwritable_output_folder_fails_before_training(tiny_config, tmp_path):
     blocker.write_text("x")
     with pytest.raises(OSError, match="cannot write to the output folder"):
         run_simulation(tiny_config, blocker / "sub", progress=False)
+
+
+def test_a_bad_upload_is_rejected_and_the_run_goes_on(tiny_config, tmp_path, monkeypatch):
+    """colors-1 uploads NaN in round 2: the round aggregates the others, records the rejection,
+    and every expert stays finite."""
+    from fedlease.algorithms.fedlease import FedLEASE
+
+    honest = FedLEASE.client_fit.__func__
+
+    def poisoned(cls, ins, local_state, trainer):
+        reply, state = honest(cls, ins, local_state, trainer)
+        if trainer.data.client_id == "colors-1" and ins.config["upload"]:
+            reply.arrays = {k: torch.full_like(v, float("nan")) for k, v in reply.arrays.items()}
+        return reply, state
+
+    monkeypatch.setattr(FedLEASE, "client_fit", classmethod(poisoned))
+    tiny_config.federation.rounds = 2
+    result = run_simulation(tiny_config, tmp_path / "run", progress=False)
+    assert [list(r["rejected"]) for r in result.history] == [["colors-1"], ["colors-1"]]
+    assert "NaN" in result.history[1]["rejected"]["colors-1"]
+    assert "train_loss" not in result.history[1]["clients"]["colors-1"]
+    assert all(m["accuracy"] >= 0 for m in result.final.values())
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "colors-1" in saved["rounds"][1]["rejected"]
+    final = load_file(tmp_path / "run" / "adapters" / "animals-0.safetensors")
+    assert all(torch.isfinite(v).all() for v in final.values())

@@ -48,3 +48,21 @@ def test_smollm2_on_the_builtin_instruction_federation(tmp_path):
     for m in result.final.values():
         assert 0.0 <= m["exact_match"] <= m["rouge_l"] <= 1.0
         assert 0 < m["train_loss"] < 20
+
+
+def test_compare_ranks_generation_runs_by_rouge_l(tiny_generation_config, tmp_path):
+    from fedlease.runners.compare import run_comparison
+
+    out = tmp_path / "compare"
+    rows = run_comparison(tiny_generation_config, ["fedlease", "fedit"], [0], out,
+                          progress=False)
+    for row in rows:
+        metrics = json.loads((out / row["algorithm"] / "seed-0" / "metrics.json").read_text())
+        final = metrics["rounds"][-1]["clients"]
+        by_task = {task: [final[c]["rouge_l"] for c in final if c.startswith(task)]
+                   for task in ("colors", "animals")}
+        overall = sum(sum(v) / len(v) for v in by_task.values()) / 2
+        assert row["score"]["overall"][0] == pytest.approx(overall)
+    text = (out / "results.md").read_text()
+    assert "Final-round test ROUGE-L (%)" in text
+    assert (out / "rouge_l_per_round.png").stat().st_size > 1000

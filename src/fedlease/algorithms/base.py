@@ -15,6 +15,7 @@ everything else as plain values in ``config``. The client keeps whatever it does
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -75,6 +76,13 @@ def weighted_mean(tensors: list[torch.Tensor], weights: list[float]) -> torch.Te
     return sum(t * (w / total) for t, w in zip(tensors, weights, strict=True))
 
 
+def fedavg(replies: list[Reply]) -> Tensors:
+    """Every uploaded tensor averaged over ``replies``, weighted by their training examples."""
+    weights = [r.num_examples for r in replies]
+    return {key: weighted_mean([r.arrays[key] for r in replies], weights)
+            for key in replies[0].arrays}
+
+
 class Algorithm:
     """Server side of a federated algorithm; client side as overridable class methods."""
 
@@ -82,6 +90,9 @@ class Algorithm:
     # names of the attributes holding the server's mutable state (tensors, numbers, strings, or
     # nested dicts/lists of those): what a checkpoint must save to resume the run
     state_fields: tuple[str, ...] = ()
+    # whether the first ``federation.warmup_rounds`` rounds are a warm-up phase (FedLEASE's
+    # clustering needs them); the other algorithms train the same way in every round
+    uses_warmup = False
 
     def __init__(self, config: RunConfig, clients: list[ClientInfo],
                  adapter_shapes: dict[str, tuple[int, int]]):
@@ -110,8 +121,14 @@ class Algorithm:
 
     # -- server side: shared --------------------------------------------------------------
 
-    def configure_fit(self, rnd: int) -> dict[str, Instruction]:
+    def configure_fit(self, rnd: int, first_time: Collection[str] = ()) -> dict[str, Instruction]:
+        """``first_time``: clients that have never trained (a runner that samples clients has
+        some); they also get the initial tensors (``download(0)``) under the current ones."""
         instructions = self.download(rnd - 1)
+        if rnd > 1 and first_time:
+            initial = self.download(0)
+            for cid in first_time:
+                instructions[cid].arrays = {**initial[cid].arrays, **instructions[cid].arrays}
         for cid, ins in instructions.items():
             ins.config["upload"] = self.upload_spec(rnd, cid)
             ins.config["seed"] = self.client_seed(rnd, cid)
@@ -141,11 +158,18 @@ class Algorithm:
     # -- client side --------------------------------------------------------------------
 
     @classmethod
+    def install(cls, ins: Instruction, local_state: Tensors) -> Tensors:
+        """The client's state once what came down is installed over what it kept."""
+        return {**local_state, **ins.arrays}
+
+    @classmethod
     def client_fit(cls, ins: Instruction, local_state: Tensors, trainer) -> tuple[Reply, Tensors]:
         """Install what came down over the local state, train, upload what was asked."""
-        state = {**local_state, **ins.arrays}
-        if HEAD_PREFIX + "weight" not in state:
-            state.update(trainer.new_head(ins.config["head_seed"]))
+        return cls.train_and_upload(with_head(cls.install(ins, local_state), ins, trainer),
+                                    ins, trainer)
+
+    @classmethod
+    def train_and_upload(cls, state: Tensors, ins: Instruction, trainer) -> tuple[Reply, Tensors]:
         layout = AdapterLayout.from_config(ins.config["layout"])
         state, metrics = trainer.train(state, layout, seed=ins.config["seed"])
         upload = select_upload(state, ins.config.get("upload"))
@@ -154,5 +178,12 @@ class Algorithm:
 
     @classmethod
     def client_evaluate(cls, ins: Instruction, local_state: Tensors, trainer) -> dict:
-        state = {**local_state, **ins.arrays}
+        state = cls.install(ins, local_state)
         return trainer.evaluate(state, AdapterLayout.from_config(ins.config["layout"]))
+
+
+def with_head(state: Tensors, ins: Instruction, trainer) -> Tensors:
+    """The state with a task head: the client's own, or a new one from the common head seed."""
+    if HEAD_PREFIX + "weight" in state:
+        return state
+    return {**state, **trainer.new_head(ins.config["head_seed"])}

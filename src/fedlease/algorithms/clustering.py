@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.cluster import AgglomerativeClustering
-from sklearn.metrics import silhouette_score
 
 
 @dataclass
@@ -49,6 +47,11 @@ def cluster_clients(distance: np.ndarray, max_clusters: int, tol: float = 1e-6) 
     Edge cases, where silhouette is undefined: all clients identical (every distance below
     ``tol``) or ``M_max = 1`` gives one cluster; ``N = 2`` gives one cluster per client.
     """
+    # imported here: every client process imports this module but only the server clusters,
+    # and scikit-learn takes about a second to import
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.metrics import silhouette_score
+
     n = distance.shape[0]
     if n == 1 or max_clusters == 1 or distance.max() < tol:
         return Clustering([0] * n, distance, {})

@@ -106,7 +106,8 @@ def load_instruction_jsonl(folder: Path) -> list[InstructionClientData]:
     empty or missing); folder layout, tasks and splits as in ``load_jsonl_folder``."""
     def examples(rows):
         return [InstructionExample(r["instruction"], r.get("input", ""), r["output"])
-                for r in rows]
+                for _, r in rows]
 
+    clients, _labels = read_jsonl_clients(folder, check_instruction_row)
     return [InstructionClientData(name, task, examples(splits["train"]), examples(splits["test"]))
-            for name, task, splits in read_jsonl_clients(folder, check_instruction_row)]
+            for name, task, splits in clients]

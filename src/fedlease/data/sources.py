@@ -118,20 +118,33 @@ def load_jsonl_folder(folder: Path) -> list[ClientData]:
 
     Lines are ``{"text", "label"}`` or ``{"text", "text_pair", "label"}``. A client's task is
     read from ``manifest.json`` (``{"clients": {"<client>": "<task>"}}``) if present, else from
-    a ``"task"`` field on the lines, else it is the client's own name. Each file must carry a
-    ``"split"`` field ("train"/"test") when train and test share one file.
+    a ``"task"`` field on the lines, else it is the client's own name. The manifest may also
+    declare a task's labels (``"labels": {"<task>": ["neg", "pos"]}``): then every line's label
+    must be one of them, and they keep their declared order; otherwise a task's labels are the
+    sorted labels its lines use. Each file must carry a ``"split"`` field ("train"/"test") when
+    train and test share one file.
     """
-    clients = read_jsonl_clients(folder, check_labelled_row)
+    clients, declared_labels = read_jsonl_clients(folder, check_labelled_row)
     labels_by_task: dict[str, set] = {}
     for _name, task, splits in clients:
-        labels_by_task.setdefault(task, set()).update(
-            r["label"] for rows in splits.values() for r in rows)
-    label_lists = {t: sorted(ls, key=str) for t, ls in labels_by_task.items()}
+        for where, row in splits["train"] + splits["test"]:
+            if task in declared_labels and row["label"] not in declared_labels[task]:
+                raise DataError(f"{where}: label {row['label']!r} is not one of the labels "
+                                f"manifest.json declares for task {task!r}: "
+                                f"{declared_labels[task]}")
+            labels_by_task.setdefault(task, set()).add(row["label"])
+    label_lists = {t: declared_labels.get(t) or sorted(ls, key=str)
+                   for t, ls in labels_by_task.items()}
+    for task, labels in label_lists.items():
+        if len(labels) < 2:
+            raise DataError(f"task {task!r}: every example has the label {labels[0]!r}; a "
+                            "classifier needs at least 2 labels (declare them in manifest.json "
+                            "under \"labels\" if some are absent from the data)")
     out = []
     for name, task, splits in clients:
         labels = label_lists[task]
         examples = {part: [Example(r["text"], labels.index(r["label"]), r.get("text_pair"))
-                           for r in rows] for part, rows in splits.items()}
+                           for _, r in rows] for part, rows in splits.items()}
         out.append(ClientData(name, task, [str(x) for x in labels], examples["train"],
                               examples["test"]))
     return out
@@ -147,64 +160,93 @@ def check_labelled_row(where: str, row: dict) -> None:
         raise DataError(f"{where}: \"label\" must be a string or an integer")
 
 
-def read_jsonl_clients(folder: Path, check_row) -> list[tuple[str, str, dict[str, list[dict]]]]:
-    """``(client, task, {"train": rows, "test": rows})`` for every client of a JSONL folder
-    (layout and task naming: see ``load_jsonl_folder``); ``check_row(where, row)`` raises
-    ``DataError`` for a line whose fields do not fit the task."""
+def read_jsonl_clients(folder: Path, check_row):
+    """The clients of a JSONL folder (layout and task naming: see ``load_jsonl_folder``) as
+    ``[(client, task, {"train": [(file:line, row)], "test": [...]})]``, and the manifest's
+    declared labels per task. ``check_row(where, row)`` raises ``DataError`` for a line whose
+    fields do not fit the task."""
     if not folder.is_dir():
         raise DataError(f"data.path = {str(folder)!r}: not a folder of per-client JSONL files")
-    manifest_path = folder / "manifest.json"
-    tasks_by_client = {}
-    if manifest_path.exists():
-        try:
-            tasks_by_client = json.loads(manifest_path.read_text())["clients"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise DataError(f"{manifest_path}: expected {{\"clients\": {{name: task}}}} ({err})") \
-                from None
+    tasks_by_client, declared_labels = _read_manifest(folder / "manifest.json")
     sources = {p.stem: [p] for p in sorted(folder.glob("*.jsonl"))}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         sources[sub.name] = [sub / "train.jsonl", sub / "test.jsonl"]
     if not sources:
         raise DataError(f"{folder}: no *.jsonl files or client folders found")
-
+    unknown = sorted(set(tasks_by_client) - set(sources))
+    if unknown:
+        raise DataError(f"{folder / 'manifest.json'}: clients {unknown} have no <client>.jsonl "
+                        f"or <client>/ folder in {folder}")
     clients = []
     for name, paths in sources.items():
         rows = _read_client_rows(name, paths, check_row)
-        task = tasks_by_client.get(name) or rows[0][0].get("task") or name
+        task = tasks_by_client.get(name) or rows[0][1].get("task") or name
         splits = {"train": [], "test": []}
-        for row, default_split in rows:
-            splits[row.get("split", default_split)].append(row)
+        for where, row, default_split in rows:
+            splits[row.get("split", default_split)].append((where, row))
         for part in ("train", "test"):
             if not splits[part]:
                 raise DataError(f"client {name!r} ({paths[0]}): no {part} examples")
         clients.append((name, task, splits))
-    return clients
+    return clients, declared_labels
+
+
+def _read_manifest(path: Path) -> tuple[dict[str, str], dict[str, list]]:
+    """``manifest.json``'s client -> task map and task -> declared labels (both optional)."""
+    if not path.exists():
+        return {}, {}
+    expected = ('expected {"clients": {"<client>": "<task>"}, '
+                '"labels": {"<task>": [<label>, <label>, ...]}} ("labels" optional)')
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: not readable JSON ({err}); {expected}") from None
+    if not isinstance(manifest, dict) or set(manifest) - {"clients", "labels"}:
+        raise DataError(f"{path}: {expected}")
+    clients, labels = manifest.get("clients", {}), manifest.get("labels", {})
+    if not isinstance(clients, dict) or not all(isinstance(t, str) for t in clients.values()):
+        raise DataError(f"{path}: \"clients\" must map client names to task names; {expected}")
+    if not isinstance(labels, dict):
+        raise DataError(f"{path}: \"labels\" must map task names to label lists; {expected}")
+    for task, names in labels.items():
+        if (not isinstance(names, list) or len(names) < 2 or len(set(names)) != len(names)
+                or not all(isinstance(x, (str, int)) and not isinstance(x, bool)
+                           for x in names)):
+            raise DataError(f"{path}: labels of task {task!r} = {names!r}: expected a list of "
+                            "at least 2 distinct strings or integers")
+    return dict(clients), labels
 
 
 def _read_client_rows(name: str, paths: list[Path], check_row):
-    """(row, default split) for every line; malformed lines raise DataError."""
+    """(``file:line``, row, default split) for every line; malformed lines raise DataError."""
     rows = []
     for path in paths:
         if not path.exists():
             raise DataError(f"client {name!r}: {path} does not exist")
         default_split = path.stem if path.stem in ("train", "test") else None
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{where}: not valid JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{where}: expected a JSON object")
-                check_row(where, row)
-                split = row.get("split", default_split)
-                if split not in ("train", "test"):
-                    raise DataError(f"{where}: \"split\" must be \"train\" or \"test\" "
-                                    "(or use <client>/train.jsonl and test.jsonl)")
-                rows.append((row, default_split))
-    if not rows:
-        raise DataError(f"client {name!r}: {', '.join(map(str, paths))} hold no examples")
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError as err:
+            raise DataError(f"client {name!r}: cannot read {path} ({err.strerror})") from None
+        for lineno, raw in enumerate(lines, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") \
+                    from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object")
+            check_row(where, row)
+            split = row.get("split", default_split)
+            if split not in ("train", "test"):
+                raise DataError(f"{where}: \"split\" must be \"train\" or \"test\" "
+                                "(or use <client>/train.jsonl and test.jsonl)")
+            rows.append((where, row, default_split))
     return rows

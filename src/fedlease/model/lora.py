@@ -9,8 +9,9 @@ One layer type serves every algorithm of the library:
 
 Each expert is computed once per forward: the stacked A matrices are applied as one
 ``[E*r, d_in]`` matmul, weighted per token, and the stacked B matrices as one ``[d_out, E*r]``
-matmul. Only the experts listed in ``layout.trainable`` are ``nn.Parameter`` s; the others are
-buffers, so an optimizer (and its weight decay) never touches them.
+matmul added onto the frozen output in the same kernel (``addmm``). Only the experts listed in
+``layout.trainable`` are ``nn.Parameter`` s; the others are buffers, so an optimizer (and its
+weight decay) never touches them. ``benchmarks/bench_step.py`` measures the cost against peft.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ class MixtureLoRALinear(nn.Module):
         self.register_buffer("frozen_B", lora_B.detach().to(device, torch.float32).clone(), False)
         self.train_A = nn.Parameter(self.frozen_A[idx].clone()) if layout.train_A else None
         self.train_B = nn.Parameter(self.frozen_B[idx].clone())
+        # every expert trainable, in order (plain LoRA, FedDPA...): nothing frozen to splice in
+        self.all_trainable = layout.trainable == tuple(range(E))
         if layout.router_slots is None:
             self.router = None
         else:
@@ -131,6 +134,8 @@ class MixtureLoRALinear(nn.Module):
 
     def experts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All experts' A ``[E, r, d_in]`` and B ``[E, d_out, r]``, trainable ones spliced in."""
+        if self.all_trainable:
+            return (self.frozen_A if self.train_A is None else self.train_A), self.train_B
         A = self.frozen_A
         if self.train_A is not None:
             A = A.index_copy(0, self.trainable_idx, self.train_A)
@@ -139,11 +144,13 @@ class MixtureLoRALinear(nn.Module):
 
     def expert_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Per-token weight of each expert ``[..., E]``: softmax over slots, top-k kept and
-        renormalised, the weights of slots that map to the same expert added up."""
-        probs = torch.softmax(x @ self.router.t(), dim=-1)
-        top_p, top_slot = probs.topk(self.layout.top_k, dim=-1)
-        top_p = top_p / top_p.sum(dim=-1, keepdim=True)
-        weights = x.new_zeros(*x.shape[:-1], self.layout.num_experts)
+        renormalised, the weights of slots that map to the same expert added up.
+
+        The softmax over all slots renormalised over the kept ones is the softmax over the kept
+        slots' logits (softmax is monotone, the dropped terms cancel), computed as such."""
+        top_logit, top_slot = (x @ self.router.t()).topk(self.layout.top_k, dim=-1)
+        top_p = torch.softmax(top_logit, dim=-1)
+        weights = top_p.new_zeros(*x.shape[:-1], self.layout.num_experts)
         return weights.scatter_add(-1, self.slot_expert[top_slot], top_p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,8 +163,11 @@ class MixtureLoRALinear(nn.Module):
         if self.router is not None:
             w = self.expert_weights(x.to(A.dtype))  # [..., E]
             h = (h.unflatten(-1, (E, r)) * w.unsqueeze(-1)).flatten(-2)
-        delta = h @ B.permute(1, 0, 2).reshape(-1, E * r).t()  # [..., d_out]
-        return y + (self.scaling * delta).to(y.dtype)
+        B_stacked = B.permute(1, 0, 2).reshape(-1, E * r)  # [d_out, E*r]
+        # y + scaling * h B^T in one kernel, in the frozen output's dtype
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, E * r).to(y.dtype),
+                          B_stacked.t().to(y.dtype), alpha=self.scaling)
+        return out.view_as(y)
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Detached CPU copies of the full adapter tensors, under the layer-local names."""

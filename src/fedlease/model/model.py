@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from fedlease.config import ConfigError
 from fedlease.model.lora import AdapterLayout, MixtureLoRALinear
 
 ADAPTER_PREFIX = "adapter."
@@ -50,9 +51,9 @@ def inject_adapters(
         if isinstance(module, nn.Linear) and matches_target(name, targets)
     ]
     if not names:
-        raise ValueError(
-            f"[model] target_modules {targets} match no nn.Linear of the model; "
-            "for BERT/RoBERTa use query/value, for LLaMA-style models q_proj/v_proj"
+        raise ConfigError(
+            f"model.target_modules = {targets!r}: match no nn.Linear of the model; expected "
+            "names of its linear layers (BERT/RoBERTa: query/value, LLaMA-style: q_proj/v_proj)"
         )
     layers = {}
     for name in names:
@@ -155,11 +156,12 @@ def load_pretrained(path: str, auto_class_name: str = "AutoModel"):
 
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        # safetensors weights only: a pickled pytorch_model.bin could run code when loaded
         backbone = getattr(transformers, auto_class_name).from_pretrained(
-            path, local_files_only=True)
-    except OSError as err:
-        raise ValueError(f"[model] path {path!r} is not a loadable local model directory: {err}") \
-            from err
+            path, local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.path = {path!r}: not a loadable local model directory with "
+                          f"safetensors weights ({err})") from None
     backbone.eval()
     return backbone, tokenizer
 

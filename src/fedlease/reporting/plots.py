@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy.cluster.hierarchy import dendrogram, linkage  # noqa: E402
 from scipy.spatial.distance import squareform  # noqa: E402
 
@@ -64,6 +65,7 @@ def plot_accuracy(curves: dict[str, list[float]], path: Path, title: str,
     for name, values in curves.items():
         ax.plot(range(1, len(values) + 1), values, marker=".", label=name)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

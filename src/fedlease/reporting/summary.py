@@ -10,10 +10,12 @@ from sklearn.metrics import adjusted_rand_score
 def task_accuracies(tasks: dict[str, str], final: dict[str, dict],
                     metric: str = "accuracy") -> dict[str, float]:
     """Mean ``metric`` (a run's primary metric: ``result.metric``) per task, then
-    ``"overall"`` = the mean over tasks."""
+    ``"overall"`` = the mean over tasks; clients without a final result (dropped out of a
+    deployed run) are left out."""
     by_task = defaultdict(list)
     for cid, task in tasks.items():
-        by_task[task].append(final[cid][metric])
+        if cid in final:
+            by_task[task].append(final[cid][metric])
     out = {t: sum(v) / len(v) for t, v in by_task.items()}
     out["overall"] = sum(out.values()) / len(out)
     return out
@@ -36,8 +38,11 @@ def summary_table(result) -> str:
              + "".join(f" {name:>11}" for name in columns)]
     for cid, task in result.tasks.items():
         expert = str(assignment.get(cid, "-"))
-        lines.append(f"{cid:<16} {task:<14} {expert:>6}"
-                     + "".join(f" {final[cid][name]:>11.3f}" for name in columns))
+        if cid in final:
+            values = "".join(f" {final[cid][name]:>11.3f}" for name in columns)
+        else:
+            values = f" {'no result':>11}"
+        lines.append(f"{cid:<16} {task:<14} {expert:>6}{values}")
     lines.append("")
     means = {name: task_accuracies(result.tasks, final, name) for name in columns}
     for task in means[result.metric]:

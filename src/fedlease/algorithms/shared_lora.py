@@ -1,0 +1,60 @@
+"""The family of baselines that share some parts of a plain LoRA and keep the rest local.
+
+Local LoRA, FedIT, FFA-LoRA, FedSA-LoRA and FedDPA differ only in which experts and which parts
+(A, B) of the client's adapters are averaged on the server, and in what trains; each of them is a
+subclass that sets the class attributes below. Every client starts from the same seeded init
+(one LoRA per expert: A random, B zero). After each round the server averages the uploaded
+(shared) tensors over all clients, weighted by their training examples, and sends the average
+back; the client splices it into the experts it kept, so its local parts are never overwritten.
+Warm-up rounds do not apply: every round is the same.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedlease.algorithms.base import Algorithm, Instruction, Reply, Tensors, fedavg
+from fedlease.model.lora import AdapterLayout
+
+
+class SharedLoRA(Algorithm):
+    num_experts = 1  # LoRAs per adapted layer, summed
+    shared_experts: tuple[int, ...] = (0,)  # the experts whose shared parts are averaged
+    shared_parts: tuple[str, ...] = ()  # "lora_A", "lora_B": what is averaged
+    train_A = True
+    state_fields = ("shared",)
+
+    def __init__(self, config, clients, adapter_shapes):
+        super().__init__(config, clients, adapter_shapes)
+        self.layout = AdapterLayout(self.num_experts, tuple(range(self.num_experts)),
+                                    self.train_A)
+        self.shared: Tensors = {}  # the latest averages, [len(shared_experts), ...] per key
+
+    def initial_state(self) -> Tensors:
+        """One seeded LoRA per expert, stacked: the same start for every client."""
+        inits = [self.init_lora_state(seed_offset=e) for e in range(self.num_experts)]
+        return {key: torch.cat([init[key] for init in inits]) for key in inits[0]}
+
+    def download(self, after_round: int) -> dict[str, Instruction]:
+        arrays = self.initial_state() if after_round == 0 else self.shared
+        config = {"layout": self.layout.to_config()}
+        return {c.client_id: Instruction(dict(arrays), dict(config)) for c in self.clients}
+
+    def upload_spec(self, rnd: int, client_id: str) -> dict | None:
+        if not self.shared_parts:
+            return None
+        return {"experts": list(self.shared_experts), "parts": list(self.shared_parts)}
+
+    def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
+        if self.shared_parts and replies:
+            self.shared = fedavg(list(replies.values()))
+
+    @classmethod
+    def install(cls, ins: Instruction, local_state: Tensors) -> Tensors:
+        """A tensor the client has not got yet is taken whole (the initial LoRAs); one it has
+        gets the shared experts replaced by the server's average, the rest kept."""
+        state = dict(local_state)
+        experts = torch.tensor(cls.shared_experts, dtype=torch.long)
+        for key, value in ins.arrays.items():
+            state[key] = value if key not in state else state[key].index_copy(0, experts, value)
+        return state

@@ -1,0 +1,175 @@
+"""The comparison of algorithms: one row per algorithm, mean ± std over seeds, and one plot.
+
+Read from the run folders ``OUT/<algorithm>/seed-<s>/`` (``metrics.json`` + ``result.json``), so
+a table can be rebuilt from finished runs without running anything.
+
+Columns: the final-round primary metric (accuracy; ROUGE-L for generation) per task and averaged
+over tasks (mean ± sample std over
+seeds; ± 0 with one seed), upload bytes per client per round (averaged over all rounds and
+clients, so FedLEASE's upload-free warm-up rounds count), trainable parameters per client (the
+tensors the optimizer updates in the last round, adapters + router + head, averaged over
+clients) and wall time per run (mean over seeds).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean, stdev
+
+from fedlease.reporting.outputs import atomic_write
+from fedlease.reporting.plots import METRIC_LABELS, accuracy_curves, plot_accuracy
+from fedlease.reporting.summary import task_accuracies
+
+RESULT_FILE = "result.json"  # written last: its presence marks a finished run
+
+
+@dataclass
+class FinishedRun:
+    algorithm: str
+    seed: int
+    tasks: dict[str, str]  # client id -> task
+    history: list[dict]  # metrics.json's rounds
+    wall_seconds: float
+    metric: str = "accuracy"  # the primary metric of the run's task
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """Final-round mean primary metric per task and ``overall`` (the mean over tasks)."""
+        return task_accuracies(self.tasks, self.history[-1]["clients"], self.metric)
+
+    @property
+    def upload_bytes(self) -> float:
+        return mean(m.get("upload_bytes", 0) for r in self.history for m in r["clients"].values())
+
+    @property
+    def trainable_params(self) -> float:
+        return mean(m["trainable_params"] for m in self.history[-1]["clients"].values())
+
+
+def run_folder(out_dir: Path, algorithm: str, seed: int) -> Path:
+    return Path(out_dir) / algorithm / f"seed-{seed}"
+
+
+def is_finished(folder: Path) -> bool:
+    return (folder / RESULT_FILE).is_file()
+
+
+def mark_finished(folder: Path, algorithm: str, seed: int, wall_seconds: float) -> None:
+    atomic_write(folder / RESULT_FILE, json.dumps(
+        {"algorithm": algorithm, "seed": seed, "wall_seconds": wall_seconds}))
+
+
+def load_run(folder: Path) -> FinishedRun:
+    result = json.loads((folder / RESULT_FILE).read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return FinishedRun(result["algorithm"], result["seed"], metrics["tasks"], metrics["rounds"],
+                       result["wall_seconds"], metrics.get("metric", "accuracy"))
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    return mean(values), (stdev(values) if len(values) > 1 else 0.0)
+
+
+def comparison_rows(runs: list[FinishedRun]) -> list[dict]:
+    """One row per algorithm, best average score (primary metric) first, with its rank."""
+    by_algorithm: dict[str, list[FinishedRun]] = {}
+    for run in runs:
+        by_algorithm.setdefault(run.algorithm, []).append(run)
+    rows = []
+    for algorithm, group in by_algorithm.items():
+        scores = [run.scores for run in group]
+        rows.append({
+            "algorithm": algorithm,
+            "seeds": len(group),
+            "score": {key: _spread([a[key] for a in scores]) for key in scores[0]},
+            "upload_bytes": mean(run.upload_bytes for run in group),
+            "trainable_params": mean(run.trainable_params for run in group),
+            "wall_seconds": mean(run.wall_seconds for run in group),
+        })
+    rows.sort(key=lambda row: -row["score"]["overall"][0])
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return rows
+
+
+def _tasks(rows: list[dict]) -> list[str]:
+    return [key for key in rows[0]["score"] if key != "overall"]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    tasks = _tasks(rows)
+    header = (["rank", "algorithm"] + tasks
+              + ["average", "upload B/client/round", "trainable params/client", "wall s", "seeds"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        scores = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in
+                  (row["score"][key] for key in tasks + ["overall"])]
+        cells = [str(row["rank"]), row["algorithm"], *scores, f"{row['upload_bytes']:,.0f}",
+                 f"{row['trainable_params']:,.0f}", f"{row['wall_seconds']:.0f}",
+                 str(row["seeds"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_table(rows: list[dict]) -> str:
+    tasks = _tasks(rows)
+    score_columns = [f"{key}_{stat}" for key in tasks + ["average"] for stat in ("mean", "std")]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["rank", "algorithm", *score_columns, "upload_bytes_per_client_round",
+                     "trainable_params_per_client", "wall_seconds", "seeds"])
+    for row in rows:
+        scores = [f"{v:.4f}" for key in tasks + ["overall"] for v in row["score"][key]]
+        writer.writerow([row["rank"], row["algorithm"], *scores, f"{row['upload_bytes']:.1f}",
+                         f"{row['trainable_params']:.1f}", f"{row['wall_seconds']:.1f}",
+                         row["seeds"]])
+    return out.getvalue()
+
+
+def ranking_note(rows: list[dict], metric: str, focus: str = "fedlease") -> str:
+    """Where ``focus`` ranks by average ``metric`` and its gap to the best other algorithm."""
+    row = next((r for r in rows if r["algorithm"] == focus), None)
+    others = [r for r in rows if r["algorithm"] != focus]
+    if row is None or not others:
+        return ""
+    best = others[0]
+    gap = 100 * (row["score"]["overall"][0] - best["score"]["overall"][0])
+    where = ("level with" if round(gap, 1) == 0
+             else f"{abs(gap):.1f} points {'above' if gap > 0 else 'below'}")
+    return (f"{focus} ranks {row['rank']} of {len(rows)} by average {METRIC_LABELS[metric]}, "
+            f"{where} the best "
+            f"other algorithm ({best['algorithm']}).")
+
+
+def mean_score_curves(runs: list[FinishedRun]) -> dict[str, list[float]]:
+    """Per algorithm: the average primary metric over tasks per round, averaged over seeds."""
+    per_algorithm: dict[str, list[list[float]]] = {}
+    for run in runs:
+        per_algorithm.setdefault(run.algorithm, []).append(accuracy_curves(run)["overall"])
+    return {alg: [mean(values) for values in zip(*curves, strict=True)]
+            for alg, curves in per_algorithm.items()}
+
+
+def write_comparison(runs: list[FinishedRun], out_dir: Path) -> list[dict]:
+    """``results.md``, ``results.csv`` and ``<metric>_per_round.png`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    metrics = {run.metric for run in runs}
+    if len(metrics) != 1:
+        raise ValueError(f"runs score different metrics {sorted(metrics)}: compare runs of one "
+                         "task type (classification or generation) at a time")
+    metric = metrics.pop()
+    label = METRIC_LABELS[metric]
+    rows = comparison_rows(runs)
+    seeds = sorted({run.seed for run in runs})
+    note = ranking_note(rows, metric)
+    text = (f"# Comparison\n\nFinal-round {label} (%), mean ± std over seeds {seeds}.\n\n"
+            f"{markdown_table(rows)}\n" + (f"\n{note}\n" if note else ""))
+    atomic_write(out_dir / "results.md", text)
+    atomic_write(out_dir / "results.csv", csv_table(rows))
+    plot_accuracy(mean_score_curves(runs), out_dir / f"{metric}_per_round.png",
+                  f"average {label} per round (mean over {len(seeds)} seed(s))", metric)
+    return rows

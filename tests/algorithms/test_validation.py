@@ -1,0 +1,161 @@
+"""The server's check of client uploads: every kind of bad update is rejected, by client, and
+leaves the server state as if that client had not answered."""
+
+import logging
+
+import pytest
+import torch
+
+from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
+from fedlease.algorithms.base import select_upload
+from fedlease.algorithms.validation import accept_replies
+from fedlease.config import load_config
+
+SHAPES = {"l0.query": (6, 5), "l0.value": (6, 5)}
+SIZES = (10, 10, 30, 30)
+
+
+def make_server(max_norm=100.0):
+    config = load_config(overrides={"federation": {"rounds": 4, "warmup_rounds": 1,
+                                                   "max_experts": 3,
+                                                   "max_update_norm": max_norm}})
+    clients = [ClientInfo(f"c{i}", n) for i, n in enumerate(SIZES)]
+    return ALGORITHMS["fedlease"](config, clients, SHAPES)
+
+
+def honest_replies(server, rnd, scale=1.0):
+    """What honest clients upload: their full state (as the server sent it, moved a little),
+    cut down by ``select_upload`` to what the instruction asked for."""
+    replies = {}
+    for i, (cid, ins) in enumerate(server.configure_fit(rnd).items()):
+        state = {}
+        for name, (d_in, d_out) in SHAPES.items():
+            group = i // 2  # c0, c1 and c2, c3 share the direction of their B
+            E = ins.config["layout"]["num_experts"]
+            B = torch.full((E, d_out, 4), 0.1 * scale)
+            B[:, :, group] = 1.0 + i * 0.01
+            state[f"adapter.{name}.lora_A"] = torch.full((E, 4, d_in), 0.2 * scale + i * 0.01)
+            state[f"adapter.{name}.lora_B"] = B
+            if ins.config["layout"]["router_slots"] is not None:
+                slots = len(ins.config["layout"]["router_slots"])
+                state[f"adapter.{name}.router"] = torch.full((slots, d_in), 0.3 + i * 0.01)
+        upload = select_upload(state, ins.config["upload"])
+        replies[cid] = Reply(upload, SIZES[i], {"train_loss": 0.5})
+    return replies
+
+
+def server_after_round_one():
+    server = make_server()
+    server.aggregate_fit(1, honest_replies(server, 1))
+    return server
+
+
+def corrupt(reply: Reply, how: str) -> Reply:
+    arrays = dict(reply.arrays)
+    key = sorted(arrays)[0]
+    n, metrics = reply.num_examples, dict(reply.metrics)
+    if how == "missing key":
+        del arrays[key]
+    elif how == "extra key":
+        arrays["head.weight"] = torch.zeros(2, 5)
+    elif how == "wrong shape":
+        arrays[key] = torch.zeros(arrays[key].shape[0] + 1, *arrays[key].shape[1:])
+    elif how == "wrong dtype":
+        arrays[key] = arrays[key].double()
+    elif how == "not a tensor":
+        arrays[key] = arrays[key].tolist()
+    elif how == "nan":
+        arrays[key] = arrays[key].clone()
+        arrays[key].view(-1)[0] = float("nan")
+    elif how == "inf":
+        arrays[key] = arrays[key].clone()
+        arrays[key].view(-1)[0] = float("inf")
+    elif how == "huge norm":
+        arrays[key] = arrays[key] * 1e4
+    elif how == "zero examples":
+        n = 0
+    elif how == "lied about examples":
+        n = n * 1000
+    elif how == "float examples":
+        n = float(n)
+    elif how == "bad metrics":
+        metrics["train_loss"] = float("nan")
+    else:  # pragma: no cover
+        raise AssertionError(how)
+    return Reply(arrays, n, metrics)
+
+
+KINDS = ["missing key", "extra key", "wrong shape", "wrong dtype", "not a tensor", "nan", "inf",
+         "huge norm", "zero examples", "lied about examples", "float examples", "bad metrics"]
+REASONS = {"missing key": "missing", "extra key": "unexpected", "wrong shape": "shape",
+           "wrong dtype": "dtype", "not a tensor": "dense tensor", "nan": "NaN",
+           "inf": "infinite", "huge norm": "max_update_norm", "zero examples": "num_examples",
+           "lied about examples": "declared", "float examples": "num_examples",
+           "bad metrics": "metrics"}
+
+
+def test_honest_replies_are_all_accepted():
+    for rnd, server in ((1, make_server()), (2, server_after_round_one())):
+        fit = server.configure_fit(rnd)
+        accepted, rejected = accept_replies(server, rnd, fit, honest_replies(server, rnd))
+        assert rejected == {} and set(accepted) == {"c0", "c1", "c2", "c3"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_of_bad_update_is_rejected_and_the_round_goes_on(kind, caplog):
+    """A bad upload from c1 in a mixture round: rejected with a reason, logged with its id, and
+    the aggregate equals the one of a round that c1 simply missed."""
+    server, reference = server_after_round_one(), server_after_round_one()
+    fit = server.configure_fit(2)
+    replies = honest_replies(server, 2)
+    replies["c1"] = corrupt(replies["c1"], kind)
+    with caplog.at_level(logging.WARNING, logger="fedlease.algorithms.validation"):
+        accepted, rejected = accept_replies(server, 2, fit, replies)
+    assert list(rejected) == ["c1"] and REASONS[kind] in rejected["c1"]
+    assert "'c1'" in caplog.text and REASONS[kind] in caplog.text
+    server.aggregate_fit(2, accepted)
+    without_c1 = {cid: r for cid, r in honest_replies(reference, 2).items() if cid != "c1"}
+    reference.aggregate_fit(2, without_c1)
+    for key, value in reference.experts.items():
+        assert torch.equal(server.experts[key], value)
+    for mine, theirs in zip(server.routers, reference.routers, strict=True):
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_bad_warmup_upload_leaves_client_out_until_a_good_one_arrives():
+    """c3's warm-up LoRA is rejected: the others are clustered without it; c3 keeps training
+    its LoRA and joins a cluster with its next accepted upload."""
+    server = make_server()
+    fit = server.configure_fit(1)
+    replies = honest_replies(server, 1)
+    replies["c3"] = corrupt(replies["c3"], "nan")
+    accepted, rejected = accept_replies(server, 1, fit, replies)
+    assert list(rejected) == ["c3"]
+    server.aggregate_fit(1, accepted)
+    assert server.clustered == ["c0", "c1", "c2"] and "c3" not in server.cluster_of
+    assert all(torch.isfinite(v).all() for v in server.experts.values())
+    assert len(server.report()["distance"]) == 3
+    fit = server.configure_fit(2)
+    accepted, rejected = accept_replies(server, 2, fit, honest_replies(server, 2))
+    assert rejected == {}
+    server.aggregate_fit(2, accepted)
+    assert server.cluster_of["c3"] == server.cluster_of["c2"]
+
+
+def test_upload_when_none_was_asked_and_unknown_client_are_rejected():
+    server = make_server()
+    fit = server.configure_fit(1)  # warm-up round 1 of 1 uploads; make it a pure warm-up round
+    fit["c0"].config["upload"] = None
+    replies = honest_replies(server, 1)
+    replies["intruder"] = replies["c2"]
+    accepted, rejected = accept_replies(server, 1, fit, replies)
+    assert set(rejected) == {"c0", "intruder"}
+    assert "unexpected" in rejected["c0"] and "not asked" in rejected["intruder"]
+
+
+def test_norm_bound_comes_from_the_config():
+    server = make_server(max_norm=0.5)
+    fit = server.configure_fit(1)
+    _, rejected = accept_replies(server, 1, fit, honest_replies(server, 1))
+    assert set(rejected) == {"c0", "c1", "c2", "c3"}
+    assert all("federation.max_update_norm = 0.5" in r for r in rejected.values())

@@ -1,0 +1,135 @@
+"""``fedlease compare`` on the tiny model: every algorithm end to end, the table, resuming."""
+
+import csv
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedlease.algorithms import ALGORITHMS
+from fedlease.config import ConfigError, load_config
+from fedlease.runners import compare
+from fedlease.runners.compare import parse_algorithms, run_comparison
+
+CLIENTS = ["colors-0", "colors-1", "animals-0", "animals-1"]
+
+
+@pytest.fixture(scope="module")
+def compared(tiny_model_dir, module_tiny_federation, tmp_path_factory):
+    """All algorithms, one seed, two rounds (one of warm-up for the FedLEASE family)."""
+    root = tmp_path_factory.mktemp("compare")
+    config = load_config(overrides={
+        "model": {"path": str(tiny_model_dir), "max_length": 16},
+        "data": {"source": "jsonl", "path": str(module_tiny_federation)},
+        "train": {"batch_size": 8, "lr": 1e-2},
+        "federation": {"rounds": 2, "warmup_rounds": 1, "max_experts": 3},
+    })
+    out = root / "out"
+    # one thread: the tiny model gains nothing from more, and on a busy CPU idle threads
+    # spinning for work made this fixture several times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = run_comparison(config, list(ALGORITHMS), [0], out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return config, out, rows
+
+
+def adapters(out, algorithm):
+    return {cid: load_file(out / algorithm / "seed-0" / "adapters" / f"{cid}.safetensors")
+            for cid in CLIENTS}
+
+
+def test_every_algorithm_runs_and_gets_a_row(compared):
+    _, out, rows = compared
+    assert sorted(row["algorithm"] for row in rows) == sorted(ALGORITHMS)
+    assert [row["rank"] for row in rows] == list(range(1, len(ALGORITHMS) + 1))
+    averages = [row["score"]["overall"][0] for row in rows]
+    assert averages == sorted(averages, reverse=True)
+    by_name = {row["algorithm"]: row for row in rows}
+    assert by_name["local"]["upload_bytes"] == 0
+    # ffa-lora trains B only: fewer trainable parameters than fedit, and half its upload
+    assert by_name["ffa-lora"]["trainable_params"] < by_name["fedit"]["trainable_params"]
+    assert by_name["ffa-lora"]["upload_bytes"] == by_name["fedit"]["upload_bytes"] / 2
+    assert by_name["feddpa"]["trainable_params"] > by_name["fedit"]["trainable_params"]
+
+
+def test_results_table_csv_and_plot_are_written(compared):
+    _, out, rows = compared
+    text = (out / "results.md").read_text()
+    assert all(f"| {name} |" in text for name in ALGORITHMS)
+    assert "fedlease ranks" in text
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["algorithm"] for r in table] == [row["algorithm"] for row in rows]
+    assert {"colors_mean", "animals_std", "average_mean", "upload_bytes_per_client_round",
+            "trainable_params_per_client", "wall_seconds"} <= set(table[0])
+    assert (out / "accuracy_per_round.png").stat().st_size > 1000
+
+
+def test_final_adapters_follow_each_algorithms_sharing_rule(compared):
+    _, out, _ = compared
+    key = next(k for k in adapters(out, "fedit")["colors-0"] if k.endswith("lora_A"))
+    bkey = key.replace("lora_A", "lora_B")
+    fedit = adapters(out, "fedit")
+    assert all(torch.equal(fedit[c][bkey], fedit["colors-0"][bkey]) for c in CLIENTS)
+    ffa = adapters(out, "ffa-lora")
+    assert all(torch.equal(ffa[c][key], ffa["colors-0"][key]) for c in CLIENTS)
+    fedsa = adapters(out, "fedsa-lora")
+    assert all(torch.equal(fedsa[c][key], fedsa["colors-0"][key]) for c in CLIENTS)
+    assert not torch.equal(fedsa["colors-0"][bkey], fedsa["animals-0"][bkey])
+    local = adapters(out, "local")
+    assert not torch.equal(local["colors-0"][bkey], local["animals-0"][bkey])
+    dpa = adapters(out, "feddpa")
+    assert torch.equal(dpa["colors-0"][bkey][0], dpa["animals-0"][bkey][0])  # global
+    assert not torch.equal(dpa["colors-0"][bkey][1], dpa["animals-0"][bkey][1])  # personal
+
+
+def test_a_second_call_runs_nothing_and_rewrites_the_table(compared, monkeypatch):
+    config, out, rows = compared
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished (algorithm, seed) pair was run again")
+
+    monkeypatch.setattr(compare, "run_simulation", must_not_run)
+    (out / "results.md").unlink()
+    again = run_comparison(config, list(ALGORITHMS), [0], out, progress=False)
+    assert [r["algorithm"] for r in again] == [r["algorithm"] for r in rows]
+    assert (out / "results.md").is_file()
+
+
+def test_unfinished_pair_is_run_again(compared, monkeypatch):
+    config, out, _ = compared
+    (out / "local" / "seed-0" / "result.json").unlink()
+    ran = []
+    original = compare.run_simulation
+
+    def counting(cfg, folder, progress):
+        ran.append((cfg.federation.algorithm, cfg.federation.seed))
+        return original(cfg, folder, progress=progress)
+
+    monkeypatch.setattr(compare, "run_simulation", counting)
+    run_comparison(config, ["local", "fedit"], [0], out, progress=False)
+    assert ran == [("local", 0)]
+
+
+def test_algorithm_list_is_checked():
+    assert parse_algorithms("all") == list(ALGORITHMS)
+    assert parse_algorithms("fedit, local,fedit") == ["fedit", "local"]
+    with pytest.raises(ConfigError, match="fedavg"):
+        parse_algorithms("fedit,fedavg")
+
+
+def test_ranking_note_names_the_gap_to_the_best_other_algorithm():
+    from fedlease.reporting.comparison import ranking_note
+
+    def row(name, acc, rank):
+        return {"algorithm": name, "rank": rank, "score": {"overall": (acc, 0.0)}}
+
+    rows = [row("fedit", 0.80, 1), row("fedlease", 0.75, 2), row("local", 0.70, 3)]
+    assert ranking_note(rows, "accuracy") == (
+        "fedlease ranks 2 of 3 by average test accuracy, 5.0 points below the best other "
+        "algorithm (fedit).")
+    rows = [row("fedlease", 0.80, 1), row("fedit", 0.80, 2)]
+    assert "level with the best other algorithm (fedit)" in ranking_note(rows, "accuracy")
