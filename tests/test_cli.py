@@ -30,6 +30,22 @@ def test_run_prints_per_client_table(tiny_model_dir, tiny_federation, tmp_path, 
     assert (out / "summary.txt").exists()
 
 
+def test_compare_takes_the_run_flags_and_prints_the_table(tiny_model_dir, tiny_federation,
+                                                          tmp_path, capsys):
+    path = write_config(tmp_path, {
+        "model": {"path": str(tiny_model_dir), "max_length": 16},
+        "data": {"source": "jsonl", "path": "/no/such/folder"},
+        "federation": {"warmup_rounds": 1},
+    })
+    out = tmp_path / "compare"
+    assert main(["compare", "--config", str(path), "--algorithms", "local,fedit", "--seeds", "1",
+                 "--rounds", "2", "--precision", "fp32", "--data-path", str(tiny_federation),
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| local |" in printed and "| fedit |" in printed
+    assert json.loads((out / "fedit" / "seed-0" / "metrics.json").read_text())["rounds"][1]
+
+
 def test_config_error_is_one_clear_line(tmp_path, capsys):
     path = tmp_path / "bad.toml"
     path.write_text("[federation]\nmax_experts = 0\n")

@@ -82,21 +82,31 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
+    """The flags ``run`` and ``compare`` share: a config file and what overrides it."""
+    parser.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    parser.add_argument("--rounds", type=int, help="override federation.rounds")
+    parser.add_argument("--device", help="override train.device (cpu, cuda)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="override train.precision (autocast; auto: bf16 on CUDA, fp32 on "
+                             "CPU)")
+    parser.add_argument("--data-path", help="override data.path (a glue_data or JSONL folder)")
+    if command == "run":
+        parser.add_argument("--out", help="override output.dir")
+    else:
+        parser.add_argument("--out", help="output folder (default runs/compare); finished "
+                                          "(algorithm, seed) runs in it are not run again")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedlease", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run one federated fine-tuning (default: FedLEASE on the "
                                      "built-in federation)")
-    run.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    add_setting_flags(run, "run")
     run.add_argument("--algorithm", help="override federation.algorithm")
-    run.add_argument("--rounds", type=int, help="override federation.rounds")
     run.add_argument("--seed", type=int, help="override federation.seed")
-    run.add_argument("--device", help="override train.device (cpu, cuda)")
-    run.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                     help="override train.precision (autocast; auto: bf16 on CUDA, fp32 on CPU)")
-    run.add_argument("--out", help="override output.dir")
-    run.add_argument("--data-path", help="override data.path (a glue_data or JSONL folder)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--resume", metavar="OUTPUT_DIR",
                      help="continue an interrupted run from its last checkpoint")
@@ -104,15 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="run several algorithms on the same setup and "
                                              "seeds; write a results table and plot")
-    compare.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    add_setting_flags(compare, "compare")
     compare.add_argument("--algorithms", default="all",
                          help="'all' (default) or a comma-separated list of algorithm names")
     compare.add_argument("--seeds", type=int, default=3,
                          help="number of seeds, from federation.seed on (default 3)")
-    compare.add_argument("--rounds", type=int, help="override federation.rounds")
-    compare.add_argument("--device", help="override train.device (cpu, cuda)")
-    compare.add_argument("--out", help="output folder (default runs/compare); finished "
-                                       "(algorithm, seed) runs in it are not run again")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
     compare.set_defaults(func=cmd_compare)
     return parser
