@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import re
 import string
+import time
 from dataclasses import dataclass
 
 import torch
@@ -159,6 +160,7 @@ class GenerationTrainer(LocalTrainer):
         split = self.splits[on]
         self.model.load_state(state, layout)
         self.model.eval()
+        start = time.perf_counter()
         predictions = []
         for start in range(0, len(split), self.batch_size):
             predictions += self.predict(split[start : start + self.batch_size])
@@ -166,4 +168,4 @@ class GenerationTrainer(LocalTrainer):
         n = max(len(pairs), 1)
         exact = sum(normalize_answer(r) == normalize_answer(p) for r, p in pairs) / n
         return {"rouge_l": sum(rouge_l(r, p) for r, p in pairs) / n, "exact_match": exact,
-                "accuracy": exact}
+                "accuracy": exact, "eval_seconds": time.perf_counter() - start}

@@ -2,11 +2,11 @@
 """Cost per round of a generation run (default: examples/generation.toml on SmolLM2-135M).
 
 Prints, per round, the wall seconds, the local-training seconds summed over clients and the
-rest (evaluation: teacher-forced loss + greedy generation), then the process CPU seconds and
+rest (evaluation: greedy generation and scoring), then the process CPU seconds and
 the load average, since on a shared machine the wall time says as much about the neighbours as
 about the run.
 
-    python scripts/bench_generation.py [--config examples/generation.toml] [--rounds 3]
+    python benchmarks/bench_generation.py [--config examples/generation.toml] [--rounds 3]
 """
 
 from __future__ import annotations
