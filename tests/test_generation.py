@@ -109,7 +109,7 @@ def test_training_fits_the_answers_and_evaluation_scores_them(tiny_llama_dir, to
     assert metrics["train_steps"] == 6
     assert loss_after < loss_before
     result = trainer.evaluate(trained, layout, on="train")
-    assert set(result) == {"rouge_l", "exact_match", "accuracy"}
+    assert set(result) == {"rouge_l", "exact_match", "accuracy", "eval_seconds"}
     assert result["accuracy"] == result["exact_match"]
     assert 0.0 <= result["exact_match"] <= result["rouge_l"] <= 1.0
 
