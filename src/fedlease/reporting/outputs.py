@@ -100,7 +100,10 @@ class RunWriter:
         self.write_round(result)
         atomic_write(self.dir / "summary.txt", summary_table(result) + "\n")
         adapters = self.dir / "adapters"
-        adapters.mkdir(exist_ok=True)
+        try:
+            adapters.mkdir(exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot create {adapters}: {err.strerror or err}") from None
         for cid, (tensors, layout) in client_models.items():
             tensors = {k: v.contiguous() for k, v in tensors.items()}
             atomic_write_bytes(adapters / f"{cid}.safetensors",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,11 +15,16 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy.cluster.hierarchy import dendrogram, linkage  # noqa: E402
 from scipy.spatial.distance import squareform  # noqa: E402
 
+from fedlease.reporting.outputs import OutputError, atomic_write_bytes  # noqa: E402
+
 
 def _save(fig, path: Path) -> None:
+    """Render in memory, then write the file whole (``OutputError`` naming it if that fails)."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    atomic_write_bytes(path, png.getvalue())
 
 
 def plot_dendrogram(distance: np.ndarray, names: list[str], path: Path) -> None:
@@ -90,7 +96,11 @@ def accuracy_curves(result) -> dict[str, list[float]]:
 
 
 def plot_run(result, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create the plot folder {folder}: {err.strerror or err}") \
+            from None
     metric = result.metric
     plot_accuracy(accuracy_curves(result), folder / f"{metric}_per_round.png",
                   f"{result.config.federation.algorithm}: {metric} per round", metric)

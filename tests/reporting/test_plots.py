@@ -1,0 +1,34 @@
+"""A plot that cannot be written is a clear error, after everything else of the run is saved."""
+
+import json
+
+import pytest
+
+from fedlease.cli import main
+from fedlease.reporting.outputs import OutputError
+from fedlease.reporting.plots import plot_accuracy
+
+
+def test_unwritable_plot_names_the_file(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="not-a-folder/acc.png"):
+        plot_accuracy({"overall": [0.5, 0.6]}, blocker / "acc.png", "t")
+    plot_accuracy({"overall": [0.5, 0.6]}, tmp_path / "acc.png", "t")
+    assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_whose_plots_cannot_be_written_keeps_its_results(tiny_config, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "plots").write_text("a file where the plot folder should be")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[model]\npath = "{tiny_config.model.path}"\nmax_length = 16\n'
+        f'[data]\nsource = "jsonl"\npath = "{tiny_config.data.path}"\n'
+        "[federation]\nrounds = 2\nwarmup_rounds = 1\n")
+    assert main(["run", "--config", str(config), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot create the plot folder {out / 'plots'}" in err and "Traceback" not in err
+    assert len(json.loads((out / "metrics.json").read_text())["rounds"]) == 2
+    assert (out / "summary.txt").exists() and (out / "adapters").is_dir()
