@@ -109,3 +109,13 @@ def test_settings_are_checked_and_overrides_parsed():
         read_run_config({"fraction-train": 1.5})
     with pytest.raises(ConfigError, match="federation.rounds"):
         read_run_config({"overrides": "{federation.rounds = 0}"})
+
+
+def test_generation_runs_on_flower_like_in_the_simulator(tiny_generation_config, tmp_path):
+    tiny_generation_config.federation.rounds = 2
+    simulated = run_simulation(tiny_generation_config, None, progress=False)
+    flower, _ = run_on_loopback(tiny_generation_config, tmp_path)
+    assert flower.metric == "rouge_l"
+    assert without_timings(flower.history) == without_timings(simulated.history)
+    assert "mean_rouge_l" in json.loads(
+        (tmp_path / "flower-out" / "metrics.json").read_text())["rounds"][-1]
