@@ -22,7 +22,7 @@ from statistics import mean, stdev
 
 from fedlease.reporting.outputs import atomic_write
 from fedlease.reporting.plots import METRIC_LABELS, accuracy_curves, plot_accuracy
-from fedlease.reporting.summary import task_accuracies
+from fedlease.reporting.summary import task_means
 
 RESULT_FILE = "result.json"  # written last: its presence marks a finished run
 
@@ -39,7 +39,7 @@ class FinishedRun:
     @property
     def scores(self) -> dict[str, float]:
         """Final-round mean primary metric per task and ``overall`` (the mean over tasks)."""
-        return task_accuracies(self.tasks, self.history[-1]["clients"], self.metric)
+        return task_means(self.tasks, self.history[-1]["clients"], self.metric)
 
     @property
     def upload_bytes(self) -> float:

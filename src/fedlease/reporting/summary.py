@@ -7,7 +7,7 @@ from collections import defaultdict
 from sklearn.metrics import adjusted_rand_score
 
 
-def task_accuracies(tasks: dict[str, str], final: dict[str, dict],
+def task_means(tasks: dict[str, str], final: dict[str, dict],
                     metric: str = "accuracy") -> dict[str, float]:
     """Mean ``metric`` (a run's primary metric: ``result.metric``) per task, then
     ``"overall"`` = the mean over tasks; clients without a final result (dropped out of a
@@ -44,7 +44,7 @@ def summary_table(result) -> str:
             values = f" {'no result':>11}"
         lines.append(f"{cid:<16} {task:<14} {expert:>6}{values}")
     lines.append("")
-    means = {name: task_accuracies(result.tasks, final, name) for name in columns}
+    means = {name: task_means(result.tasks, final, name) for name in columns}
     for task in means[result.metric]:
         lines.append(f"{'mean ' + task:<38}"
                      + "".join(f" {means[name][task]:>11.3f}" for name in columns))
