@@ -36,7 +36,9 @@ def _resume_config(args):
     """The configuration an interrupted run began with (only the device may change)."""
     fixed = [flag for flag, value in (("--config", args.config), ("--algorithm", args.algorithm),
                                       ("--rounds", args.rounds), ("--seed", args.seed),
-                                      ("--out", args.out)) if value is not None]
+                                      ("--precision", args.precision),
+                                      ("--data-path", args.data_path), ("--out", args.out))
+             if value is not None]
     if fixed:
         raise ConfigError(f"--resume continues a run with the configuration it began with "
                           f"(OUTPUT_DIR/config.toml); drop {', '.join(fixed)}")

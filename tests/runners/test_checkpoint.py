@@ -167,3 +167,6 @@ def test_killed_run_resumes_to_the_same_final_metrics(tiny_config, tmp_path):
 def test_resume_refuses_flags_that_change_the_run(tmp_path, capsys):
     assert cli.main(["run", "--resume", str(tmp_path), "--rounds", "9"]) == 2
     assert "drop --rounds" in capsys.readouterr().err
+    assert cli.main(["run", "--resume", str(tmp_path), "--precision", "fp32",
+                     "--data-path", str(tmp_path)]) == 2
+    assert "drop --precision, --data-path" in capsys.readouterr().err
