@@ -8,7 +8,7 @@ from sklearn.metrics import adjusted_rand_score
 
 
 def task_means(tasks: dict[str, str], final: dict[str, dict],
-                    metric: str = "accuracy") -> dict[str, float]:
+               metric: str = "accuracy") -> dict[str, float]:
     """Mean ``metric`` (a run's primary metric: ``result.metric``) per task, then
     ``"overall"`` = the mean over tasks; clients without a final result (dropped out of a
     deployed run) are left out."""
