@@ -82,6 +82,12 @@ def test_bad_jsonl_lines_name_file_and_line(tmp_path, line, message):
     assert "c1.jsonl:2" in str(err.value)
 
 
+def test_empty_client_file_is_named(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"client 'empty': .*empty.jsonl hold no examples"):
+        load_jsonl_folder(tmp_path)
+
+
 def test_client_without_test_examples_is_named(tmp_path):
     (tmp_path / "lonely.jsonl").write_text("".join(
         json.dumps({"text": "x", "label": label, "split": "train"}) + "\n" for label in "ab"))

@@ -249,4 +249,6 @@ def _read_client_rows(name: str, paths: list[Path], check_row):
                 raise DataError(f"{where}: \"split\" must be \"train\" or \"test\" "
                                 "(or use <client>/train.jsonl and test.jsonl)")
             rows.append((where, row, default_split))
+    if not rows:
+        raise DataError(f"client {name!r}: {', '.join(map(str, paths))} hold no examples")
     return rows
