@@ -133,3 +133,13 @@ def test_ranking_note_names_the_gap_to_the_best_other_algorithm():
         "algorithm (fedit).")
     rows = [row("fedlease", 0.80, 1), row("fedit", 0.80, 2)]
     assert "level with the best other algorithm (fedit)" in ranking_note(rows, "accuracy")
+
+
+def test_runs_of_different_metrics_are_not_mixed_in_one_table(tmp_path):
+    from fedlease.reporting.comparison import FinishedRun, write_comparison
+
+    history = [{"clients": {"a": {"accuracy": 0.5, "rouge_l": 0.4, "trainable_params": 1}}}]
+    runs = [FinishedRun("fedit", 0, {"a": "t"}, history, 1.0, "accuracy"),
+            FinishedRun("local", 0, {"a": "t"}, history, 1.0, "rouge_l")]
+    with pytest.raises(ConfigError, match=r"different metrics \['accuracy', 'rouge_l'\]"):
+        write_comparison(runs, tmp_path)

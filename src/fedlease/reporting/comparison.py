@@ -4,11 +4,10 @@ Read from the run folders ``OUT/<algorithm>/seed-<s>/`` (``metrics.json`` + ``re
 a table can be rebuilt from finished runs without running anything.
 
 Columns: the final-round primary metric (accuracy; ROUGE-L for generation) per task and averaged
-over tasks (mean ± sample std over
-seeds; ± 0 with one seed), upload bytes per client per round (averaged over all rounds and
-clients, so FedLEASE's upload-free warm-up rounds count), trainable parameters per client (the
-tensors the optimizer updates in the last round, adapters + router + head, averaged over
-clients) and wall time per run (mean over seeds).
+over tasks (mean ± sample std over seeds; ± 0 with one seed), upload bytes per client per round
+(averaged over all rounds and clients, so FedLEASE's upload-free warm-up rounds count),
+trainable parameters per client (the tensors the optimizer updates in the last round, adapters +
+router + head, averaged over clients) and wall time per run (mean over seeds).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
 
+from fedlease.config import ConfigError
 from fedlease.reporting.outputs import atomic_write
 from fedlease.reporting.plots import METRIC_LABELS, accuracy_curves, plot_accuracy
 from fedlease.reporting.summary import task_means
@@ -141,8 +141,7 @@ def ranking_note(rows: list[dict], metric: str, focus: str = "fedlease") -> str:
     where = ("level with" if round(gap, 1) == 0
              else f"{abs(gap):.1f} points {'above' if gap > 0 else 'below'}")
     return (f"{focus} ranks {row['rank']} of {len(rows)} by average {METRIC_LABELS[metric]}, "
-            f"{where} the best "
-            f"other algorithm ({best['algorithm']}).")
+            f"{where} the best other algorithm ({best['algorithm']}).")
 
 
 def mean_score_curves(runs: list[FinishedRun]) -> dict[str, list[float]]:
@@ -159,8 +158,9 @@ def write_comparison(runs: list[FinishedRun], out_dir: Path) -> list[dict]:
     out_dir = Path(out_dir)
     metrics = {run.metric for run in runs}
     if len(metrics) != 1:
-        raise ValueError(f"runs score different metrics {sorted(metrics)}: compare runs of one "
-                         "task type (classification or generation) at a time")
+        raise ConfigError(f"{out_dir}: its runs score different metrics {sorted(metrics)}; "
+                          "compare runs of one task type (classification or generation) "
+                          "in one output folder")
     metric = metrics.pop()
     label = METRIC_LABELS[metric]
     rows = comparison_rows(runs)
