@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fedlease.config import DataConfig
 from fedlease.data.federation import ClientData, DataError, Example
-from fedlease.data.sources import load_builtin, load_glue, read_jsonl_clients
+from fedlease.data.sources import load_federation, read_jsonl_clients
 
 
 @dataclass(frozen=True)
@@ -84,13 +84,11 @@ def to_instructions(client: ClientData) -> InstructionClientData:
 
 
 def load_instruction_federation(data: DataConfig, seed: int) -> list[InstructionClientData]:
-    if data.source == "builtin":
-        return [to_instructions(c) for c in load_builtin(data, seed)]
-    if data.source == "glue":
-        return [to_instructions(c) for c in load_glue(data, seed)]
+    """The user's instruction JSONL as it is; the built-in and GLUE classification federations
+    turned into instructions."""
     if data.source == "jsonl":
         return load_instruction_jsonl(Path(data.path))
-    raise DataError(f"data.source = {data.source!r}: expected builtin, glue or jsonl")
+    return [to_instructions(c) for c in load_federation(data, seed)]
 
 
 def check_instruction_row(where: str, row: dict) -> None:
