@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -108,7 +110,9 @@ def test_training_fits_the_answers_and_evaluation_scores_them(tiny_llama_dir, to
     assert set(trained) == set(state)  # adapters only, no head
     assert metrics["train_steps"] == 6
     assert loss_after < loss_before
+    before = time.perf_counter()
     result = trainer.evaluate(trained, layout, on="train")
+    assert 0 <= result["eval_seconds"] <= time.perf_counter() - before
     assert set(result) == {"rouge_l", "exact_match", "accuracy", "eval_seconds"}
     assert result["accuracy"] == result["exact_match"]
     assert 0.0 <= result["exact_match"] <= result["rouge_l"] <= 1.0

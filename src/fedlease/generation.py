@@ -162,8 +162,8 @@ class GenerationTrainer(LocalTrainer):
         self.model.eval()
         start = time.perf_counter()
         predictions = []
-        for start in range(0, len(split), self.batch_size):
-            predictions += self.predict(split[start : start + self.batch_size])
+        for first in range(0, len(split), self.batch_size):
+            predictions += self.predict(split[first : first + self.batch_size])
         pairs = list(zip([it.reference for it in split], predictions, strict=True))
         n = max(len(pairs), 1)
         exact = sum(normalize_answer(r) == normalize_answer(p) for r, p in pairs) / n
