@@ -22,7 +22,7 @@ import sys
 
 import torch
 
-from fedlease.config import load_config
+from fedlease.config import PRECISIONS, load_config
 from fedlease.runners.simulator import run_simulation
 from fedlease.training import collate, tokenize
 
@@ -179,7 +179,7 @@ def time_report(args, timing: dict) -> list[str]:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--model", default="", help="local model folder (default: the "
                                                     "packaged all-MiniLM-L6-v2)")
     parser.add_argument("--batch-size", type=int, default=16)

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedlease.config import PRECISIONS
 from fedlease.model.lora import AdapterLayout, MixtureLoRALinear, init_lora, init_router
 from fedlease.model.model import FederatedClassifier, default_model_path
 from fedlease.training import autocast_dtype
@@ -306,7 +307,7 @@ def parse_args(argv=None):
                              "roberta-large-shape on CUDA")
     parser.add_argument("--batch-size", type=int, default=None, help="CPU 16, CUDA 128")
     parser.add_argument("--seq-len", type=int, default=None, help="CPU 64, CUDA 128")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--dropout", type=float, default=0.05)

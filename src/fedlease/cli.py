@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedlease.config import ConfigError, load_config
+from fedlease.config import PRECISIONS, ConfigError, load_config
 from fedlease.data.federation import DataError
 from fedlease.reporting.outputs import OutputError
 from fedlease.runners.checkpoint import CheckpointError
@@ -89,7 +89,7 @@ def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--config", help="TOML config file (default: built-in defaults)")
     parser.add_argument("--rounds", type=int, help="override federation.rounds")
     parser.add_argument("--device", help="override train.device (cpu, cuda)")
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="override train.precision (autocast; auto: bf16 on CUDA, fp32 on "
                              "CPU)")
     parser.add_argument("--data-path", help="override data.path (a glue_data or JSONL folder)")

@@ -20,6 +20,8 @@ class ConfigError(ValueError):
 
 
 TASKS = ("classification", "generation")
+# train.precision: autocast dtype of the training step (see training.autocast_dtype)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # what each task is scored by; the run summary and comparisons rank by it
 PRIMARY_METRIC = {"classification": "accuracy", "generation": "rouge_l"}
 # defaults that differ by task; a value in the file or an override wins
@@ -137,8 +139,8 @@ class RunConfig:
              self.train.local_epochs)
         need(self.train.device in ("cpu", "cuda") or self.train.device.startswith("cuda:"),
              "train.device", "cpu or cuda", self.train.device)
-        need(self.train.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
-             "one of auto, fp32, bf16, fp16", self.train.precision)
+        need(self.train.precision in PRECISIONS, "train.precision",
+             "one of " + ", ".join(PRECISIONS), self.train.precision)
         need(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1",
              self.federation.rounds)
         need(self.federation.max_experts >= 1, "federation.max_experts", "an integer >= 1",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from fedlease.config import PRECISIONS
 from fedlease.data.federation import ClientData, Example
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import FederatedClassifier
@@ -47,9 +48,6 @@ def collate(features: list[dict[str, list[int]]], pad_id: int, device) -> dict[s
         rows = [f[key] + [fill] * (width - len(f[key])) for f in features]
         batch[key] = torch.tensor(rows, device=device)
     return batch
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def autocast_dtype(device: str, precision: str = "auto") -> torch.dtype | None:
