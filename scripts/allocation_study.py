@@ -32,7 +32,8 @@ from fedlease.reporting.summary import clustering_ari
 from fedlease.runners.simulator import build_trainers, load_clients
 
 
-def study_seed(config, warmups: list[int], truths: dict[str, dict[str, str]]) -> dict:
+def study_seed(config, warmups: list[int], truths: dict[str, dict[str, str]],
+               noises: list[float]) -> dict:
     """ARI per signal and warm-up for one seed; ``truths``: name -> client -> true group."""
     clients = load_clients(config)
     trainers = build_trainers(config, clients)
@@ -57,8 +58,12 @@ def study_seed(config, warmups: list[int], truths: dict[str, dict[str, str]]) ->
     e_distance = embedding_distance_matrix(embeddings)
     out = {"embedding": {0: scores(e_distance)}, "lora-b": {}, "hybrid": {},
            "embedding_seconds": time.perf_counter() - start}
+    for noise in noises:  # the same vectors, blurred as federation.embedding_noise does
+        noisy = [client_embedding(trainers[cid], Instruction({}, {
+            "seed": server.client_seed(0, cid), "embedding_noise": noise})) for cid in ids]
+        out[f"embedding, noise {noise:g}"] = {0: scores(embedding_distance_matrix(noisy))}
     local = {cid: {} for cid in ids}
-    for rnd in range(1, max(warmups) + 1):
+    for rnd in range(1, max(warmups, default=0) + 1):
         fit = server.configure_fit(rnd)
         for cid in ids:
             _, local[cid] = type(server).client_fit(fit[cid], local[cid], trainers[cid])
@@ -76,12 +81,14 @@ def main() -> None:
     parser.add_argument("--config", help="a fedlease TOML config (default: the defaults)")
     parser.add_argument("--data-path", help="override data.path")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--warmups", default="1,2,3,5")
+    parser.add_argument("--warmups", default="1,2,3,5", help="'' for the embedding alone")
+    parser.add_argument("--noise", default="", help="embedding noise stds to try, e.g. 0.05,0.1")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args()
     config = load_config(args.config,
                          {"data": {"path": args.data_path}} if args.data_path else None)
-    warmups = [int(w) for w in args.warmups.split(",")]
+    warmups = [int(w) for w in args.warmups.split(",") if w]
+    noises = [float(x) for x in args.noise.split(",") if x]
     truths = {}
     manifest = Path(config.data.path) / "manifest.json"
     if config.data.source == "jsonl" and "domains" in json.loads(manifest.read_text()):
@@ -89,10 +96,12 @@ def main() -> None:
     results = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         seeded = with_overrides(config, {"federation": {
-            "seed": seed, "warmup_rounds": max(warmups), "rounds": max(warmups) + 1}})
-        results[seed] = study_seed(seeded, warmups, truths)
+            "seed": seed, "warmup_rounds": max(warmups, default=1),
+            "rounds": max(warmups, default=1) + 1}})
+        results[seed] = study_seed(seeded, warmups, truths, noises)
         print(f"seed {seed}: {results[seed]['seconds']:.0f} s", flush=True)
-    rows = [("embedding", 0)] + [(s, w) for s in ("lora-b", "hybrid") for w in warmups]
+    rows = ([("embedding", 0)] + [(f"embedding, noise {x:g}", 0) for x in noises]
+            + [(s, w) for s in ("lora-b", "hybrid") for w in warmups])
     keys = [k for k in results[next(iter(results))]["embedding"][0] if k.startswith("ari_")]
     lines = ["| signal | warm-up rounds | " + " | ".join(k.replace("_", " vs ") for k in keys)
              + " | experts |", "|---|---|" + "---|" * (len(keys) + 1)]
