@@ -32,6 +32,16 @@ from fedlease.reporting.summary import clustering_ari
 from fedlease.runners.simulator import build_trainers, load_clients
 
 
+class Computed:
+    """A client's mean representation, computed once for every noise level."""
+
+    def __init__(self, vector):
+        self.vector = vector
+
+    def mean_representation(self):
+        return self.vector
+
+
 def study_seed(config, warmups: list[int], truths: dict[str, dict[str, str]],
                noises: list[float]) -> dict:
     """ARI per signal and warm-up for one seed; ``truths``: name -> client -> true group."""
@@ -53,13 +63,13 @@ def study_seed(config, warmups: list[int], truths: dict[str, dict[str, str]],
                    for name, truth in truths.items()}}
 
     start = time.perf_counter()
-    embeddings = [client_embedding(trainers[cid], Instruction({}, {"seed": 0}))
-                  for cid in ids]
+    means = {cid: Computed(trainers[cid].mean_representation()) for cid in ids}
+    embeddings = [client_embedding(means[cid], Instruction({}, {"seed": 0})) for cid in ids]
     e_distance = embedding_distance_matrix(embeddings)
     out = {"embedding": {0: scores(e_distance)}, "lora-b": {}, "hybrid": {},
            "embedding_seconds": time.perf_counter() - start}
     for noise in noises:  # the same vectors, blurred as federation.embedding_noise does
-        noisy = [client_embedding(trainers[cid], Instruction({}, {
+        noisy = [client_embedding(means[cid], Instruction({}, {
             "seed": server.client_seed(0, cid), "embedding_noise": noise})) for cid in ids]
         out[f"embedding, noise {noise:g}"] = {0: scores(embedding_distance_matrix(noisy))}
     local = {cid: {} for cid in ids}
