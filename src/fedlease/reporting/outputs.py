@@ -26,12 +26,12 @@ from pathlib import Path
 
 from safetensors.torch import save as save_tensors
 
-from fedlease.config import dump_toml
+from fedlease.config import ConfigError, dump_toml
 
-# clustering.json, summary and plots (0.2 MiB for the default run's 16 clients), and per client
+# clustering.json, summary and plots (0.2 MiB measured for the default run, 16 clients), per client
 # and round of history in metrics.json and in the checkpoint.json being replaced and replacing
 # it (about 330 + 2 x 550 bytes measured)
-REPORT_BYTES = 2**20
+REPORT_BYTES = 2**19
 HISTORY_BYTES = 1536
 # margin over the files a run is known to write (file system blocks, safetensors headers)
 SPACE_SAFETY_FACTOR = 1.5
@@ -103,8 +103,8 @@ class RunWriter:
 
     def check(self) -> None:
         """Everything about the folder that can fail, without writing anything: it must be (or
-        become) a writable folder, and must not hold another run unless resuming or
-        overwriting it."""
+        become) a writable folder (else ``OutputError``), and must not hold another run unless
+        resuming or overwriting it (else ``ConfigError``)."""
         existing = nearest_existing(self.dir)
         if not existing.is_dir():
             raise OutputError(f"cannot write to the output folder {self.dir}: {existing} is a "
@@ -113,8 +113,8 @@ class RunWriter:
             raise OutputError(f"cannot write to the output folder {self.dir}: {existing} is not "
                               "writable")
         found = self.existing_run()
-        if found and not (self.resume or self.overwrite):
-            raise OutputError(
+        if found and not (self.resume or self.overwrite):  # a user's choice: exit code 2
+            raise ConfigError(
                 f"the output folder {self.dir} holds another run ({', '.join(found)}); resume "
                 f"it with `fedlease run --resume {self.dir}`, choose another output folder "
                 "(--out / output.dir), or pass --overwrite to replace its results")
