@@ -226,7 +226,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
     for section, values in (overrides or {}).items():
-        data.setdefault(section, {}).update(values)
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table, got {type(table).__name__}")
+        table.update(values)
     model_table = data.get("model")
     task = model_table.get("task") if isinstance(model_table, dict) else None
     for section, values in TASK_DEFAULTS.get(task, {}).items() if isinstance(task, str) else ():
