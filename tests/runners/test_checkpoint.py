@@ -318,3 +318,15 @@ def test_any_damaged_byte_or_truncation_is_a_checkpoint_error(intact_checkpoint,
     with pytest.raises(ckpt.CheckpointError) as raised:
         ckpt.load_checkpoint(folder, config)
     assert str(folder / "checkpoint") in str(raised.value)
+
+
+def test_resuming_on_changed_data_is_refused(tiny_config, tmp_path):
+    """Same config, same clients, one example edited: the checkpoint is not this data's."""
+    tiny_config.federation.rounds = 2
+    out = tmp_path / "run"
+    run_simulation(tiny_config, out, progress=False)
+    path = Path(tiny_config.data.path) / "colors-0.jsonl"
+    path.write_text(path.read_text().replace("red", "blue", 1))
+    with pytest.raises(ckpt.CheckpointError, match="the clients' examples differ from those the "
+                                                   "run began with"):
+        run_simulation(tiny_config, out, progress=False, resume=True)

@@ -57,6 +57,7 @@ class Checkpoint:
     local_states: dict[str, Tensors]  # client id -> local state
     history: list[dict]  # the run's per-round records so far
     rng: dict
+    data_sha256: str = ""  # of the clients' examples (``data_fingerprint``): same data on resume
 
 
 # -- plain encoding of the server state ---------------------------------------------------
@@ -180,7 +181,7 @@ def save_checkpoint(out_dir: str | Path, checkpoint: Checkpoint, config: RunConf
         atomic_write_bytes(folder / files[part], data)
     body = {"format": FORMAT, "round": checkpoint.round, "files": files, "sha256": hashes,
             "clients": client_ids, "state": plain, "history": checkpoint.history,
-            "config": config_to_dict(config)}
+            "config": config_to_dict(config), "data_sha256": checkpoint.data_sha256}
     body = json.loads(json.dumps(body))  # the digest is of what a load reads back
     atomic_write(folder / MANIFEST, json.dumps({**body, "manifest_sha256": _manifest_digest(body)}))
     for old in folder.glob("*.safetensors"):
@@ -220,7 +221,18 @@ def load_checkpoint(out_dir: str | Path, config: RunConfig) -> Checkpoint:
         raise CheckpointError(f"{path}: damaged checkpoint: its state does not match "
                               f"{manifest['files']['server']} / {manifest['files']['clients']} "
                               f"({type(err).__name__}: {err})") from None
-    return Checkpoint(manifest["round"], server_state, local_states, manifest["history"], rng)
+    return Checkpoint(manifest["round"], server_state, local_states, manifest["history"], rng,
+                      manifest["data_sha256"])
+
+
+def data_fingerprint(clients) -> str:
+    """SHA-256 of every client's id, task and examples (dataclasses), in order."""
+    digest = hashlib.sha256()
+    for client in clients:
+        for part in (client.client_id, client.task, client.train, client.test):
+            value = [dataclasses.astuple(ex) for ex in part] if isinstance(part, list) else part
+            digest.update(json.dumps(value).encode("utf-8") + b"\n")
+    return digest.hexdigest()
 
 
 def check_fits_model(checkpoint: Checkpoint, model, rank: int, where: Path) -> None:
@@ -283,7 +295,8 @@ def check_fits_model(checkpoint: Checkpoint, model, rank: int, where: Path) -> N
 
 # what a manifest must hold, and the type of each entry
 MANIFEST_FIELDS = {"format": int, "round": int, "files": dict, "sha256": dict, "clients": list,
-                   "state": dict, "history": list, "config": dict, "manifest_sha256": str}
+                   "state": dict, "history": list, "config": dict, "data_sha256": str,
+                   "manifest_sha256": str}
 
 
 def _read_manifest(path: Path) -> dict:

@@ -30,6 +30,7 @@ from fedlease.runners.checkpoint import (
     algorithm_state,
     check_fits_model,
     checkpoint_dir,
+    data_fingerprint,
     load_checkpoint,
     restore_algorithm_state,
     rng_state,
@@ -144,6 +145,22 @@ def run_bytes(config: RunConfig, algorithm, trainers: dict[str, LocalTrainer]) -
                               config.federation.rounds)
 
 
+def load_resumable(out_dir, config: RunConfig, model, clients, fingerprint: str) -> Checkpoint:
+    """The checkpoint in ``out_dir``, checked against this run's clients, data and model."""
+    checkpoint = load_checkpoint(out_dir, config)
+    ids = {c.client_id for c in clients}
+    if set(checkpoint.local_states) != ids:
+        raise CheckpointError(f"{out_dir}: the checkpoint's clients "
+                              f"{sorted(checkpoint.local_states)} are not the data's "
+                              f"{sorted(ids)}")
+    check_fits_model(checkpoint, model, config.lora.rank, checkpoint_dir(out_dir))
+    if checkpoint.data_sha256 != fingerprint:
+        raise CheckpointError(f"{out_dir}: the clients' examples differ from those the run "
+                              f"began with (the files in data.path = {config.data.path!r} "
+                              "changed?); a run resumes only on the data it began with")
+    return checkpoint
+
+
 def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
                    progress: bool = True, resume: bool = False,
                    overwrite: bool = False) -> RunResult:
@@ -156,6 +173,7 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     if writer:
         writer.check()
     clients = load_clients(config)
+    fingerprint = data_fingerprint(clients) if writer else ""
     trainers = build_trainers(config, clients)
     model = next(iter(trainers.values())).model
     infos = [ClientInfo(c.client_id, len(c.train)) for c in clients]
@@ -165,12 +183,7 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     local_states: dict[str, dict] = {c.client_id: {} for c in clients}
     first_round = 1
     if resume:
-        checkpoint = load_checkpoint(out_dir, config)
-        if set(checkpoint.local_states) != set(local_states):
-            raise CheckpointError(f"{out_dir}: the checkpoint's clients "
-                                  f"{sorted(checkpoint.local_states)} are not the data's "
-                                  f"{sorted(local_states)}")
-        check_fits_model(checkpoint, model, config.lora.rank, checkpoint_dir(out_dir))
+        checkpoint = load_resumable(out_dir, config, model, clients, fingerprint)
         restore_algorithm_state(algorithm, checkpoint.server_state)
         set_rng_state(checkpoint.rng)
         local_states, result.history = checkpoint.local_states, checkpoint.history
@@ -210,7 +223,8 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
         if writer:
             writer.write_round(result)
             save_checkpoint(out_dir, Checkpoint(rnd, algorithm_state(algorithm), local_states,
-                                                result.history, rng_state()), config)
+                                                result.history, rng_state(),
+                                                fingerprint), config)
     result.wall_seconds = time.perf_counter() - start
     if writer:
         # each client's final model: what it kept locally plus the last download
