@@ -39,7 +39,8 @@ class UploadsRejected(ConfigError):
     def __init__(self, rnd: int, rejected: dict[str, str], max_norm: float, kept_in=None):
         first, reason = next(iter(rejected.items()))
         more = f" (and {len(rejected) - 1} more client(s))" if len(rejected) > 1 else ""
-        kept = (f"; the metrics and checkpoint of rounds 1-{rnd - 1} are kept in {kept_in}"
+        finished = "round 1" if rnd == 2 else f"rounds 1-{rnd - 1}"
+        kept = (f"; the metrics and checkpoint of {finished} are kept in {kept_in}"
                 if kept_in is not None else "")
         super().__init__(
             f"round {rnd}: the server rejected every client upload, nothing to aggregate: "

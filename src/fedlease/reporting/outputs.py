@@ -28,10 +28,11 @@ from safetensors.torch import save as save_tensors
 
 from fedlease.config import ConfigError, dump_toml
 
-# clustering.json, summary and plots (0.2 MiB measured for the default run, 16 clients), per client
-# and round of history in metrics.json and in the checkpoint.json being replaced and replacing
-# it (about 330 + 2 x 550 bytes measured)
-REPORT_BYTES = 2**19
+# clustering.json, summary and plots: a fixed part and one that grows with the clients (the
+# default run's 16 clients: 0.2 MiB measured); per client and round of history in metrics.json
+# and in the checkpoint.json being replaced and replacing it (about 330 + 2 x 550 bytes measured)
+REPORT_BYTES = 2**17
+CLIENT_REPORT_BYTES = 2**14
 HISTORY_BYTES = 1536
 # margin over the files a run is known to write (file system blocks, safetensors headers)
 SPACE_SAFETY_FACTOR = 1.5
@@ -77,7 +78,7 @@ def estimate_run_bytes(client_bytes: int, server_bytes: int, num_clients: int,
     checkpoint is gone, so they do not add to that peak. The reports grow with clients x rounds
     (metrics.json and the checkpoint's copy of the history)."""
     checkpoints = 2 * (num_clients * client_bytes + server_bytes)
-    reports = REPORT_BYTES + HISTORY_BYTES * num_clients * rounds
+    reports = REPORT_BYTES + num_clients * (CLIENT_REPORT_BYTES + HISTORY_BYTES * rounds)
     return int(SPACE_SAFETY_FACTOR * (checkpoints + reports))
 
 

@@ -76,8 +76,8 @@ def load_base_model(config: RunConfig):
         longest, what = config.model.max_length, "model.max_length"
     limit = position_limit(model.backbone, tokenizer)
     if limit is not None and longest > limit:
-        raise ConfigError(f"{what} = {longest}: the model ({config.model.path or 'default'}) "
-                          f"reads at most {limit} tokens; expected at most {limit}")
+        raise ConfigError(f"{what} = {longest}: expected at most {limit}, the number of "
+                          f"positions the model ({config.model.path or 'the default'}) reads")
     return model, tokenizer
 
 
@@ -206,7 +206,7 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
         accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
         if rejected and not accepted:
             raise UploadsRejected(rnd, rejected, config.federation.max_update_norm,
-                                  out_dir if result.history else None)
+                                  out_dir if writer and result.history else None)
         algorithm.aggregate_fit(rnd, accepted)
         evaluate = algorithm.configure_evaluate(rnd)
         evaluated = {
