@@ -51,18 +51,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``path`` as a whole or not at all: temp file in the same folder, fsync, rename.
     The temp file is created like any new file (mode 0666 less the umask; ``tempfile`` would
     make it 0600 and the results unreadable to the user's colleagues)."""
-    tmp = None
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
     try:
-        tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
 
 
