@@ -214,8 +214,8 @@ def test_non_finite_values_are_refused(tmp_path):
     ckpt.save_checkpoint(tmp_path, ckpt.Checkpoint(2, ckpt.algorithm_state(server), local, [],
                                                    ckpt.rng_state()), server.config)
     with pytest.raises(ckpt.CheckpointError,
-                       match=r"clients-00002.safetensors: tensor '0/head.weight' holds NaN or "
-                             "infinite values"):
+                       match=r"clients-00002.safetensors: client 'c0': tensor 'head.weight' "
+                             "holds NaN or infinite values"):
         ckpt.load_checkpoint(tmp_path, server.config)
 
 

@@ -221,6 +221,9 @@ def load_checkpoint(out_dir: str | Path, config: RunConfig) -> Checkpoint:
         raise CheckpointError(f"{path}: damaged checkpoint: its state does not match "
                               f"{manifest['files']['server']} / {manifest['files']['clients']} "
                               f"({type(err).__name__}: {err})") from None
+    _check_finite(folder / manifest["files"]["server"], server_tensors)
+    for cid, state in local_states.items():
+        _check_finite(folder / manifest["files"]["clients"], state, f"client {cid!r}: ")
     return Checkpoint(manifest["round"], server_state, local_states, manifest["history"], rng,
                       manifest["data_sha256"])
 
@@ -349,9 +352,12 @@ def _read_tensors(path: Path, expected_sha256: str) -> Tensors:
     except (SafetensorError, ValueError) as err:
         raise CheckpointError(f"{path}: damaged checkpoint: not a safetensors file ({err})") \
             from None
+    return tensors
+
+
+def _check_finite(path: Path, tensors: Tensors, owner: str = "") -> None:
     for name, value in tensors.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values; a "
-                                  "run does not resume from them (the training diverged: "
+            raise CheckpointError(f"{path}: {owner}tensor {name!r} holds NaN or infinite values; "
+                                  "a run does not resume from them (the training diverged: "
                                   "start again, e.g. with a lower train.lr)")
-    return tensors
