@@ -138,6 +138,10 @@ class Algorithm:
     def aggregate_profile(self, replies: dict[str, Reply]) -> None:
         """Take the accepted profile replies (called only when ``configure_profile`` asked)."""
 
+    def client_layout_bound(self) -> AdapterLayout:
+        """The largest adapters a client ever holds: what bounds the size of its saved state."""
+        return AdapterLayout()
+
     # -- server side: shared --------------------------------------------------------------
 
     def configure_fit(self, rnd: int, first_time: Collection[str] = ()) -> dict[str, Instruction]:
