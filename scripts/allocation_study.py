@@ -99,10 +99,10 @@ def main() -> None:
                          {"data": {"path": args.data_path}} if args.data_path else None)
     warmups = [int(w) for w in args.warmups.split(",") if w]
     noises = [float(x) for x in args.noise.split(",") if x]
-    truths = {}
-    manifest = Path(config.data.path) / "manifest.json"
-    if config.data.source == "jsonl" and "domains" in json.loads(manifest.read_text()):
-        truths["domain"] = json.loads(manifest.read_text())["domains"]
+    truths = {}  # other true groupings than the task, e.g. by scripts/build_domain_federation.py
+    domains = Path(config.data.path) / "domains.json"
+    if config.data.source == "jsonl" and domains.exists():
+        truths["domain"] = json.loads(domains.read_text())
     results = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         seeded = with_overrides(config, {"federation": {

@@ -82,7 +82,9 @@ def main() -> None:
         (args.out / f"{client.client_id}.jsonl").write_text(
             "".join(json.dumps(row) + "\n" for row in rows))
     (args.out / "manifest.json").write_text(json.dumps(
-        {"clients": manifest, "labels": labels, "domains": domains}, indent=1))
+        {"clients": manifest, "labels": labels}, indent=1))
+    # each client's text source, for scripts/allocation_study.py (fedlease itself ignores it)
+    (args.out / "domains.json").write_text(json.dumps(domains, indent=1))
     print(f"{len(clients)} clients in {args.out}: " + ", ".join(
         f"{d} x {list(domains.values()).count(d)}" for d in dict.fromkeys(domains.values())))
 
