@@ -24,7 +24,9 @@ def make_tiny_model_dir(path, vocab_extra=()):
     for cues in TASK_WORDS.values():
         words += list(cues)
     (path / "vocab.txt").write_text("\n".join(dict.fromkeys(words)) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    # the vocabulary file positionally: transformers 5 ignores a vocab_file keyword and builds
+    # a 5-token vocabulary, every word [UNK]
+    BertTokenizerFast(str(path / "vocab.txt")).save_pretrained(path)
     config = BertConfig(vocab_size=len(set(words)) + 5, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=64)
@@ -101,7 +103,8 @@ PROMPT_WORDS = ("### Instruction Input Response : ? which color animal is named 
                 "user assistant").split()
 
 
-def make_tiny_causal_lm_dir(path, arch: str = "llama", chat_template: str | None = None):
+def make_tiny_causal_lm_dir(path, arch: str = "llama", chat_template: str | None = None,
+                            vocab_extra=()):
     """A random-init causal LM (``llama``: rotary positions; ``opt``: learned absolute
     positions) with a word-level tokenizer, saved as a local model folder."""
     import torch
@@ -115,7 +118,7 @@ def make_tiny_causal_lm_dir(path, arch: str = "llama", chat_template: str | None
     )
 
     path.mkdir(parents=True, exist_ok=True)
-    words = ["<pad>", "<unk>", "<s>", "</s>"] + PROMPT_WORDS + FILLER
+    words = ["<pad>", "<unk>", "<s>", "</s>"] + PROMPT_WORDS + FILLER + list(vocab_extra)
     for cues in TASK_WORDS.values():
         words += list(cues)
     vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
