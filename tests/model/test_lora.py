@@ -4,7 +4,6 @@ from torch import nn
 
 from fedlease.model.lora import AdapterLayout, MixtureLoRALinear, init_router
 
-
 ALPHA, RANK = 6.0, 3
 # written out, not read from the layer under test: alpha / r
 SCALING = 2.0
