@@ -23,9 +23,10 @@ def make_tiny_model_dir(path, vocab_extra=()):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + FILLER + list(vocab_extra)
     for cues in TASK_WORDS.values():
         words += list(cues)
-    # transformers 5 ignores ``vocab_file`` here (every word became [UNK]): pass the vocabulary
-    BertTokenizerFast(vocab={w: i for i, w in enumerate(dict.fromkeys(words))}).save_pretrained(
-        path)
+    (path / "vocab.txt").write_text("\n".join(dict.fromkeys(words)) + "\n")
+    # the vocabulary file positionally: transformers 5 ignores a vocab_file keyword and builds
+    # a 5-token vocabulary, every word [UNK]
+    BertTokenizerFast(str(path / "vocab.txt")).save_pretrained(path)
     config = BertConfig(vocab_size=len(set(words)) + 5, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=64)
@@ -102,7 +103,8 @@ PROMPT_WORDS = ("### Instruction Input Response : ? which color animal is named 
                 "user assistant").split()
 
 
-def make_tiny_causal_lm_dir(path, arch: str = "llama", chat_template: str | None = None):
+def make_tiny_causal_lm_dir(path, arch: str = "llama", chat_template: str | None = None,
+                            vocab_extra=()):
     """A random-init causal LM (``llama``: rotary positions; ``opt``: learned absolute
     positions) with a word-level tokenizer, saved as a local model folder."""
     import torch
@@ -116,7 +118,7 @@ def make_tiny_causal_lm_dir(path, arch: str = "llama", chat_template: str | None
     )
 
     path.mkdir(parents=True, exist_ok=True)
-    words = ["<pad>", "<unk>", "<s>", "</s>"] + PROMPT_WORDS + FILLER
+    words = ["<pad>", "<unk>", "<s>", "</s>"] + PROMPT_WORDS + FILLER + list(vocab_extra)
     for cues in TASK_WORDS.values():
         words += list(cues)
     vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
@@ -170,4 +172,63 @@ def tiny_generation_config(tiny_llama_dir, tmp_path):
         "train": {"batch_size": 8, "lr": 1e-2},
         "federation": {"rounds": 3, "warmup_rounds": 1, "max_experts": 3, "seed": 0},
         "output": {"dir": str(tmp_path / "out")},
+    })
+
+
+# -- a federation the tiny model learns in seconds: planted tasks, each with its own cue words
+# (the label) and its own filler words; optionally a cue word of another task as a distractor
+
+PLANTED_CUES = {"colors": ("red", "blue"), "animals": ("cat", "dog")}
+PLANTED_FILLERS = {"colors": "the a of and to in is it".split(),
+                   "animals": "that for on with as was at by".split()}
+
+
+def write_planted_federation(folder, clients_per_task=4, train=8, test=16, seed=0,
+                             fillers_per_example=2, distractor=False):
+    """``<task>-<i>.jsonl`` per client: short sentences of the task's fillers and one of its
+    two cue words, which is the label; with ``distractor``, also a random cue word of the other
+    task (a word that decides the label there and is noise here)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {}
+    for task, cues in PLANTED_CUES.items():
+        others = [w for t, ws in PLANTED_CUES.items() if t != task for w in ws]
+        for i in range(clients_per_task):
+            name = f"{task}-{i}"
+            manifest[name] = task
+            lines = []
+            for split, n in (("train", train), ("test", test)):
+                for j in range(n):
+                    cue = cues[j % 2]
+                    words = rng.choices(PLANTED_FILLERS[task], k=fillers_per_example) + [cue]
+                    if distractor:
+                        words.append(rng.choice(others))
+                    rng.shuffle(words)
+                    lines.append({"text": " ".join(words), "label": cue, "split": split})
+            (folder / f"{name}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    (folder / "manifest.json").write_text(json.dumps({"clients": manifest}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def planted_model_dir(tmp_path_factory):
+    """The tiny BERT with every word of the planted federations in its vocabulary."""
+    extra = [w for words in PLANTED_FILLERS.values() for w in words]
+    return make_tiny_model_dir(tmp_path_factory.mktemp("planted_bert"), vocab_extra=extra)
+
+
+def planted_config(model_dir, federation, out_dir, algorithm="fedlease", rounds=3,
+                   warmup_rounds=1, seed=0):
+    """Settings under which the tiny model learns the planted tasks in a few rounds: full
+    batches, 4 local epochs, no dropout and no weight decay."""
+    from fedlease.config import load_config
+
+    return load_config(overrides={
+        "model": {"path": str(model_dir), "max_length": 16},
+        "data": {"source": "jsonl", "path": str(federation)},
+        "lora": {"dropout": 0.0},
+        "train": {"batch_size": 8, "lr": 3e-2, "weight_decay": 0.0, "local_epochs": 4},
+        "federation": {"algorithm": algorithm, "rounds": rounds, "warmup_rounds": warmup_rounds,
+                       "max_experts": 3, "seed": seed},
+        "output": {"dir": str(out_dir)},
     })

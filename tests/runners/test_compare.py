@@ -1,6 +1,7 @@
 """``fedlease compare`` on the tiny model: every algorithm end to end, the table, resuming."""
 
 import csv
+import json
 
 import pytest
 import torch
@@ -47,6 +48,14 @@ def test_every_algorithm_runs_and_gets_a_row(compared):
     assert [row["rank"] for row in rows] == list(range(1, len(ALGORITHMS) + 1))
     averages = [row["score"]["overall"][0] for row in rows]
     assert averages == sorted(averages, reverse=True)
+    assert len(set(averages)) > 1  # the tiny model learns: a ranking, not a tie
+    for row in rows:  # each score is the mean over tasks of the run's final accuracies
+        metrics = json.loads((out / row["algorithm"] / "seed-0" / "metrics.json").read_text())
+        final = metrics["rounds"][-1]["clients"]
+        by_task = [[final[c]["accuracy"] for c in CLIENTS if c.startswith(task)]
+                   for task in ("colors", "animals")]
+        assert row["score"]["overall"][0] == pytest.approx(
+            sum(sum(v) / len(v) for v in by_task) / 2)
     by_name = {row["algorithm"]: row for row in rows}
     assert by_name["local"]["upload_bytes"] == 0
     # ffa-lora trains B only: fewer trainable parameters than fedit, and half its upload
@@ -69,13 +78,18 @@ def test_results_table_csv_and_plot_are_written(compared):
 
 
 def test_final_adapters_follow_each_algorithms_sharing_rule(compared):
-    _, out, _ = compared
+    config, out, _ = compared
     key = next(k for k in adapters(out, "fedit")["colors-0"] if k.endswith("lora_A"))
     bkey = key.replace("lora_A", "lora_B")
     fedit = adapters(out, "fedit")
     assert all(torch.equal(fedit[c][bkey], fedit["colors-0"][bkey]) for c in CLIENTS)
     ffa = adapters(out, "ffa-lora")
-    assert all(torch.equal(ffa[c][key], ffa["colors-0"][key]) for c in CLIENTS)
+    # A never trained: every client's is still the common seeded init
+    shapes = {k[len("adapter."):-len(".lora_A")]: (v.shape[2], ffa["colors-0"][
+        k.replace("lora_A", "lora_B")].shape[1]) for k, v in ffa["colors-0"].items()
+        if k.endswith("lora_A")}
+    init = ALGORITHMS["ffa-lora"](config, [], shapes).initial_state()
+    assert all(torch.equal(ffa[c][key], init[key]) for c in CLIENTS)
     fedsa = adapters(out, "fedsa-lora")
     assert all(torch.equal(fedsa[c][key], fedsa["colors-0"][key]) for c in CLIENTS)
     assert not torch.equal(fedsa["colors-0"][bkey], fedsa["animals-0"][bkey])
