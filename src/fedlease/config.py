@@ -88,6 +88,8 @@ class FederationConfig:
 @dataclass
 class OutputConfig:
     dir: str = "runs/latest"
+    # per-round metrics as TensorBoard events in the run folder (needs fedlease[tensorboard])
+    tensorboard: bool = False
 
 
 @dataclass

@@ -136,6 +136,9 @@ class FedLEASE(Algorithm):
             distance = b_distance_matrix([{k: reply.arrays[k] for k in b_keys}, *expert_bs])
             self.cluster_of[cid] = int(distance[0, 1:].argmin())
 
+    def server_experts(self) -> dict[str, torch.Tensor]:
+        return dict(self.experts)
+
     def report(self) -> dict:
         if self.clustering is None:
             return {}

@@ -21,6 +21,7 @@ from fedlease.data.instructions import InstructionClientData, load_instruction_f
 from fedlease.data.sources import load_federation
 from fedlease.generation import GenerationTrainer
 from fedlease.model.causal_lm import default_generation_model_path, load_causal_lm
+from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import default_model_path, load_classifier
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
 from fedlease.runners.checkpoint import (
@@ -33,6 +34,7 @@ from fedlease.runners.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from fedlease.saved_models import describe_run
 from fedlease.training import ClientTrainer, LocalTrainer, autocast_dtype
 
 
@@ -54,6 +56,15 @@ class RunResult:
         return self.config.model.metric
 
 
+def base_model_path(config: RunConfig) -> str:
+    """``model.path``, or the default model of the configured task."""
+    if config.model.path:
+        return config.model.path
+    if config.model.task == "generation":
+        return default_generation_model_path()
+    return default_model_path()
+
+
 def load_base_model(config: RunConfig):
     """The frozen base model of the configured task with the adapters injected, and its
     tokenizer."""
@@ -63,8 +74,8 @@ def load_base_model(config: RunConfig):
     adapters = (config.model.target_modules, config.lora.rank, config.lora.alpha,
                 config.lora.dropout, config.train.device)
     if config.model.task == "generation":
-        return load_causal_lm(config.model.path or default_generation_model_path(), *adapters)
-    return load_classifier(config.model.path or default_model_path(), *adapters)
+        return load_causal_lm(base_model_path(config), *adapters)
+    return load_classifier(base_model_path(config), *adapters)
 
 
 def client_trainer(config: RunConfig, model, tokenizer, client) -> LocalTrainer:
@@ -173,13 +184,27 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
         rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
         if writer:
             writer.write_round(result)
+            if algorithm.uses_warmup and rnd == config.federation.warmup_rounds:
+                for cid, state in local_states.items():
+                    writer.write_tensors(f"adapters/warmup/{cid}.safetensors", state,
+                                         AdapterLayout().to_config())
             save_checkpoint(out_dir, Checkpoint(rnd, algorithm_state(algorithm), local_states,
                                                 result.history, rng_state()), config)
     result.wall_seconds = time.perf_counter() - start
     if writer:
         # each client's final model: what it kept locally plus the last download
         final = algorithm.configure_evaluate(config.federation.rounds)
+        experts = algorithm.server_experts()
+        if experts:
+            writer.write_tensors("adapters/server.safetensors", experts)
+        labels = {c.client_id: c.labels if isinstance(c, ClientData) else [] for c in clients}
+        description = describe_run(
+            config, base_model_path(config),
+            {cid: {"task": result.tasks[cid], "labels": labels[cid],
+                   "layout": ins.config["layout"]} for cid, ins in final.items()},
+            server_experts=len(next(iter(experts.values()))) if experts else 0,
+            warmup=algorithm.uses_warmup)
         writer.finish(result, {cid: (algorithm_cls.install(ins, local_states[cid]),
                                      ins.config["layout"])
-                               for cid, ins in final.items()})
+                               for cid, ins in final.items()}, description)
     return result
