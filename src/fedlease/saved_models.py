@@ -151,7 +151,8 @@ def load_saved_model(path: str | Path, client_id: str | None = None, *, expert: 
         return _server_expert(folder, run, config, expert)
     clients = run["clients"]
     if client_id not in clients:
-        raise ModelFileError(f"{folder}: no client {client_id!r}; the run's clients are "
+        asked = "give --client ID" if client_id is None else f"no client {client_id!r}"
+        raise ModelFileError(f"{folder}: {asked}; the run's clients are "
                              f"{', '.join(clients) or 'none'}")
     client = clients[client_id]
     layout = AdapterLayout.from_config(client["layout"])
