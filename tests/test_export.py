@@ -174,3 +174,22 @@ def test_export_refuses_a_folder_that_holds_files(finished_run, tmp_path):
         export_model(load_saved_model(finished_run("fedit"), "colors-0"), "peft",
                      tmp_path / "full")
     assert (tmp_path / "full" / "x").read_text() == "keep me"
+
+
+def test_a_damaged_or_mismatched_export_is_a_clear_error(finished_run, tmp_path,
+                                                         tiny_llama_dir):
+    out = export_model(load_saved_model(finished_run("fedit"), "colors-0"), "fedlease",
+                       tmp_path / "f")
+    description = json.loads((out / "fedlease_model.json").read_text())
+    del description["client"]["layout"]
+    (out / "fedlease_model.json").write_text(json.dumps(description))
+    with pytest.raises(ModelFileError, match="damaged model description .*'layout'"):
+        fedlease.load_client_model(out)
+    out = export_model(load_saved_model(finished_run("fedit"), "colors-0"), "fedlease",
+                       tmp_path / "g")
+    description = json.loads((out / "fedlease_model.json").read_text())
+    description["config"]["model"]["path"] = str(tiny_llama_dir)  # another base model
+    description["config"]["model"]["target_modules"] = ["q_proj", "v_proj"]
+    (out / "fedlease_model.json").write_text(json.dumps(description))
+    with pytest.raises(ModelFileError, match="colors-0: its weights do not fit the base model"):
+        fedlease.load_client_model(out)

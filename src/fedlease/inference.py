@@ -51,7 +51,11 @@ class ClientModel:
         self.saved = saved
         self.config = dataclasses.replace(saved.config, train=train)
         self.model, self.tokenizer = load_base_model(self.config)
-        self.model.load_state(saved.state, saved.layout)
+        try:
+            self.model.load_state(saved.state, saved.layout)
+        except (KeyError, ValueError) as err:
+            raise ModelFileError(f"{saved.name}: its weights do not fit the base model "
+                                 f"{self.config.model.path} ({err})") from None
         self.model.eval()
 
     @property

@@ -131,7 +131,17 @@ def load_saved_model(path: str | Path, client_id: str | None = None, *, expert: 
     """A client's final model from a run folder (``client_id``; ``warmup``: its FedLEASE
     warm-up LoRA instead), server expert ``expert`` of a run folder, or the model of a
     ``fedlease`` export folder (no client id needed)."""
-    folder = Path(path)
+    try:
+        return _load_saved_model(Path(path), client_id, expert, warmup)
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, ModelFileError):
+            raise
+        raise ModelFileError(f"{path}: damaged model description ({type(err).__name__}: "
+                             f"{err})") from None
+
+
+def _load_saved_model(folder: Path, client_id: str | None, expert: int | None,
+                      warmup: bool) -> SavedModel:
     if (folder / MODEL_FILE).exists():
         if expert is not None or warmup:
             raise ModelFileError(f"{folder} holds one exported model; --expert and --warmup "
