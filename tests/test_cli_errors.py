@@ -57,7 +57,7 @@ def test_too_little_disk_space_fails_before_training(tiny_config, tmp_path, caps
 
 def test_space_estimate_counts_checkpoints_adapters_and_reports():
     assert outputs.estimate_run_bytes(1000, num_clients=4, max_experts=2) \
-        == 1000 * (3 * 4 + 2 * 2) + outputs.REPORT_BYTES
+        == 1000 * (4 * 4 + 3 * 2) + outputs.REPORT_BYTES
 
 
 def test_resume_without_checkpoint_is_named(tiny_config, tmp_path, capsys):

@@ -63,8 +63,8 @@ def atomic_write(path: Path, text: str) -> None:
 def estimate_run_bytes(per_client_bytes: int, num_clients: int, max_experts: int) -> int:
     """Disk a run needs at its peak: two checkpoints of every client state while one replaces
     the other, the server's experts (at most ``max_experts`` client-sized states, also twice),
-    the final adapters, and the reports."""
-    return per_client_bytes * (3 * num_clients + 2 * max_experts) + REPORT_BYTES
+    the final adapters, the warm-up LoRAs and final server experts, and the reports."""
+    return per_client_bytes * (4 * num_clients + 3 * max_experts) + REPORT_BYTES
 
 
 class RunWriter:

@@ -192,19 +192,26 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
                                                 result.history, rng_state()), config)
     result.wall_seconds = time.perf_counter() - start
     if writer:
-        # each client's final model: what it kept locally plus the last download
-        final = algorithm.configure_evaluate(config.federation.rounds)
-        experts = algorithm.server_experts()
-        if experts:
-            writer.write_tensors("adapters/server.safetensors", experts)
-        labels = {c.client_id: c.labels if isinstance(c, ClientData) else [] for c in clients}
-        description = describe_run(
-            config, base_model_path(config),
-            {cid: {"task": result.tasks[cid], "labels": labels[cid],
-                   "layout": ins.config["layout"]} for cid, ins in final.items()},
-            server_experts=len(next(iter(experts.values()))) if experts else 0,
-            warmup=algorithm.uses_warmup)
-        writer.finish(result, {cid: (algorithm_cls.install(ins, local_states[cid]),
-                                     ins.config["layout"])
-                               for cid, ins in final.items()}, description)
+        write_final_models(writer, algorithm, clients, local_states, result)
     return result
+
+
+def write_final_models(writer: RunWriter, algorithm, clients, local_states: dict[str, dict],
+                       result: RunResult) -> None:
+    """Each client's final model (what it kept locally plus the last download), the server's
+    experts, and ``run.json`` describing them (see ``fedlease.saved_models``)."""
+    config = result.config
+    final = algorithm.configure_evaluate(config.federation.rounds)
+    experts = algorithm.server_experts()
+    if experts:
+        writer.write_tensors("adapters/server.safetensors", experts)
+    labels = {c.client_id: c.labels if isinstance(c, ClientData) else [] for c in clients}
+    description = describe_run(
+        config, base_model_path(config),
+        {cid: {"task": result.tasks[cid], "labels": labels[cid],
+               "layout": ins.config["layout"]} for cid, ins in final.items()},
+        server_experts=len(next(iter(experts.values()))) if experts else 0,
+        warmup=algorithm.uses_warmup)
+    writer.finish(result, {cid: (type(algorithm).install(ins, local_states[cid]),
+                                 ins.config["layout"])
+                           for cid, ins in final.items()}, description)
