@@ -171,7 +171,7 @@ def text_inputs(model: ClientModel, text: str) -> Inputs:
     return Inputs([InstructionExample(text, "", "")], [None])
 
 
-def file_inputs(model: ClientModel, path: Path, split: str | None = None) -> Inputs:
+def file_inputs(model: ClientModel, path: str | Path, split: str | None = None) -> Inputs:
     """The lines of a training-data file (a client's JSONL file: ``{"text", "text_pair"?,
     "label"?}`` or ``{"instruction", "input"?, "output"?}``); ``split``: only the lines of
     that ``"split"``. Labels must be the client's."""
@@ -179,7 +179,7 @@ def file_inputs(model: ClientModel, path: Path, split: str | None = None) -> Inp
         check = functools.partial(check_labelled_row, label_required=False)
     else:
         check = functools.partial(check_instruction_row, output_required=False)
-    rows = [(where, row) for where, row in read_jsonl_rows(path, check)
+    rows = [(where, row) for where, row in read_jsonl_rows(Path(path), check)
             if split is None or row.get("split") == split]
     if not rows:
         raise DataError(f"{path}: no examples" + (f" with \"split\": \"{split}\"" if split
@@ -198,11 +198,12 @@ def file_inputs(model: ClientModel, path: Path, split: str | None = None) -> Inp
                    for (_, r), e in zip(rows, expected, strict=True)], expected)
 
 
-def run_split_inputs(model: ClientModel, run_dir: Path, split: str) -> Inputs:
+def run_split_inputs(model: ClientModel, run_dir: str | Path, split: str) -> Inputs:
     """Client's ``split`` ("train"/"test") of the run's own data, rebuilt from its
     ``config.toml`` exactly as the run built it."""
     from fedlease.runners.simulator import load_clients
 
+    run_dir = Path(run_dir)
     if not (run_dir / "config.toml").exists():
         raise ModelFileError(f"--split reads the data of a run: {run_dir} is not a run folder "
                              "(no config.toml); give the examples with --input FILE")
