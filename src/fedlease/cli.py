@@ -135,7 +135,8 @@ def cmd_export(args) -> int:
         raise ConfigError("--warmup exports a client's warm-up LoRA: give --client ID")
     model = load_saved_model(args.run_dir, args.client, expert=args.expert, warmup=args.warmup)
     out = export_model(model, args.format, args.out)
-    print(f"fedlease export: {model.name} ({model.algorithm}) written to {out}/ as {args.format}")
+    print(f"fedlease export: {model.name} of a {model.algorithm} run written to {out}/ as "
+          f"{args.format}")
     return 0
 
 
