@@ -49,7 +49,7 @@ def test_each_round_goes_to_csv_and_tensorboard(tmp_path):
     writer.tensorboard.close()
     run_dir = tmp_path / "run"
     assert len((run_dir / CSV_FILE).read_text().splitlines()) == 1 + 6
-    events = EventAccumulator(str(run_dir))
+    events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"accuracy/a-0", "accuracy/b-0", "loss/b-0", "train_loss/a-0",
@@ -64,15 +64,18 @@ def test_without_tensorboard_asked_no_event_files(tmp_path):
     writer = RunWriter(config.output.dir)
     writer.start(config)
     writer.write_round(result_for(config, 2))
-    assert not list((tmp_path / "run").glob("events.out.tfevents*"))
+    assert not (tmp_path / "run" / "tensorboard").exists()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"][-1]["round"] == 2
 
 
-def test_tensorboard_asked_but_not_installed_is_a_config_error(tmp_path, monkeypatch):
-    import sys
+def test_tensorboard_asked_but_not_installed_is_a_config_error(monkeypatch):
+    import importlib.util
 
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
-    config = load_config(overrides={"output": {"dir": str(tmp_path / "run"),
-                                               "tensorboard": True}})
-    with pytest.raises(ConfigError, match=r"pip install 'fedlease\[tensorboard\]'"):
-        RunWriter(config.output.dir).start(config)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"output.tensorboard = True: expected false, or the "
+                                          r"tensorboard package installed \(pip install "
+                                          r"'fedlease\[tensorboard\]'\)"):
+        load_config(overrides={"output": {"tensorboard": True}})
+    assert load_config().output.tensorboard is False

@@ -125,6 +125,10 @@ class Algorithm:
         them out so they can be exported (``fedlease export --expert K``)."""
         return {}
 
+    def client_layout_bound(self) -> AdapterLayout:
+        """The largest adapters a client ever holds: what bounds the size of its saved state."""
+        return AdapterLayout()
+
     # -- server side: shared --------------------------------------------------------------
 
     def configure_fit(self, rnd: int, first_time: Collection[str] = ()) -> dict[str, Instruction]:

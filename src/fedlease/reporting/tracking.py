@@ -3,9 +3,10 @@
 ``metrics.csv`` has one row per round and client (``round, client, task``, then every numeric
 metric the clients reported, e.g. ``accuracy, loss, train_loss, upload_bytes``), rewritten
 after every round from the run's history. With ``output.tensorboard = true`` (or
-``fedlease run --tensorboard``), every round also goes to TensorBoard event files in the run
-folder itself, one tag per metric and client (``accuracy/sentiment-0``) and one per mean
-(``mean/accuracy``), so ``tensorboard --logdir runs/`` shows every run under its folder name.
+``fedlease run --tensorboard``), every round also goes to TensorBoard event files in
+``OUT/tensorboard/``, one tag per metric and client (``accuracy/sentiment-0``) and one per mean
+(``mean/accuracy``), so ``tensorboard --logdir runs/`` shows every run under its folder name
+(``latest/tensorboard``).
 TensorBoard is an optional extra: ``pip install fedlease[tensorboard]``.
 """
 
@@ -16,9 +17,8 @@ import io
 import numbers
 from pathlib import Path
 
-from fedlease.config import ConfigError
-
 CSV_FILE = "metrics.csv"
+TB_DIR = "tensorboard"  # the event files' folder in the run folder
 
 
 def metrics_csv(history: list[dict], tasks: dict[str, str]) -> str:
@@ -43,11 +43,9 @@ class TensorBoardLog:
     """Scalars of every round in TensorBoard event files in ``folder``."""
 
     def __init__(self, folder: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("output.tensorboard = true needs the tensorboard package: pip "
-                              "install 'fedlease[tensorboard]' (or tensorboard)") from None
+        # the config checks that tensorboard is installed (RunConfig.validate)
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(log_dir=str(folder))
 
     def log_round(self, entry: dict) -> None:
