@@ -187,7 +187,7 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     model = next(iter(trainers.values())).model
     infos = [ClientInfo(c.client_id, len(c.train)) for c in clients]
     algorithm_cls = ALGORITHMS[config.federation.algorithm]
-    algorithm = algorithm_cls(config, infos, model.adapter_shapes())
+    algorithm = algorithm_cls(config, infos, model.adapter_shapes(), model.representation_dim)
     result = RunResult(config, {c.client_id: c.task for c in clients})
     local_states: dict[str, dict] = {c.client_id: {} for c in clients}
     first_round = 1
@@ -198,6 +198,16 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
         local_states, result.history = checkpoint.local_states, checkpoint.history
         result.report = algorithm.report()
         first_round = checkpoint.round + 1
+    else:
+        profile = algorithm.configure_profile()
+        if profile:  # before round 1: whatever the algorithm asks of every client once
+            replies = {cid: algorithm_cls.client_profile(profile[cid], trainers[cid])
+                       for cid in tqdm(profile, desc="profile", leave=False,
+                                       disable=not progress)}
+            accepted, rejected = accept_replies(algorithm, 0, profile, replies)
+            if rejected and not accepted:
+                raise UploadsRejected(0, rejected, config.federation.max_update_norm)
+            algorithm.aggregate_profile(accepted)
     if writer:
         writer.check_free_space(run_bytes(config, algorithm, trainers))
         writer.start(config)
@@ -259,7 +269,7 @@ def write_final_models(writer: RunWriter, algorithm, clients, local_states: dict
         {cid: {"task": result.tasks[cid], "labels": labels[cid],
                "layout": ins.config["layout"]} for cid, ins in final.items()},
         server_experts=len(next(iter(experts.values()))) if experts else 0,
-        warmup=algorithm.uses_warmup)
+        warmup=algorithm.uses_warmup and config.federation.warmup_rounds > 0)
     writer.finish(result, {cid: (type(algorithm).install(ins, local_states[cid]),
                                  ins.config["layout"])
                            for cid, ins in final.items()}, description)
