@@ -232,3 +232,38 @@ def planted_config(model_dir, federation, out_dir, algorithm="fedlease", rounds=
                        "max_experts": 3, "seed": seed},
         "output": {"dir": str(out_dir)},
     })
+
+
+# -- finished runs, for the tests that read a run folder back (predict, export) ---------------
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, tiny_model_dir, tiny_llama_dir):
+    """``finished_run(algorithm, task="classification")``: the folder of a finished 3-round run
+    on the tiny models (made once per session per algorithm and task)."""
+    from fedlease.config import load_config
+    from fedlease.runners.simulator import run_simulation
+
+    made = {}
+
+    def make(algorithm: str, task: str = "classification"):
+        if (algorithm, task) not in made:
+            root = tmp_path_factory.mktemp(f"run-{algorithm}-{task}")
+            generation = task == "generation"
+            fed = write_federation(root / "data", train=8 if generation else 24,
+                                   test=4 if generation else 8,
+                                   make_row=instruction_row if generation else classification_row)
+            model = ({"task": "generation", "path": str(tiny_llama_dir), "max_length": 32,
+                      "max_new_tokens": 3} if generation
+                     else {"path": str(tiny_model_dir), "max_length": 16})
+            config = load_config(overrides={
+                "model": model, "data": {"source": "jsonl", "path": str(fed)},
+                "train": {"batch_size": 8, "lr": 2e-2},
+                "federation": {"algorithm": algorithm, "rounds": 3, "warmup_rounds": 1,
+                               "max_experts": 3, "seed": 0},
+                "output": {"dir": str(root / "out")},
+            })
+            run_simulation(config, config.output.dir, progress=False)
+            made[algorithm, task] = root / "out"
+        return made[algorithm, task]
+
+    return make

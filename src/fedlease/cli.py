@@ -10,6 +10,7 @@ from fedlease.config import PRECISIONS, ConfigError, load_config
 from fedlease.data.federation import DataError
 from fedlease.reporting.outputs import OutputError
 from fedlease.runners.checkpoint import CheckpointError
+from fedlease.saved_models import ModelFileError
 
 
 def _overrides(args) -> dict:
@@ -29,6 +30,8 @@ def _overrides(args) -> dict:
         out.setdefault("output", {})["dir"] = args.out
     if args.data_path:
         out.setdefault("data", {})["path"] = args.data_path
+    if getattr(args, "tensorboard", False):
+        out.setdefault("output", {})["tensorboard"] = True
     return out
 
 
@@ -38,6 +41,7 @@ def _resume_config(args):
                                       ("--rounds", args.rounds), ("--seed", args.seed),
                                       ("--precision", args.precision),
                                       ("--data-path", args.data_path), ("--out", args.out),
+                                      ("--tensorboard", args.tensorboard),
                                       ("--overwrite", args.overwrite or None))
              if value is not None]
     if fixed:
@@ -86,6 +90,58 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    import json
+
+    from fedlease.inference import (
+        file_inputs,
+        load_client_model,
+        run_split_inputs,
+        score,
+        text_inputs,
+    )
+
+    if args.text is not None and args.split:
+        raise ConfigError("--split chooses examples of --input FILE or of the run's data, not "
+                          "of --text")
+    if args.text is None and args.input is None and not args.split:
+        raise ConfigError("give the examples: --input FILE, --text TEXT, or --split test "
+                          "(the client's test split of the run's data)")
+    model = load_client_model(args.run_dir, args.client, device=args.device)
+    if args.text is not None:
+        inputs = text_inputs(model, args.text)
+    elif args.input is not None:
+        inputs = file_inputs(model, Path(args.input), args.split)
+    else:
+        inputs = run_split_inputs(model, Path(args.run_dir), args.split)
+    records = model.run(inputs)
+    for record in records:
+        print(json.dumps(record, ensure_ascii=False))
+    scores = score(records, model.task)
+    if scores:
+        scored = sum("expected" in r for r in records)
+        print(f"fedlease predict: {args.client}: " + ", ".join(
+            f"{name} {value:.4f}" for name, value in scores.items())
+            + f" on {scored} example(s) with a known answer", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from fedlease.export import export_model
+    from fedlease.saved_models import load_saved_model
+
+    if (args.client is None) == (args.expert is None):
+        raise ConfigError("choose the model: --client ID (a client's final model) or --expert K "
+                          "(expert K of the server's last round)")
+    if args.warmup and args.client is None:
+        raise ConfigError("--warmup exports a client's warm-up LoRA: give --client ID")
+    model = load_saved_model(args.run_dir, args.client, expert=args.expert, warmup=args.warmup)
+    out = export_model(model, args.format, args.out)
+    print(f"fedlease export: {model.name} of a {model.algorithm} run written to {out}/ as "
+          f"{args.format}")
+    return 0
+
+
 def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
     """The flags ``run`` and ``compare`` share: a config file and what overrides it."""
     parser.add_argument("--config", help="TOML config file (default: built-in defaults)")
@@ -114,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--resume", metavar="OUTPUT_DIR",
                      help="continue an interrupted run from its last checkpoint")
+    run.add_argument("--tensorboard", action="store_true", default=None,
+                     help="also write per-round TensorBoard events (output.tensorboard = true)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace the run the output folder holds (its results are removed "
                           "once the new run has started)")
@@ -133,6 +191,38 @@ def build_parser() -> argparse.ArgumentParser:
                               "configuration differs from this one (default: refuse)")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
     compare.set_defaults(func=cmd_compare)
+
+    predict = sub.add_parser("predict", help="a client's trained model on new examples: JSON "
+                                             "lines with the label and probabilities (or answer)")
+    predict.add_argument("run_dir", metavar="RUN_DIR",
+                         help="a finished run folder (or a --format fedlease export folder)")
+    predict.add_argument("--client", help="the client whose model predicts")
+    given = predict.add_mutually_exclusive_group()
+    given.add_argument("--input", metavar="FILE",
+                       help="examples as in training data: a JSONL file of {text, text_pair?, "
+                            "label?} (generation: {instruction, input?, output?}) lines")
+    given.add_argument("--text", help="one text to classify (generation: one instruction)")
+    predict.add_argument("--split", choices=("train", "test"),
+                         help="with --input: only its lines of this \"split\"; alone: the "
+                              "client's split of the run's own data")
+    predict.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="a trained model as a peft adapter, a merged "
+                                           "transformers model, or a fedlease folder")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    export.add_argument("--client", help="export this client's final model")
+    export.add_argument("--expert", type=int, metavar="K",
+                        help="export expert K of the server's last round instead")
+    export.add_argument("--warmup", action="store_true",
+                        help="with --client: its FedLEASE warm-up LoRA instead of its final "
+                             "mixture")
+    export.add_argument("--format", required=True, choices=("peft", "merged", "fedlease"),
+                        help="peft: adapter_config.json + adapter_model.safetensors; merged: "
+                             "LoRA folded into the base weights; fedlease: any model, incl. "
+                             "router mixtures")
+    export.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
@@ -140,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, ModelFileError) as err:
         print(f"fedlease: error: {err}", file=sys.stderr)
         return 2
     except OutputError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import sys
 import typing
@@ -98,6 +99,8 @@ class FederationConfig:
 @dataclass
 class OutputConfig:
     dir: str = "runs/latest"
+    # per-round metrics as TensorBoard events in the run folder (needs fedlease[tensorboard])
+    tensorboard: bool = False
 
 
 @dataclass
@@ -169,6 +172,9 @@ class RunConfig:
         need(self.federation.max_update_norm > 0, "federation.max_update_norm",
              "a number > 0 (inf: no bound)", self.federation.max_update_norm)
         need(bool(self.output.dir), "output.dir", "a folder path", self.output.dir)
+        need(not self.output.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+             "output.tensorboard", "false, or the tensorboard package installed (pip install "
+             "'fedlease[tensorboard]')", self.output.tensorboard)
         from fedlease.algorithms import ALGORITHMS
 
         need(self.federation.algorithm in ALGORITHMS, "federation.algorithm",

@@ -30,6 +30,8 @@ class TokenizedSplit:
 
 
 def tokenize(tokenizer, examples: list[Example], max_length: int) -> TokenizedSplit:
+    if not examples:  # a split to predict on has no training part (the tokenizer rejects [])
+        return TokenizedSplit([], torch.empty(0, dtype=torch.long))
     texts = [ex.text for ex in examples]
     pairs = [ex.text_pair for ex in examples]
     has_pairs = any(p is not None for p in pairs)
@@ -195,12 +197,12 @@ class ClientTrainer(LocalTrainer):
     def representations(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model.pooled(**inputs)
 
-    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with self.autocast():
             return self.model(**batch).float()
 
     def loss(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self._logits(inputs), targets)
+        return F.cross_entropy(self.logits(inputs), targets)
 
     @torch.no_grad()
     def evaluate(self, state: dict[str, torch.Tensor], layout: AdapterLayout,
@@ -212,7 +214,7 @@ class ClientTrainer(LocalTrainer):
         start = time.perf_counter()
         correct, loss_sum = 0, 0.0
         for batch, labels in self.batches(on, torch.arange(len(split))):
-            logits = self._logits(batch)
+            logits = self.logits(batch)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(-1) == labels).sum())
         n = max(len(split), 1)

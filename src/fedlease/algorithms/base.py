@@ -131,6 +131,12 @@ class Algorithm:
         """Extra results for the run summary (e.g. the clustering); JSON-serialisable."""
         return {}
 
+    def server_experts(self) -> Tensors:
+        """The whole LoRAs the server holds after the last aggregation, stacked on the expert
+        axis (``adapter.<module>.lora_A`` / ``lora_B``); empty if it holds none. The run writes
+        them out so they can be exported (``fedlease export --expert K``)."""
+        return {}
+
     def configure_profile(self) -> dict[str, Instruction]:
         """What each client computes and uploads once, before round 1 (default: nothing)."""
         return {}

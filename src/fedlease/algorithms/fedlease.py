@@ -239,6 +239,9 @@ class FedLEASE(Algorithm):
         index = {m: i for i, m in enumerate(self.clustered)}
         return np.array([row[[index[m] for m in group]].mean() for group in members])
 
+    def server_experts(self) -> dict[str, torch.Tensor]:
+        return dict(self.experts)
+
     def report(self) -> dict:
         if self.clustering is None:
             return {}

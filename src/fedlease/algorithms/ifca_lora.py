@@ -56,6 +56,9 @@ class IFCALoRA(Algorithm):
                 self.clusters[key] = self.clusters[key].clone()
                 self.clusters[key][c] = mean[0]
 
+    def server_experts(self) -> Tensors:
+        return dict(self.clusters)
+
     def report(self) -> dict:
         if not self.cluster_of:
             return {}

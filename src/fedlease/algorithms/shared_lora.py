@@ -52,6 +52,10 @@ class SharedLoRA(Algorithm):
         if self.shared_parts and replies:
             self.shared = fedavg(list(replies.values()))
 
+    def server_experts(self) -> Tensors:
+        """The global LoRA(s), when whole LoRAs are averaged (FedIT, FedDPA's global one)."""
+        return dict(self.shared) if set(self.shared_parts) == {"lora_A", "lora_B"} else {}
+
     @classmethod
     def install(cls, ins: Instruction, local_state: Tensors) -> Tensors:
         """A tensor the client has not got yet is taken whole (the initial LoRAs); one it has

@@ -91,8 +91,11 @@ def load_instruction_federation(data: DataConfig, seed: int) -> list[Instruction
     return [to_instructions(c) for c in load_federation(data, seed)]
 
 
-def check_instruction_row(where: str, row: dict) -> None:
+def check_instruction_row(where: str, row: dict, output_required: bool = True) -> None:
+    """``output_required = False``: prompts to answer, whose output may be missing."""
     for key in ("instruction", "output"):
+        if key == "output" and not output_required and key not in row:
+            continue
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise DataError(f"{where}: \"{key}\" must be a non-empty string")
     if not isinstance(row.get("input", ""), str):

@@ -161,12 +161,15 @@ def _kind(label) -> str:
     return "a string" if isinstance(label, str) else "an integer"
 
 
-def check_labelled_row(where: str, row: dict) -> None:
+def check_labelled_row(where: str, row: dict, label_required: bool = True) -> None:
+    """``label_required = False``: rows to predict, whose label may be missing."""
     if not isinstance(row.get("text"), str) or not row["text"].strip():
         raise DataError(f"{where}: \"text\" must be a non-empty string")
     if "text_pair" in row and (not isinstance(row["text_pair"], str)
                                or not row["text_pair"].strip()):
         raise DataError(f"{where}: \"text_pair\" must be a non-empty string")
+    if not label_required and "label" not in row:
+        return
     if not isinstance(row.get("label"), (str, int)) or isinstance(row["label"], bool):
         raise DataError(f"{where}: \"label\" must be a string or an integer")
 
@@ -254,39 +257,48 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return out
 
 
+def read_jsonl_rows(path: Path, check_row, owner: str = "") -> list[tuple[str, dict]]:
+    """(``file:line``, row) for every non-empty line of one JSONL file; a missing file or a
+    malformed line raises DataError (``owner``, e.g. ``client 'x': ``, leads file errors)."""
+    if not path.exists():
+        raise DataError(f"{owner}{path} does not exist")
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as err:
+        raise DataError(f"{owner}cannot read {path} ({err.strerror})") from None
+    rows = []
+    for lineno, raw in enumerate(lines, 1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") \
+                from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, object_pairs_hook=_unique_keys)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err.msg})") from None
+        except _DuplicateKey as err:
+            raise DataError(f"{where}: the key {err.args[0]!r} appears twice; expected it "
+                            "once") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        if "task" in row and (not isinstance(row["task"], str) or not row["task"].strip()):
+            raise DataError(f"{where}: \"task\" must be a non-empty string (the task's "
+                            "name)")
+        check_row(where, row)
+        rows.append((where, row))
+    return rows
+
+
 def _read_client_rows(name: str, paths: list[Path], check_row):
     """(``file:line``, row, default split) for every line; malformed lines raise DataError."""
     rows = []
     for path in paths:
-        if not path.exists():
-            raise DataError(f"client {name!r}: {path} does not exist")
         default_split = path.stem if path.stem in ("train", "test") else None
-        try:
-            lines = path.read_bytes().splitlines()
-        except OSError as err:
-            raise DataError(f"client {name!r}: cannot read {path} ({err.strerror})") from None
-        for lineno, raw in enumerate(lines, 1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") \
-                    from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line, object_pairs_hook=_unique_keys)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: not valid JSON ({err.msg})") from None
-            except _DuplicateKey as err:
-                raise DataError(f"{where}: the key {err.args[0]!r} appears twice; expected it "
-                                "once") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            if "task" in row and (not isinstance(row["task"], str) or not row["task"].strip()):
-                raise DataError(f"{where}: \"task\" must be a non-empty string (the task's "
-                                "name)")
-            check_row(where, row)
+        for where, row in read_jsonl_rows(path, check_row, f"client {name!r}: "):
             split = row.get("split", default_split)
             if split not in ("train", "test"):
                 raise DataError(f"{where}: \"split\" must be \"train\" or \"test\" "

@@ -5,10 +5,15 @@
     OUT/config.toml        the configuration used
     OUT/metrics.json       per round, per client: accuracy (or ROUGE-L, exact match), loss, train
                            metrics, upload bytes; "metric": the primary one
+    OUT/metrics.csv        the same per-round client metrics as a table (reporting/tracking.py)
+    OUT/tensorboard/       the same as TensorBoard events, with output.tensorboard = true
     OUT/clustering.json    distance matrix, silhouette per k, assignment (FedLEASE)
     OUT/summary.txt        the table printed at the end
     OUT/plots/*.png        dendrogram, distance heat map, silhouette curve, metric per round
     OUT/adapters/<client>.safetensors   each client's final adapters, router and head
+    OUT/adapters/server.safetensors     the server's experts after the last round (if it has any)
+    OUT/adapters/warmup/<client>.safetensors  each client's warm-up LoRA and head (FedLEASE)
+    OUT/run.json           what the run's models are: base model, layouts, labels (saved_models.py)
     OUT/checkpoint/        the state after the last finished round (see runners/checkpoint.py)
 
 Files are written atomically (temp file, fsync, rename) so a killed run never leaves half a file,
@@ -27,6 +32,7 @@ from pathlib import Path
 from safetensors.torch import save as save_tensors
 
 from fedlease.config import ConfigError, dump_toml
+from fedlease.reporting.tracking import CSV_FILE, TB_DIR, TensorBoardLog, metrics_csv
 
 # clustering.json, summary and plots: a fixed part and one that grows with the clients (the
 # default run's 16 clients: 0.2 MiB measured); per client and round of history in metrics.json
@@ -39,7 +45,7 @@ SPACE_SAFETY_FACTOR = 1.5
 # what a run writes into its folder (``--overwrite`` removes exactly these); any one of
 # RUN_MARKERS means the folder holds a run, finished or interrupted
 RUN_OUTPUTS = ("config.toml", "metrics.json", "clustering.json", "summary.txt", "result.json",
-               "plots", "adapters", "checkpoint")
+               "plots", "adapters", "checkpoint", "metrics.csv", "run.json", "tensorboard")
 RUN_MARKERS = ("config.toml", "metrics.json", "checkpoint")
 
 
@@ -96,6 +102,7 @@ class RunWriter:
 
     def __init__(self, out_dir: str | Path, resume: bool = False, overwrite: bool = False):
         self.dir = Path(out_dir)
+        self.tensorboard: TensorBoardLog | None = None
         self.resume = resume
         self.overwrite = overwrite
 
@@ -136,6 +143,8 @@ class RunWriter:
             atomic_write(self.dir / "config.toml", dump_toml(config))
         except OutputError as err:
             raise OutputError(f"cannot write to the output folder {self.dir}: {err}") from None
+        if config.output.tensorboard:
+            self.tensorboard = TensorBoardLog(self.dir / TB_DIR)
 
     def clear(self) -> None:
         """Remove what an earlier run wrote (``RUN_OUTPUTS`` and their temp files), nothing
@@ -161,22 +170,36 @@ class RunWriter:
         payload = {"algorithm": result.config.federation.algorithm, "metric": result.metric,
                    "tasks": result.tasks, "rounds": result.history}
         atomic_write(self.dir / "metrics.json", json.dumps(payload, indent=1))
+        atomic_write(self.dir / CSV_FILE, metrics_csv(result.history, result.tasks))
+        if self.tensorboard and result.history:
+            self.tensorboard.log_round(result.history[-1])
         if result.report:
             atomic_write(self.dir / "clustering.json", json.dumps(result.report, indent=1))
 
-    def finish(self, result, client_models: dict[str, tuple[dict, dict]]) -> None:
+    def write_tensors(self, name: str, tensors: dict, layout: dict | None = None) -> None:
+        """``OUT/<name>`` (e.g. ``adapters/<client>.safetensors``), the layout in its metadata."""
+        path = self.dir / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot create {path.parent}: {err.strerror or err}") from None
+        metadata = None if layout is None else {"layout": json.dumps(layout)}
+        atomic_write_bytes(path, save_tensors({k: v.contiguous() for k, v in tensors.items()},
+                                              metadata=metadata))
+
+    def finish(self, result, client_models: dict[str, tuple[dict, dict]],
+               description: dict | None = None) -> None:
+        """The final reports and each client's model; ``description`` (``run.json``, see
+        ``fedlease.saved_models``) is written last, once the files it names exist."""
         from fedlease.reporting.plots import plot_run
         from fedlease.reporting.summary import summary_table
 
         self.write_round(result)
         atomic_write(self.dir / "summary.txt", summary_table(result) + "\n")
-        adapters = self.dir / "adapters"
-        try:
-            adapters.mkdir(exist_ok=True)
-        except OSError as err:
-            raise OutputError(f"cannot create {adapters}: {err.strerror or err}") from None
         for cid, (tensors, layout) in client_models.items():
-            tensors = {k: v.contiguous() for k, v in tensors.items()}
-            atomic_write_bytes(adapters / f"{cid}.safetensors",
-                               save_tensors(tensors, metadata={"layout": json.dumps(layout)}))
+            self.write_tensors(f"adapters/{cid}.safetensors", tensors, layout)
         plot_run(result, self.dir / "plots")
+        if description is not None:
+            atomic_write(self.dir / "run.json", json.dumps(description, indent=1))
+        if self.tensorboard:
+            self.tensorboard.close()

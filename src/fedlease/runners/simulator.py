@@ -37,6 +37,7 @@ from fedlease.runners.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from fedlease.saved_models import describe_run
 from fedlease.training import ClientTrainer, LocalTrainer, autocast_dtype
 
 
@@ -58,6 +59,15 @@ class RunResult:
         return self.config.model.metric
 
 
+def base_model_path(config: RunConfig) -> str:
+    """``model.path``, or the default model of the configured task."""
+    if config.model.path:
+        return config.model.path
+    if config.model.task == "generation":
+        return default_generation_model_path()
+    return default_model_path()
+
+
 def load_base_model(config: RunConfig):
     """The frozen base model of the configured task with the adapters injected, and its
     tokenizer."""
@@ -67,12 +77,11 @@ def load_base_model(config: RunConfig):
     adapters = (config.model.target_modules, config.lora.rank, config.lora.alpha,
                 config.lora.dropout, config.train.device)
     if config.model.task == "generation":
-        model, tokenizer = load_causal_lm(config.model.path or default_generation_model_path(),
-                                          *adapters)
+        model, tokenizer = load_causal_lm(base_model_path(config), *adapters)
         longest = config.model.max_length + config.model.max_new_tokens
         what = "model.max_length + model.max_new_tokens"
     else:
-        model, tokenizer = load_classifier(config.model.path or default_model_path(), *adapters)
+        model, tokenizer = load_classifier(base_model_path(config), *adapters)
         longest, what = config.model.max_length, "model.max_length"
     limit = position_limit(model.backbone, tokenizer)
     if limit is not None and longest > limit:
@@ -232,14 +241,35 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
         rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
         if writer:
             writer.write_round(result)
+            if algorithm.uses_warmup and rnd == config.federation.warmup_rounds:
+                for cid, state in local_states.items():
+                    writer.write_tensors(f"adapters/warmup/{cid}.safetensors", state,
+                                         AdapterLayout().to_config())
             save_checkpoint(out_dir, Checkpoint(rnd, algorithm_state(algorithm), local_states,
                                                 result.history, rng_state(),
                                                 fingerprint), config)
     result.wall_seconds = time.perf_counter() - start
     if writer:
-        # each client's final model: what it kept locally plus the last download
-        final = algorithm.configure_evaluate(config.federation.rounds)
-        writer.finish(result, {cid: (algorithm_cls.install(ins, local_states[cid]),
-                                     ins.config["layout"])
-                               for cid, ins in final.items()})
+        write_final_models(writer, algorithm, clients, local_states, result)
     return result
+
+
+def write_final_models(writer: RunWriter, algorithm, clients, local_states: dict[str, dict],
+                       result: RunResult) -> None:
+    """Each client's final model (what it kept locally plus the last download), the server's
+    experts, and ``run.json`` describing them (see ``fedlease.saved_models``)."""
+    config = result.config
+    final = algorithm.configure_evaluate(config.federation.rounds)
+    experts = algorithm.server_experts()
+    if experts:
+        writer.write_tensors("adapters/server.safetensors", experts)
+    labels = {c.client_id: c.labels if isinstance(c, ClientData) else [] for c in clients}
+    description = describe_run(
+        config, base_model_path(config),
+        {cid: {"task": result.tasks[cid], "labels": labels[cid],
+               "layout": ins.config["layout"]} for cid, ins in final.items()},
+        server_experts=len(next(iter(experts.values()))) if experts else 0,
+        warmup=algorithm.uses_warmup and config.federation.warmup_rounds > 0)
+    writer.finish(result, {cid: (type(algorithm).install(ins, local_states[cid]),
+                                 ins.config["layout"])
+                           for cid, ins in final.items()}, description)
