@@ -170,3 +170,33 @@ def tiny_generation_config(tiny_llama_dir, tmp_path):
         "federation": {"rounds": 3, "warmup_rounds": 1, "max_experts": 3, "seed": 0},
         "output": {"dir": str(tmp_path / "out")},
     })
+
+
+# -- one labelled table (data.source = "datasets"): the colors task, with a domain column ----
+
+def planted_table(rows: int = 240, labels=("red", "blue"), domains=("web", "mail", "chat"),
+                  seed: int = 0) -> dict[str, list]:
+    """Columns ``text`` (filler words and the row's label word), ``label``, ``domain``; labels
+    and domains cycle, so every label and domain has the same number of rows (give
+    ``labels`` words of the tiny models' vocabulary to train on it)."""
+    rng = random.Random(seed)
+    columns = {"text": [], "label": [], "domain": []}
+    for row in range(rows):
+        label = labels[row % len(labels)]
+        words = rng.choices(FILLER, k=6) + [label]
+        rng.shuffle(words)
+        columns["text"].append(f"{' '.join(words)} row{row}")
+        columns["label"].append(label)
+        columns["domain"].append(domains[row % len(domains)])
+    return columns
+
+
+def write_csv(path, columns: dict[str, list], delimiter: str = ",") -> str:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(columns)
+        writer.writerows(zip(*columns.values(), strict=True))
+    return str(path)

@@ -6,8 +6,10 @@
     OUT/metrics.json       per round, per client: accuracy (or ROUGE-L, exact match), loss, train
                            metrics, upload bytes; "metric": the primary one
     OUT/clustering.json    distance matrix, silhouette per k, assignment (FedLEASE)
+    OUT/data.json          per client: task, train / test sizes, label counts (before training)
     OUT/summary.txt        the table printed at the end
-    OUT/plots/*.png        dendrogram, distance heat map, silhouette curve, metric per round
+    OUT/plots/*.png        dendrogram, distance heat map, silhouette curve, metric per round,
+                           examples per client by label
     OUT/adapters/<client>.safetensors   each client's final adapters, router and head
     OUT/checkpoint/        the state after the last finished round (see runners/checkpoint.py)
 
@@ -85,6 +87,10 @@ class RunWriter:
                               f"this run writes about {needed_bytes / 2**20:.1f} MiB "
                               "(checkpoints, adapters, reports): free some space or choose "
                               "another output.dir")
+
+    def write_data(self, data: dict) -> None:
+        """``data.json``: what each client holds (``reporting.data_report``)."""
+        atomic_write(self.dir / "data.json", json.dumps(data, indent=1))
 
     def write_round(self, result) -> None:
         payload = {"algorithm": result.config.federation.algorithm, "metric": result.metric,

@@ -1,8 +1,11 @@
 """The Flower ClientApp: one node = one client of the federation.
 
 The node's data: ``node_config["data-path"]`` (a folder of per-client JSONL files on that
-machine, see ``load_jsonl_folder``) if given, else the run's own ``[data]`` config; in both,
-``partition-id`` (0 if absent) picks the client. What the client keeps between rounds (its head,
+machine, see ``load_jsonl_folder``) if given, else the run's own ``[data]`` config (e.g. local
+tables partitioned by Flower Datasets partitioners, ``data.source = "datasets"``: every node
+computes the same partitions from the seed and keeps its own); in both, ``partition-id`` (0 if
+absent) picks the client, and ``num-partitions``, when the node config has it, must be the
+number of clients. What the client keeps between rounds (its head,
 the LoRA parts it does not upload, the last download) lives in Flower's ``context.state`` as an
 ``ArrayRecord``, never in server memory. The base model and the tokenized data are loaded once
 per process: a Ray actor of the simulation engine keeps them across rounds; a SuperNode starts a
@@ -22,6 +25,7 @@ from fedlease.config import RunConfig, config_to_dict
 from fedlease.data.federation import ClientData, DataError
 from fedlease.data.instructions import load_instruction_jsonl
 from fedlease.data.sources import load_jsonl_folder
+from fedlease.reporting.data_report import client_data_summary
 from fedlease.runners.flower.records import (
     from_array_record,
     metric_record,
@@ -62,6 +66,10 @@ def node_client(config: RunConfig, node_config: dict) -> tuple[ClientData, int, 
         if not 0 <= index < len(clients):
             raise DataError(f"node_config partition-id = {index}: {where} has {len(clients)} "
                             f"client(s), so partition-id must be in 0..{len(clients) - 1}")
+        if int(node_config.get("num-partitions", len(clients))) != len(clients):
+            raise DataError(f"node_config num-partitions = {node_config['num-partitions']}: "
+                            f"{where} makes {len(clients)} client(s); start that many "
+                            "SuperNodes (num-supernodes) or change the partitioner settings")
         if model_key not in _models:
             _models[model_key] = load_base_model(config)
         model, tokenizer = _models[model_key]
@@ -81,6 +89,7 @@ def describe(msg: Message, context: Context) -> Message:
         "order": int(context.node_config.get("partition-id", 0)),
         "federation-size": federation_size,
         "adapter-shapes": json.dumps(trainer.model.adapter_shapes()),
+        "data": json.dumps(client_data_summary(client)),
     })
     metrics = MetricRecord({"num-examples": trainer.num_train})
     return Message(content=RecordDict({"info": info, "metrics": metrics}), reply_to=msg)

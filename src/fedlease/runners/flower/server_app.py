@@ -73,7 +73,7 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
                        settings.round_timeout)
     described = sorted(replies.items(), key=lambda item: (int(item[1]["info"]["order"]),
                                                           str(item[1]["info"]["client-id"])))
-    node_of, infos, tasks, shapes = {}, [], {}, set()
+    node_of, infos, tasks, shapes, data = {}, [], {}, set(), {}
     for node, content in described:
         info = content["info"]
         cid = str(info["client-id"])
@@ -83,6 +83,7 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
         node_of[cid] = node
         infos.append(ClientInfo(cid, int(content["metrics"]["num-examples"])))
         tasks[cid] = str(info["task"])
+        data[cid] = json.loads(str(info["data"]))
         shapes.add(str(info["adapter-shapes"]))
         size = int(info["federation-size"])
     if not infos:
@@ -94,7 +95,7 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
         log(WARNING, "the data config defines %s clients but only %s nodes answered; the "
             "federation is these %s", size, len(infos), len(infos))
     adapter_shapes = {k: tuple(v) for k, v in json.loads(shapes.pop()).items()}
-    return node_of, infos, tasks, adapter_shapes
+    return node_of, infos, tasks, adapter_shapes, {"clients": data}
 
 
 def sample(ids: list[str], fraction: float, minimum: int, rng: random.Random) -> list[str]:
@@ -108,12 +109,13 @@ def run_federation(grid: Grid, config: RunConfig, settings: FlowerSettings) -> R
     start = time.perf_counter()
     writer = RunWriter(config.output.dir)
     writer.start(config)
-    node_of, infos, tasks, adapter_shapes = query_clients(
+    node_of, infos, tasks, adapter_shapes, data = query_clients(
         grid, wait_for_nodes(grid, settings), settings)
+    writer.write_data(data)
     log(INFO, "federation: %s clients on %s nodes", len(infos), len(node_of))
     algorithm = ALGORITHMS[config.federation.algorithm](config, infos, adapter_shapes)
     order = [c.client_id for c in infos]
-    result = RunResult(config, tasks)
+    result = RunResult(config, tasks, data=data)
     rng = random.Random(config.federation.seed)
     trained: set[str] = set()
 
