@@ -200,3 +200,9 @@ def write_csv(path, columns: dict[str, list], delimiter: str = ",") -> str:
         writer.writerow(columns)
         writer.writerows(zip(*columns.values(), strict=True))
     return str(path)
+
+
+@pytest.fixture
+def colors_csv(tmp_path) -> str:
+    """A CSV of 160 rows of ``planted_table`` (labels red / blue)."""
+    return write_csv(tmp_path / "colors.csv", planted_table(160))

@@ -4,8 +4,7 @@ The node's data: ``node_config["data-path"]`` (a folder of per-client JSONL file
 machine, see ``load_jsonl_folder``) if given, else the run's own ``[data]`` config (e.g. local
 tables partitioned by Flower Datasets partitioners, ``data.source = "datasets"``: every node
 computes the same partitions from the seed and keeps its own); in both, ``partition-id`` (0 if
-absent) picks the client, and ``num-partitions``, when the node config has it, must be the
-number of clients. What the client keeps between rounds (its head,
+absent) picks the client. What the client keeps between rounds (its head,
 the LoRA parts it does not upload, the last download) lives in Flower's ``context.state`` as an
 ``ArrayRecord``, never in server memory. The base model and the tokenized data are loaded once
 per process: a Ray actor of the simulation engine keeps them across rounds; a SuperNode starts a
@@ -43,6 +42,7 @@ app = ClientApp()
 
 _models: dict[str, tuple] = {}  # base model and tokenizer, by the config parts that build them
 _clients: dict[str, tuple[ClientData, int, LocalTrainer]] = {}
+_federations: dict[str, list] = {}  # every client of the run's [data], by what defines them
 
 
 def node_clients(config: RunConfig, node_config: dict) -> tuple[list[ClientData], str]:
@@ -52,7 +52,11 @@ def node_clients(config: RunConfig, node_config: dict) -> tuple[list[ClientData]
         load_folder = (load_instruction_jsonl if config.model.task == "generation"
                        else load_jsonl_folder)
         return load_folder(Path(path)), f"node_config data-path = {path!r}"
-    return load_clients(config), f"the run's [data] (source = {config.data.source!r})"
+    parts = config_to_dict(config)
+    key = json.dumps([parts["data"], parts["model"]["task"], parts["federation"]["seed"]])
+    if key not in _federations:  # the virtual clients of one Ray actor read the data once
+        _federations[key] = load_clients(config)
+    return _federations[key], f"the run's [data] (source = {config.data.source!r})"
 
 
 def node_client(config: RunConfig, node_config: dict) -> tuple[ClientData, int, LocalTrainer]:
@@ -66,10 +70,6 @@ def node_client(config: RunConfig, node_config: dict) -> tuple[ClientData, int, 
         if not 0 <= index < len(clients):
             raise DataError(f"node_config partition-id = {index}: {where} has {len(clients)} "
                             f"client(s), so partition-id must be in 0..{len(clients) - 1}")
-        if int(node_config.get("num-partitions", len(clients))) != len(clients):
-            raise DataError(f"node_config num-partitions = {node_config['num-partitions']}: "
-                            f"{where} makes {len(clients)} client(s); start that many "
-                            "SuperNodes (num-supernodes) or change the partitioner settings")
         if model_key not in _models:
             _models[model_key] = load_base_model(config)
         model, tokenizer = _models[model_key]
