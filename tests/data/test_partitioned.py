@@ -291,3 +291,13 @@ def test_tables_without_the_datasets_source_are_an_error(tmp_path):
     path.write_text("[[data.datasets]]\npath = 'a.csv'\n")
     with pytest.raises(ConfigError, match=r"but data.source = 'builtin': set data.source"):
         load_config(path)
+
+
+def test_alike_tables_get_unlike_partitions(tmp_path, table):
+    # the k-th table is partitioned with seed + k, so two copies are not skewed the same way
+    copies = [DatasetConfig(path=write_csv(tmp_path / f"{n}.csv", table), partitioner="dirichlet",
+                            alpha=0.3, num_partitions=4) for n in ("a", "b")]
+    clients = federation(*copies)
+    sizes = [[len(c.train) for c in clients if c.task == n] for n in ("a", "b")]
+    assert sizes[0] != sizes[1]
+    assert sizes[0] == [len(c.train) for c in federation(copies[0])]  # the first: the seed
