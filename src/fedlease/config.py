@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -241,6 +242,9 @@ def dataset_problems(data: DataConfig) -> list[str]:
              "[] or a list of at least 2 distinct label values", d.labels)
         for column in ("text", "label", "instruction", "output"):
             need(bool(getattr(d, column)), column, "a column name", getattr(d, column))
+        need(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", task_name(d)) is not None, "name",
+             "a task name of letters, digits, '_', '-' or '.' (client ids and file names are "
+             f"made of it; the path's stem {task_name(d)!r} is not one)", d.name)
     names = [task_name(d) for d in data.datasets]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

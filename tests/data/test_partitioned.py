@@ -278,6 +278,8 @@ def test_config_tables_are_read_and_checked(tmp_path, csv_path):
     ("[[data.datasets]]\npath = 'a.csv'\nnum_partitions = 'four'",
      r"data.datasets\[0\].num_partitions = 'four': expected int"),
     ("", "data.source = 'datasets' needs at least one \\[\\[data.datasets\\]\\] table"),
+    ("[[data.datasets]]\npath = 'data/*.csv'", r"data.datasets\[0\].name = '': expected a task "
+                                             r"name .* the path's stem '\*' is not one"),
 ])
 def test_config_errors_name_the_table_and_field(tmp_path, tables, message):
     path = tmp_path / "c.toml"
