@@ -6,6 +6,7 @@ import pytest
 
 from fedlease.cli import main
 from fedlease.data.federation import ClientData, Example
+from fedlease.data.instructions import InstructionClientData, InstructionExample
 from fedlease.reporting.data_report import data_report
 from fedlease.reporting.plots import plot_label_histogram
 
@@ -16,6 +17,9 @@ def test_report_counts_every_label_of_every_client():
     assert data_report([client]) == {"clients": {"c-0": {
         "task": "t", "train": 3, "test": 1, "train_labels": {"a": 2, "b": 0, "c": 1},
         "test_labels": {"a": 0, "b": 1, "c": 0}}}}
+    instructions = InstructionClientData("g-0", "g", [InstructionExample("i", "", "o")] * 2, [])
+    assert data_report([instructions]) == {"clients": {"g-0": {"task": "g", "train": 2,
+                                                               "test": 0}}}
 
 
 def test_histogram_of_labelled_and_unlabelled_clients(tmp_path):
