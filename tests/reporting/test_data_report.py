@@ -67,3 +67,29 @@ def test_cli_names_a_missing_column_before_training(tiny_model_dir, colors_csv, 
     err = capsys.readouterr().err
     assert f"data.datasets[0] ({colors_csv}): no column 'sentence'" in err
     assert "Traceback" not in err and not (out / "metrics.json").exists()
+
+
+def test_generation_run_on_an_instruction_table(tiny_generation_config, tmp_path):
+    pytest.importorskip("flwr_datasets")
+    from fedlease.config import DatasetConfig
+    from fedlease.runners.simulator import run_simulation
+
+    from ..conftest import INSTRUCTIONS, planted_table
+
+    table = planted_table(48)
+    rows = {"instruction": [INSTRUCTIONS["colors"]] * 48, "input": table["text"],
+            "output": table["label"], "domain": table["domain"]}
+    lines = [json.dumps(dict(zip(rows, r, strict=True))) for r in zip(*rows.values(),
+                                                                        strict=True)]
+    (tmp_path / "ins.jsonl").write_text("\n".join(lines) + "\n")
+    config = tiny_generation_config
+    config.data.source = "datasets"
+    config.data.datasets = [DatasetConfig(path=str(tmp_path / "ins.jsonl"),
+                                          partitioner="natural", partition_by="domain",
+                                          num_partitions=0)]
+    config.federation.rounds = 2
+    result = run_simulation(config, tmp_path / "out", progress=False)
+    assert list(result.tasks) == ["ins-0", "ins-1", "ins-2"]
+    assert all(0 <= m["rouge_l"] <= 1 for m in result.final.values())
+    data = json.loads((tmp_path / "out" / "data.json").read_text())["clients"]
+    assert [c["train"] + c["test"] for c in data.values()] == [16, 16, 16]
