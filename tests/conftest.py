@@ -4,9 +4,13 @@ synthetic per-client JSONL federations with planted tasks."""
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
+
+# Hugging Face datasets (data.source = "datasets") reads local files only; never the Hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # Two planted tasks: each decides its label by which of its two cue words a sentence holds.
 TASK_WORDS = {
