@@ -2,6 +2,7 @@
 Datasets partitioners, split train/test by seed; errors name the file and the column."""
 
 import json
+import sys
 from collections import Counter
 
 import pytest
@@ -303,3 +304,9 @@ def test_alike_tables_get_unlike_partitions(tmp_path, table):
     sizes = [[len(c.train) for c in clients if c.task == n] for n in ("a", "b")]
     assert sizes[0] != sizes[1]
     assert sizes[0] == [len(c.train) for c in federation(copies[0])]  # the first: the seed
+
+
+def test_missing_extra_is_a_clear_error(monkeypatch, csv_path):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if it were not installed
+    with pytest.raises(DataError, match=r'Hugging Face datasets: pip install "fedlease\[data\]"'):
+        federation(DatasetConfig(path=csv_path))
