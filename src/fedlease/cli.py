@@ -37,7 +37,8 @@ def _resume_config(args):
     fixed = [flag for flag, value in (("--config", args.config), ("--algorithm", args.algorithm),
                                       ("--rounds", args.rounds), ("--seed", args.seed),
                                       ("--precision", args.precision),
-                                      ("--data-path", args.data_path), ("--out", args.out))
+                                      ("--data-path", args.data_path), ("--out", args.out),
+                                      ("--overwrite", args.overwrite or None))
              if value is not None]
     if fixed:
         raise ConfigError(f"--resume continues a run with the configuration it began with "
@@ -60,7 +61,7 @@ def cmd_run(args) -> int:
           f"output in {config.output.dir}" + (" (resumed)" if args.resume else ""),
           file=sys.stderr)
     result = run_simulation(config, config.output.dir, progress=not args.quiet,
-                            resume=bool(args.resume))
+                            resume=bool(args.resume), overwrite=args.overwrite)
     print(summary_table(result))
     print(f"\nmetrics, plots and adapters written to {config.output.dir}/")
     return 0
@@ -77,7 +78,8 @@ def cmd_compare(args) -> int:
     out = args.out or "runs/compare"
     print(f"fedlease compare: {len(algorithms)} algorithm(s) x {len(seeds)} seed(s), "
           f"{config.federation.rounds} rounds, output in {out}", file=sys.stderr)
-    run_comparison(config, algorithms, seeds, out, progress=not args.quiet)
+    run_comparison(config, algorithms, seeds, out, progress=not args.quiet,
+                   rerun_stale=args.rerun_stale)
     print((Path(out) / "results.md").read_text())
     print(f"table: {out}/results.md, {out}/results.csv; "
           f"plot: {out}/{config.model.metric}_per_round.png")
@@ -112,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--resume", metavar="OUTPUT_DIR",
                      help="continue an interrupted run from its last checkpoint")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run the output folder holds (its results are removed "
+                          "once the new run has started)")
     run.set_defaults(func=cmd_run)
 
     compare = sub.add_parser("compare", help="run several algorithms on the same setup and "
@@ -121,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="'all' (default) or a comma-separated list of algorithm names")
     compare.add_argument("--seeds", type=int, default=3,
                          help="number of seeds, from federation.seed on (default 3)")
+    compare.add_argument("--rerun-stale", action="store_true",
+                         help="run again the finished (algorithm, seed) runs in --out whose "
+                              "configuration differs from this one (default: refuse)")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
     compare.set_defaults(func=cmd_compare)
     return parser

@@ -21,6 +21,8 @@ class ConfigError(ValueError):
 
 
 TASKS = ("classification", "generation")
+# seeds are numpy's range; offsets added to it (per client, per expert) stay far below 2**64
+MAX_SEED = 2**32 - 1
 # train.precision: autocast dtype of the training step (see training.autocast_dtype)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # what each task is scored by; the run summary and comparisons rank by it
@@ -157,8 +159,13 @@ class RunConfig:
              self.data.source)
         need(self.data.source not in ("glue", "jsonl") or bool(self.data.path), "data.path",
              f"a folder for data.source = {self.data.source!r}", self.data.path)
+        need(self.data.source != "builtin" or not self.data.path, "data.path",
+             "no path with data.source = 'builtin' (the built-in sample ships with fedlease); "
+             "set data.source = 'jsonl' or 'glue' to read this folder", self.data.path)
         need(self.data.source in ("jsonl", "datasets") or len(self.data.tasks) > 0,
              "data.tasks", "a non-empty list of task names", self.data.tasks)
+        need(len(set(self.data.tasks)) == len(self.data.tasks), "data.tasks",
+             "each task once (a task's clients are data.clients_per_task)", self.data.tasks)
         problems += dataset_problems(self.data)
         need(self.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
              self.data.clients_per_task)
@@ -179,6 +186,8 @@ class RunConfig:
              "one of " + ", ".join(PRECISIONS), self.train.precision)
         need(self.federation.rounds >= 1, "federation.rounds", "an integer >= 1",
              self.federation.rounds)
+        need(0 <= self.federation.seed <= MAX_SEED, "federation.seed",
+             f"an integer in [0, {MAX_SEED}]", self.federation.seed)
         need(self.federation.max_experts >= 1, "federation.max_experts", "an integer >= 1",
              self.federation.max_experts)
         need(self.federation.max_update_norm > 0, "federation.max_update_norm",
@@ -304,13 +313,24 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if path is not None:
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a folder; expected a TOML file") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path} cannot be read ({err.strerror or err})") \
+                from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({err.reason} at byte "
+                              f"{err.start}); expected a TOML file") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
     for section, values in (overrides or {}).items():
-        data.setdefault(section, {}).update(values)
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table, got {type(table).__name__}")
+        table.update(values)
     model_table = data.get("model")
     task = model_table.get("task") if isinstance(model_table, dict) else None
     for section, values in TASK_DEFAULTS.get(task, {}).items() if isinstance(task, str) else ():
@@ -327,6 +347,16 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
 
 def config_to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
+
+
+def changed_fields(saved: dict, current: dict, ignore=frozenset()) -> list[str]:
+    """``section.key`` of every value of ``current`` (a ``config_to_dict``) that ``saved`` (one
+    too, or its JSON form) lacks or holds differently, but those in ``ignore`` (pairs)."""
+    return [f"{section}.{key}" for section, values in current.items()
+            for key, value in values.items()
+            if (section, key) not in ignore
+            and (saved.get(section) if isinstance(saved.get(section), dict) else {}).get(key)
+            != value]
 
 
 def dump_toml(config: RunConfig) -> str:

@@ -119,6 +119,10 @@ class Algorithm:
         """Extra results for the run summary (e.g. the clustering); JSON-serialisable."""
         return {}
 
+    def client_layout_bound(self) -> AdapterLayout:
+        """The largest adapters a client ever holds: what bounds the size of its saved state."""
+        return AdapterLayout()
+
     # -- server side: shared --------------------------------------------------------------
 
     def configure_fit(self, rnd: int, first_time: Collection[str] = ()) -> dict[str, Instruction]:

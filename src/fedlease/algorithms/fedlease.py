@@ -49,6 +49,10 @@ class FedLEASE(Algorithm):
     def layout_for(self, client_id: str) -> AdapterLayout:
         return AdapterLayout.fedlease(self.num_experts, self.cluster_of[client_id])
 
+    def client_layout_bound(self) -> AdapterLayout:
+        """At most ``max_experts`` clusters: that many experts and their router slots."""
+        return AdapterLayout.fedlease(self.config.federation.max_experts, 0)
+
     def assign(self, clustering: Clustering) -> list[int]:
         """The expert of each client, in client order: its cluster."""
         return clustering.labels

@@ -30,6 +30,9 @@ class SharedLoRA(Algorithm):
                                     self.train_A)
         self.shared: Tensors = {}  # the latest averages, [len(shared_experts), ...] per key
 
+    def client_layout_bound(self) -> AdapterLayout:
+        return self.layout
+
     def initial_state(self) -> Tensors:
         """One seeded LoRA per expert, stacked: the same start for every client."""
         inits = [self.init_lora_state(seed_offset=e) for e in range(self.num_experts)]

@@ -125,13 +125,20 @@ def load_jsonl_folder(folder: Path) -> list[ClientData]:
     """
     clients, declared_labels = read_jsonl_clients(folder, check_labelled_row)
     labels_by_task: dict[str, set] = {}
+    first_label: dict[str, tuple[str, str | int]] = {}  # task -> (file:line, label)
     for _name, task, splits in clients:
         for where, row in splits["train"] + splits["test"]:
-            if task in declared_labels and row["label"] not in declared_labels[task]:
-                raise DataError(f"{where}: label {row['label']!r} is not one of the labels "
+            label = row["label"]
+            if task in declared_labels and label not in declared_labels[task]:
+                raise DataError(f"{where}: label {label!r} is not one of the labels "
                                 f"manifest.json declares for task {task!r}: "
                                 f"{declared_labels[task]}")
-            labels_by_task.setdefault(task, set()).add(row["label"])
+            seen_at, seen = first_label.setdefault(task, (where, label))
+            if type(label) is not type(seen):  # 0 and "0" would become two classes
+                raise DataError(f"{where}: label {label!r} is {_kind(label)}, but {seen_at} "
+                                f"gives task {task!r} the label {seen!r} ({_kind(seen)}); use "
+                                "one type for the labels of a task")
+            labels_by_task.setdefault(task, set()).add(label)
     label_lists = {t: declared_labels.get(t) or sorted(ls, key=str)
                    for t, ls in labels_by_task.items()}
     for task, labels in label_lists.items():
@@ -147,6 +154,10 @@ def load_jsonl_folder(folder: Path) -> list[ClientData]:
         out.append(ClientData(name, task, [str(x) for x in labels], examples["train"],
                               examples["test"]))
     return out
+
+
+def _kind(label) -> str:
+    return "a string" if isinstance(label, str) else "an integer"
 
 
 def check_labelled_row(where: str, row: dict) -> None:
@@ -169,6 +180,10 @@ def read_jsonl_clients(folder: Path, check_row):
     tasks_by_client, declared_labels = _read_manifest(folder / "manifest.json")
     sources = {p.stem: [p] for p in sorted(folder.glob("*.jsonl"))}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if sub.name in sources:
+            raise DataError(f"{folder}: client {sub.name!r} is both {sub.name}.jsonl and "
+                            f"{sub.name}/; keep one of them (or rename one: they would be "
+                            "two clients)")
         sources[sub.name] = [sub / "train.jsonl", sub / "test.jsonl"]
     if not sources:
         raise DataError(f"{folder}: no *.jsonl files or client folders found")
@@ -180,6 +195,12 @@ def read_jsonl_clients(folder: Path, check_row):
     for name, paths in sources.items():
         rows = _read_client_rows(name, paths, check_row)
         task = tasks_by_client.get(name) or rows[0][1].get("task") or name
+        for where, row, _ in rows:
+            if "task" in row and row["task"] != task:
+                source = ("manifest.json" if name in tasks_by_client
+                          else f"the first line ({rows[0][0]})")
+                raise DataError(f"{where}: \"task\" = {row['task']!r}, but {source} gives "
+                                f"client {name!r} the task {task!r}; a client has one task")
         splits = {"train": [], "test": []}
         for where, row, default_split in rows:
             splits[row.get("split", default_split)].append((where, row))
@@ -197,9 +218,11 @@ def _read_manifest(path: Path) -> tuple[dict[str, str], dict[str, list]]:
     expected = ('expected {"clients": {"<client>": "<task>"}, '
                 '"labels": {"<task>": [<label>, <label>, ...]}} ("labels" optional)')
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: not readable JSON ({err}); {expected}") from None
+    except _DuplicateKey as err:
+        raise DataError(f"{path}: the key {err.args[0]!r} appears twice; {expected}") from None
     if not isinstance(manifest, dict) or set(manifest) - {"clients", "labels"}:
         raise DataError(f"{path}: {expected}")
     clients, labels = manifest.get("clients", {}), manifest.get("labels", {})
@@ -209,11 +232,25 @@ def _read_manifest(path: Path) -> tuple[dict[str, str], dict[str, list]]:
         raise DataError(f"{path}: \"labels\" must map task names to label lists; {expected}")
     for task, names in labels.items():
         if (not isinstance(names, list) or len(names) < 2 or len(set(names)) != len(names)
-                or not all(isinstance(x, (str, int)) and not isinstance(x, bool)
-                           for x in names)):
+                or not (all(isinstance(x, str) for x in names)
+                        or all(type(x) is int for x in names))):
             raise DataError(f"{path}: labels of task {task!r} = {names!r}: expected a list of "
-                            "at least 2 distinct strings or integers")
+                            "at least 2 distinct strings, or of at least 2 distinct integers")
     return dict(clients), labels
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object as a dict; a key given twice (which ``json`` would silently resolve to
+    the last value) raises ``_DuplicateKey``."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _DuplicateKey(next(k for i, (k, _) in enumerate(pairs)
+                                 if k in dict(pairs[:i])))
+    return out
 
 
 def _read_client_rows(name: str, paths: list[Path], check_row):
@@ -237,11 +274,17 @@ def _read_client_rows(name: str, paths: list[Path], check_row):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as err:
                 raise DataError(f"{where}: not valid JSON ({err.msg})") from None
+            except _DuplicateKey as err:
+                raise DataError(f"{where}: the key {err.args[0]!r} appears twice; expected it "
+                                "once") from None
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object")
+            if "task" in row and (not isinstance(row["task"], str) or not row["task"].strip()):
+                raise DataError(f"{where}: \"task\" must be a non-empty string (the task's "
+                                "name)")
             check_row(where, row)
             split = row.get("split", default_split)
             if split not in ("train", "test"):

@@ -149,6 +149,15 @@ class FederatedClassifier(AdaptedModel):
         return self.head(pooled.to(self.head.weight.dtype))
 
 
+def position_limit(backbone: nn.Module, tokenizer) -> int | None:
+    """The longest sequence the model reads (its position table, or the tokenizer's limit
+    when smaller, e.g. RoBERTa's 512 of 514 positions); None when neither says."""
+    limits = [getattr(backbone.config, "max_position_embeddings", None),
+              getattr(tokenizer, "model_max_length", None)]
+    limits = [n for n in limits if isinstance(n, int) and 0 < n < 10**8]  # 1e30: "no limit"
+    return min(limits, default=None)
+
+
 def load_pretrained(path: str, auto_class_name: str = "AutoModel"):
     """Tokenizer and frozen model (``transformers.<auto_class_name>``) from a local directory,
     never from a hub."""

@@ -4,7 +4,11 @@ Each (algorithm, seed) pair is an ordinary ``run_simulation`` into ``OUT/<algori
 with the same data, model, training settings and seed; only ``federation.algorithm`` and
 ``federation.seed`` change. A pair whose folder holds ``result.json`` (written after the run's
 other files) is finished and is not run again, so an interrupted comparison resumes where it
-stopped; a half-written pair is run again from the start.
+stopped; a half-written pair is run again from the start. A finished pair is reused only if its
+``config.toml`` (read with ``load_config``, so keys added since fill in with their defaults)
+equals the configuration asked for, but for ``REUSABLE_CHANGES``; otherwise the comparison
+stops before running anything and names the differences, unless ``rerun_stale`` asks to run
+those pairs again.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS
-from fedlease.config import ConfigError, RunConfig
+from fedlease.config import ConfigError, RunConfig, changed_fields, config_to_dict, load_config
 from fedlease.reporting.comparison import (
     is_finished,
     load_run,
@@ -24,6 +28,9 @@ from fedlease.reporting.comparison import (
     write_comparison,
 )
 from fedlease.runners.simulator import run_simulation
+
+# fields that may differ between a finished pair and the comparison that reuses it
+REUSABLE_CHANGES = {("output", "dir"), ("train", "device")}
 
 
 def parse_algorithms(text: str) -> list[str]:
@@ -44,19 +51,47 @@ def pair_config(config: RunConfig, algorithm: str, seed: int, out_dir: Path) -> 
     return dataclasses.replace(config, federation=federation, output=output).validate()
 
 
+def stale_reason(folder: Path, config: RunConfig) -> str | None:
+    """Why the finished run in ``folder`` was made with another configuration than ``config``
+    (None: it was not)."""
+    try:
+        saved = load_config(folder / "config.toml")
+    except ConfigError as err:
+        return f"its config.toml cannot be read ({err})"
+    changed = changed_fields(config_to_dict(saved), config_to_dict(config), REUSABLE_CHANGES)
+    if not changed:
+        return None
+    old, new = config_to_dict(saved), config_to_dict(config)
+    return ", ".join(f"{name} = {old[s][k]!r} there, {new[s][k]!r} now"
+                     for name in changed for s, k in [name.split(".", 1)])
+
+
 def run_comparison(config: RunConfig, algorithms: list[str], seeds: list[int],
-                   out_dir: str | Path, progress: bool = True) -> list[dict]:
-    """Run the missing pairs, then write the table and plot; returns the table rows."""
+                   out_dir: str | Path, progress: bool = True,
+                   rerun_stale: bool = False) -> list[dict]:
+    """Run the missing pairs (and, with ``rerun_stale``, the finished ones of another
+    configuration), then write the table and plot; returns the table rows."""
     out_dir = Path(out_dir)
     pairs = [(alg, seed) for alg in algorithms for seed in seeds]
     configs = {pair: pair_config(config, *pair, out_dir) for pair in pairs}  # all checked first
+    finished = {pair for pair in pairs if is_finished(run_folder(out_dir, *pair))}
+    stale = {pair: reason for pair in finished
+             if (reason := stale_reason(run_folder(out_dir, *pair), configs[pair]))}
+    if stale and not rerun_stale:
+        listing = "\n  ".join(f"{run_folder(out_dir, *pair)}: {reason}"
+                              for pair, reason in sorted(stale.items()))
+        raise ConfigError(f"{out_dir} holds finished runs made with another configuration:\n  "
+                          f"{listing}\npass --rerun-stale to run them again with this "
+                          "configuration (their results are replaced), or choose another --out")
     bar = tqdm(pairs, desc="compare", unit="run", disable=not progress)
     for algorithm, seed in bar:
         folder = run_folder(out_dir, algorithm, seed)
-        if is_finished(folder):
+        if (algorithm, seed) in finished and (algorithm, seed) not in stale:
             bar.set_postfix_str(f"{algorithm} seed {seed}: done before")
             continue
         bar.set_postfix_str(f"{algorithm} seed {seed}")
-        result = run_simulation(configs[algorithm, seed], folder, progress=progress)
+        # an unfinished or stale pair starts over: its folder's old outputs are replaced
+        result = run_simulation(configs[algorithm, seed], folder, progress=progress,
+                                overwrite=True)
         mark_finished(folder, algorithm, seed, result.wall_seconds)
     return write_comparison([load_run(run_folder(out_dir, *pair)) for pair in pairs], out_dir)

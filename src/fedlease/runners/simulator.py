@@ -14,20 +14,24 @@ import torch
 from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
-from fedlease.algorithms.validation import accept_replies
+from fedlease.algorithms.validation import UploadsRejected, accept_replies
 from fedlease.config import ConfigError, RunConfig
-from fedlease.data.federation import ClientData
+from fedlease.data.federation import ClientData, DataError
 from fedlease.data.instructions import InstructionClientData, load_instruction_federation
 from fedlease.data.sources import load_federation
 from fedlease.generation import GenerationTrainer
 from fedlease.model.causal_lm import default_generation_model_path, load_causal_lm
-from fedlease.model.model import default_model_path, load_classifier
+from fedlease.model.lora import AdapterLayout
+from fedlease.model.model import default_model_path, load_classifier, position_limit
 from fedlease.reporting.data_report import data_report
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
 from fedlease.runners.checkpoint import (
     Checkpoint,
     CheckpointError,
     algorithm_state,
+    check_fits_model,
+    checkpoint_dir,
+    data_fingerprint,
     load_checkpoint,
     restore_algorithm_state,
     rng_state,
@@ -65,8 +69,18 @@ def load_base_model(config: RunConfig):
     adapters = (config.model.target_modules, config.lora.rank, config.lora.alpha,
                 config.lora.dropout, config.train.device)
     if config.model.task == "generation":
-        return load_causal_lm(config.model.path or default_generation_model_path(), *adapters)
-    return load_classifier(config.model.path or default_model_path(), *adapters)
+        model, tokenizer = load_causal_lm(config.model.path or default_generation_model_path(),
+                                          *adapters)
+        longest = config.model.max_length + config.model.max_new_tokens
+        what = "model.max_length + model.max_new_tokens"
+    else:
+        model, tokenizer = load_classifier(config.model.path or default_model_path(), *adapters)
+        longest, what = config.model.max_length, "model.max_length"
+    limit = position_limit(model.backbone, tokenizer)
+    if limit is not None and longest > limit:
+        raise ConfigError(f"{what} = {longest}: expected at most {limit}, the number of "
+                          f"positions the model ({config.model.path or 'the default'}) reads")
+    return model, tokenizer
 
 
 def client_trainer(config: RunConfig, model, tokenizer, client) -> LocalTrainer:
@@ -82,10 +96,17 @@ def client_trainer(config: RunConfig, model, tokenizer, client) -> LocalTrainer:
 
 
 def load_clients(config: RunConfig) -> list[ClientData] | list[InstructionClientData]:
-    """The federation's clients, as examples of the configured task."""
+    """The federation's clients, as examples of the configured task (at least two)."""
     if config.model.task == "generation":
-        return load_instruction_federation(config.data, config.federation.seed)
-    return load_federation(config.data, config.federation.seed)
+        clients = load_instruction_federation(config.data, config.federation.seed)
+    else:
+        clients = load_federation(config.data, config.federation.seed)
+    if len(clients) < 2:
+        where = (f"data.path = {config.data.path!r} holds" if config.data.source == "jsonl"
+                 else "data.tasks x data.clients_per_task make")
+        raise DataError(f"{where} {len(clients)} client ({clients[0].client_id!r}); a "
+                        "federation needs at least 2 clients")
+    return clients
 
 
 def build_trainers(config: RunConfig, clients) -> dict[str, LocalTrainer]:
@@ -106,23 +127,55 @@ def round_entry(rnd: int, seconds: float, replies: dict[str, Reply],
     return {"round": rnd, "seconds": seconds, **means, "clients": per_client}
 
 
-def client_state_bytes(model, rank: int, num_experts: int, head_floats: int) -> int:
-    """Upper bound of one client state's size: ``num_experts`` LoRAs and a router of
-    ``2 * num_experts - 1`` slots on every adapted layer, and the head, all float32."""
-    floats = sum(num_experts * rank * (d_in + d_out) + (2 * num_experts - 1) * d_in
+def client_state_bytes(model, rank: int, layout: AdapterLayout, head_floats: int) -> int:
+    """Size of a client state holding ``layout``'s LoRAs and router on every adapted layer,
+    and the head, all float32."""
+    slots = len(layout.router_slots or ())
+    floats = sum(layout.num_experts * rank * (d_in + d_out) + slots * d_in
                  for d_in, d_out in model.adapter_shapes().values())
     return 4 * (floats + head_floats)
 
 
+def run_bytes(config: RunConfig, algorithm, trainers: dict[str, LocalTrainer]) -> int:
+    """What the run writes at its peak (see ``estimate_run_bytes``): client states bounded by
+    the algorithm's largest client layout; the server holds at most ``max_experts`` of them."""
+    model = next(iter(trainers.values())).model
+    head = max(sum(t.numel() for t in trainer.new_head(0).values())
+               for trainer in trainers.values())
+    client = client_state_bytes(model, config.lora.rank, algorithm.client_layout_bound(), head)
+    return estimate_run_bytes(client, config.federation.max_experts * client, len(trainers),
+                              config.federation.rounds)
+
+
+def load_resumable(out_dir, config: RunConfig, model, clients, fingerprint: str) -> Checkpoint:
+    """The checkpoint in ``out_dir``, checked against this run's clients, data and model."""
+    checkpoint = load_checkpoint(out_dir, config)
+    ids = {c.client_id for c in clients}
+    if set(checkpoint.local_states) != ids:
+        raise CheckpointError(f"{out_dir}: the checkpoint's clients "
+                              f"{sorted(checkpoint.local_states)} are not the data's "
+                              f"{sorted(ids)}")
+    check_fits_model(checkpoint, model, config.lora.rank, checkpoint_dir(out_dir))
+    if checkpoint.data_sha256 != fingerprint:
+        raise CheckpointError(f"{out_dir}: the clients' examples differ from those the run "
+                              f"began with (the files in data.path = {config.data.path!r} "
+                              "changed?); a run resumes only on the data it began with")
+    return checkpoint
+
+
 def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
-                   progress: bool = True, resume: bool = False) -> RunResult:
+                   progress: bool = True, resume: bool = False,
+                   overwrite: bool = False) -> RunResult:
     """Run ``config.federation.rounds`` rounds of ``config.federation.algorithm``; with
-    ``resume``, continue from the checkpoint in ``out_dir`` after its last finished round."""
+    ``resume``, continue from the checkpoint in ``out_dir`` after its last finished round;
+    with ``overwrite``, replace the run ``out_dir`` holds (else such a folder is refused).
+    Nothing is written to ``out_dir`` before the data, the model and the checkpoint loaded."""
     start = time.perf_counter()
-    writer = RunWriter(out_dir) if out_dir is not None else None
+    writer = RunWriter(out_dir, resume, overwrite) if out_dir is not None else None
     if writer:
-        writer.start(config)
+        writer.check()
     clients = load_clients(config)
+    fingerprint = data_fingerprint(clients) if writer else ""
     trainers = build_trainers(config, clients)
     model = next(iter(trainers.values())).model
     infos = [ClientInfo(c.client_id, len(c.train)) for c in clients]
@@ -130,27 +183,19 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     algorithm = algorithm_cls(config, infos, model.adapter_shapes())
     result = RunResult(config, {c.client_id: c.task for c in clients},
                        data=data_report(clients))
-    if writer:
-        writer.write_data(result.data)
     local_states: dict[str, dict] = {c.client_id: {} for c in clients}
     first_round = 1
-    if writer:
-        per_client = client_state_bytes(model, config.lora.rank, config.federation.max_experts,
-                                        max(sum(t.numel() for t in trainer.new_head(0).values())
-                                            for trainer in trainers.values()))
-        writer.check_free_space(estimate_run_bytes(per_client, len(clients),
-                                                   config.federation.max_experts))
     if resume:
-        checkpoint = load_checkpoint(out_dir, config)
-        if set(checkpoint.local_states) != set(local_states):
-            raise CheckpointError(f"{out_dir}: the checkpoint's clients "
-                                  f"{sorted(checkpoint.local_states)} are not the data's "
-                                  f"{sorted(local_states)}")
+        checkpoint = load_resumable(out_dir, config, model, clients, fingerprint)
         restore_algorithm_state(algorithm, checkpoint.server_state)
         set_rng_state(checkpoint.rng)
         local_states, result.history = checkpoint.local_states, checkpoint.history
         result.report = algorithm.report()
         first_round = checkpoint.round + 1
+    if writer:
+        writer.check_free_space(run_bytes(config, algorithm, trainers))
+        writer.start(config)
+        writer.write_data(result.data)
 
     rounds = tqdm(range(first_round, config.federation.rounds + 1), desc=algorithm.name,
                   unit="round", initial=first_round - 1, total=config.federation.rounds,
@@ -163,6 +208,9 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
             replies[cid], local_states[cid] = algorithm_cls.client_fit(
                 fit[cid], local_states[cid], trainers[cid])
         accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
+        if rejected and not accepted:
+            raise UploadsRejected(rnd, rejected, config.federation.max_update_norm,
+                                  out_dir if writer and result.history else None)
         algorithm.aggregate_fit(rnd, accepted)
         evaluate = algorithm.configure_evaluate(rnd)
         evaluated = {
@@ -179,7 +227,8 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
         if writer:
             writer.write_round(result)
             save_checkpoint(out_dir, Checkpoint(rnd, algorithm_state(algorithm), local_states,
-                                                result.history, rng_state()), config)
+                                                result.history, rng_state(),
+                                                fingerprint), config)
     result.wall_seconds = time.perf_counter() - start
     if writer:
         # each client's final model: what it kept locally plus the last download
