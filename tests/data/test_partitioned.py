@@ -204,7 +204,7 @@ def test_bad_rows_and_files_are_named(tmp_path):
     one_label = planted_table(20, labels=("red",))
     with pytest.raises(DataError, match="every row has the label 'red'"):
         federation(DatasetConfig(path=write_csv(tmp_path / "one.csv", one_label)))
-    with pytest.raises(DataError, match=r"missing.csv: no such file"):
+    with pytest.raises(DataError, match=r"^data.datasets\[0\]: .*missing.csv: no such file"):
         federation(DatasetConfig(path=str(tmp_path / "missing.csv")))
     (tmp_path / "t.xlsx").write_text("x")
     with pytest.raises(DataError, match=r"t.xlsx: cannot tell the format from the suffix"):

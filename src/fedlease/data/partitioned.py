@@ -40,7 +40,10 @@ def _partition(dataset: DatasetConfig, index: int, seed: int, read: Callable,
     """Read the table, partition its rows, split each client's rows into train and test."""
     name = task_name(dataset)
     where = f"data.datasets[{index}] ({dataset.path})"
-    table = read_table(dataset.path, dataset.format, dataset.split)
+    try:
+        table = read_table(dataset.path, dataset.format, dataset.split)
+    except DataError as err:  # it names the file; add which table
+        raise DataError(f"data.datasets[{index}]: {err}") from None
     if 0 < dataset.max_examples < len(table):
         rows = sorted(random.Random(f"{seed}:{name}:sample").sample(range(len(table)),
                                                                     dataset.max_examples))
