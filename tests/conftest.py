@@ -27,8 +27,9 @@ def make_tiny_model_dir(path, vocab_extra=()):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + FILLER + list(vocab_extra)
     for cues in TASK_WORDS.values():
         words += list(cues)
-    (path / "vocab.txt").write_text("\n".join(dict.fromkeys(words)) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    # transformers 5 ignores ``vocab_file`` here (every word became [UNK]): pass the vocabulary
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(dict.fromkeys(words))}).save_pretrained(
+        path)
     config = BertConfig(vocab_size=len(set(words)) + 5, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=64)

@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "seeds; write a results table and plot")
     add_setting_flags(compare, "compare")
     compare.add_argument("--algorithms", default="all",
-                         help="'all' (default) or a comma-separated list of algorithm names")
+                         help="'all' (default) or a comma-separated list of algorithm names; "
+                              "NAME+KEY=VALUE is a variant with a setting changed, e.g. "
+                              "fedlease+allocation=embedding")
     compare.add_argument("--seeds", type=int, default=3,
                          help="number of seeds, from federation.seed on (default 3)")
     compare.add_argument("--rerun-stale", action="store_true",

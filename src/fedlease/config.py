@@ -25,6 +25,8 @@ TASKS = ("classification", "generation")
 MAX_SEED = 2**32 - 1
 # train.precision: autocast dtype of the training step (see training.autocast_dtype)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# federation.allocation: the signal FedLEASE clusters clients by (algorithms/clustering.py)
+ALLOCATIONS = ("lora-b", "embedding", "hybrid")
 # what each task is scored by; the run summary and comparisons rank by it
 PRIMARY_METRIC = {"classification": "accuracy", "generation": "rouge_l"}
 # defaults that differ by task; a value in the file or an override wins
@@ -115,6 +117,12 @@ class FederationConfig:
     rounds: int = 8
     warmup_rounds: int = 3
     max_experts: int = 4  # M_max: the largest number of clusters tried
+    # what FedLEASE clusters clients by: "lora-b" (the paper: their warm-up LoRA B matrices),
+    # "embedding" (the mean frozen-model representation of their training examples, one vector
+    # per client, computed before training) or "hybrid" (both distances, each scaled to mean 1)
+    allocation: str = "lora-b"
+    # std of the Gaussian noise a client adds to its (unit-length) embedding before uploading it
+    embedding_noise: float = 0.0
     seed: int = 0
     # the server rejects a client upload holding a tensor of larger L2 norm (inf: no bound)
     max_update_norm: float = 100.0
@@ -190,6 +198,10 @@ class RunConfig:
              f"an integer in [0, {MAX_SEED}]", self.federation.seed)
         need(self.federation.max_experts >= 1, "federation.max_experts", "an integer >= 1",
              self.federation.max_experts)
+        need(self.federation.allocation in ALLOCATIONS, "federation.allocation",
+             "one of " + ", ".join(ALLOCATIONS), self.federation.allocation)
+        need(0 <= self.federation.embedding_noise < math.inf, "federation.embedding_noise",
+             "a number >= 0", self.federation.embedding_noise)
         need(self.federation.max_update_norm > 0, "federation.max_update_norm",
              "a number > 0 (inf: no bound)", self.federation.max_update_norm)
         need(bool(self.output.dir), "output.dir", "a folder path", self.output.dir)
@@ -199,9 +211,12 @@ class RunConfig:
              "one of " + ", ".join(sorted(ALGORITHMS)), self.federation.algorithm)
         algorithm = ALGORITHMS.get(self.federation.algorithm)
         if algorithm is not None and algorithm.uses_warmup:
-            need(1 <= self.federation.warmup_rounds < self.federation.rounds,
-                 "federation.warmup_rounds", "an integer in [1, rounds)",
-                 self.federation.warmup_rounds)
+            # the embedding is known before training, so it needs no warm-up LoRAs
+            least = 0 if self.federation.allocation == "embedding" else 1
+            need(least <= self.federation.warmup_rounds < self.federation.rounds,
+                 "federation.warmup_rounds",
+                 f"an integer in [{least}, rounds) for allocation = "
+                 f"{self.federation.allocation!r}", self.federation.warmup_rounds)
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
         return self
@@ -343,6 +358,17 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}" if path else str(err)) from None
     return config.validate()
+
+
+def with_overrides(config: RunConfig, overrides: dict) -> RunConfig:
+    """``config`` with ``overrides`` (``{"section": {"key": value}}``) applied, checked like a
+    config file."""
+    data = config_to_dict(config)
+    for section, values in overrides.items():
+        if not isinstance(data.get(section), dict):
+            raise ConfigError(f"unknown section [{section}]; expected one of {sorted(data)}")
+        data[section].update(values)
+    return _build(RunConfig, data, "").validate()
 
 
 def config_to_dict(config: RunConfig) -> dict:

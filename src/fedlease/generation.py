@@ -138,6 +138,16 @@ class GenerationTrainer(LocalTrainer):
             idx = order[start : start + self.batch_size].tolist()
             yield self.collate([split[i] for i in idx], with_answer=True)
 
+    def representation_batches(self):
+        """The training prompts without their answers: a client's representation is of what
+        it is asked, not of what it answers."""
+        split = self.splits["train"]
+        for start in range(0, len(split), self.batch_size):
+            yield self.collate(split[start : start + self.batch_size], with_answer=False)[0]
+
+    def representations(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.prompt_representation(**inputs)
+
     def loss(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the answer tokens of the batch."""
         with self.autocast():

@@ -99,6 +99,27 @@ class LocalTrainer:
     def loss(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def representation_batches(self):
+        """The model inputs of every training example, in batches."""
+        for inputs, _ in self.batches("train", torch.arange(self.num_train)):
+            yield inputs
+
+    def representations(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[batch, hidden]``: one pooled hidden-state vector per example of the batch."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def mean_representation(self) -> torch.Tensor:
+        """The mean over this client's training examples of their pooled representation by the
+        frozen base model (adapters off, float32): what FedLEASE's ``embedding`` allocation
+        clusters clients by."""
+        self.model.eval()
+        total = torch.zeros(self.model.representation_dim, dtype=torch.float64)
+        with self.model.base_only():
+            for inputs in self.representation_batches():
+                total += self.representations(inputs).double().sum(0).cpu()
+        return (total / max(self.num_train, 1)).float()
+
     def autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -170,6 +191,9 @@ class ClientTrainer(LocalTrainer):
             idx = order[start : start + self.batch_size]
             batch = collate([split.features[i] for i in idx.tolist()], self.pad_id, device)
             yield batch, split.labels[idx].to(device)
+
+    def representations(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.pooled(**inputs)
 
     def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with self.autocast():

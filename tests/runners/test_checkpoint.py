@@ -111,10 +111,15 @@ def strip_seconds(record: dict) -> dict:
             for cid, m in record["clients"].items()}
 
 
-def test_interrupted_run_resumes_to_the_same_final_metrics(tiny_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("allocation, warmup", [("lora-b", 1), ("embedding", 0),
+                                                ("hybrid", 1)])
+def test_interrupted_run_resumes_to_the_same_final_metrics(tiny_config, tmp_path, monkeypatch,
+                                                           allocation, warmup):
     """In process: stop a run in round 2 (after round 1's checkpoint), resume it, and compare
-    with an uninterrupted run of the same seed."""
+    with an uninterrupted run of the same seed (the embeddings travel in the checkpoint)."""
     tiny_config.federation.rounds = 2
+    tiny_config.federation.allocation = allocation
+    tiny_config.federation.warmup_rounds = warmup
     reference = run_simulation(tiny_config, None, progress=False)
     original = FedLEASE.configure_fit
 

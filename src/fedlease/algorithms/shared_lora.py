@@ -24,8 +24,8 @@ class SharedLoRA(Algorithm):
     train_A = True
     state_fields = ("shared",)
 
-    def __init__(self, config, clients, adapter_shapes):
-        super().__init__(config, clients, adapter_shapes)
+    def __init__(self, config, clients, adapter_shapes, representation_dim: int = 0):
+        super().__init__(config, clients, adapter_shapes, representation_dim)
         self.layout = AdapterLayout(self.num_experts, tuple(range(self.num_experts)),
                                     self.train_A)
         self.shared: Tensors = {}  # the latest averages, [len(shared_experts), ...] per key

@@ -180,7 +180,7 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     model = next(iter(trainers.values())).model
     infos = [ClientInfo(c.client_id, len(c.train)) for c in clients]
     algorithm_cls = ALGORITHMS[config.federation.algorithm]
-    algorithm = algorithm_cls(config, infos, model.adapter_shapes())
+    algorithm = algorithm_cls(config, infos, model.adapter_shapes(), model.representation_dim)
     result = RunResult(config, {c.client_id: c.task for c in clients},
                        data=data_report(clients))
     local_states: dict[str, dict] = {c.client_id: {} for c in clients}
@@ -192,6 +192,16 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
         local_states, result.history = checkpoint.local_states, checkpoint.history
         result.report = algorithm.report()
         first_round = checkpoint.round + 1
+    else:
+        profile = algorithm.configure_profile()
+        if profile:  # before round 1: whatever the algorithm asks of every client once
+            replies = {cid: algorithm_cls.client_profile(profile[cid], trainers[cid])
+                       for cid in tqdm(profile, desc="profile", leave=False,
+                                       disable=not progress)}
+            accepted, rejected = accept_replies(algorithm, 0, profile, replies)
+            if rejected and not accepted:
+                raise UploadsRejected(0, rejected, config.federation.max_update_norm)
+            algorithm.aggregate_profile(accepted)
     if writer:
         writer.check_free_space(run_bytes(config, algorithm, trainers))
         writer.start(config)

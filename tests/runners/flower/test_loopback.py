@@ -121,6 +121,18 @@ def test_generation_runs_on_flower_like_in_the_simulator(tiny_generation_config,
         (tmp_path / "flower-out" / "metrics.json").read_text())["rounds"][-1]
 
 
+def test_embedding_allocation_on_flower_matches_the_simulator(small_config, tmp_path):
+    # the profile step travels as a query.profile message and is checked like any upload
+    small_config.federation.allocation = "embedding"
+    small_config.federation.warmup_rounds = 0
+    simulated = run_simulation(small_config, None, progress=False)
+    flower, _ = run_on_loopback(small_config, tmp_path)
+    assert flower.report["signal"] == "embedding"
+    assert flower.report["assignment"] == simulated.report["assignment"]
+    assert flower.report["distance"] == simulated.report["distance"]
+    assert without_timings(flower.history) == without_timings(simulated.history)
+
+
 def test_partitioned_table_runs_on_flower_like_in_the_simulator(small_config, tmp_path,
                                                                colors_csv):
     # every node partitions the same CSV (Dirichlet, by seed) and keeps partition-id's client

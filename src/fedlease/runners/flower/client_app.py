@@ -89,6 +89,7 @@ def describe(msg: Message, context: Context) -> Message:
         "order": int(context.node_config.get("partition-id", 0)),
         "federation-size": federation_size,
         "adapter-shapes": json.dumps(trainer.model.adapter_shapes()),
+        "representation-dim": trainer.model.representation_dim,
         "data": json.dumps(client_data_summary(client)),
     })
     metrics = MetricRecord({"num-examples": trainer.num_train})
@@ -105,6 +106,14 @@ def _instruction(msg: Message, context: Context):
     local = (from_array_record(context.state[LOCAL_STATE])
              if LOCAL_STATE in context.state else {})
     return ALGORITHMS[config.federation.algorithm], ins, local, trainer
+
+
+@app.query("profile")
+def profile(msg: Message, context: Context) -> Message:
+    """What the algorithm asks of this client once, before training (FedLEASE's embedding)."""
+    algorithm_cls, ins, _, trainer = _instruction(msg, context)
+    return Message(content=reply_content(algorithm_cls.client_profile(ins, trainer)),
+                   reply_to=msg)
 
 
 @app.train()
