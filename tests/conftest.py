@@ -4,9 +4,13 @@ synthetic per-client JSONL federations with planted tasks."""
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import pytest
+
+# Hugging Face datasets (data.source = "datasets") reads local files only; never the Hub
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # Two planted tasks: each decides its label by which of its two cue words a sentence holds.
 TASK_WORDS = {
@@ -267,3 +271,39 @@ def finished_run(tmp_path_factory, tiny_model_dir, tiny_llama_dir):
         return made[algorithm, task]
 
     return make
+
+
+# -- one labelled table (data.source = "datasets"): the colors task, with a domain column ----
+
+def planted_table(rows: int = 240, labels=("red", "blue"), domains=("web", "mail", "chat"),
+                  seed: int = 0) -> dict[str, list]:
+    """Columns ``text`` (filler words and the row's label word), ``label``, ``domain``; labels
+    and domains cycle, so every label and domain has the same number of rows (give
+    ``labels`` words of the tiny models' vocabulary to train on it)."""
+    rng = random.Random(seed)
+    columns = {"text": [], "label": [], "domain": []}
+    for row in range(rows):
+        label = labels[row % len(labels)]
+        words = rng.choices(FILLER, k=6) + [label]
+        rng.shuffle(words)
+        columns["text"].append(f"{' '.join(words)} row{row}")
+        columns["label"].append(label)
+        columns["domain"].append(domains[row % len(domains)])
+    return columns
+
+
+def write_csv(path, columns: dict[str, list], delimiter: str = ",") -> str:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(columns)
+        writer.writerows(zip(*columns.values(), strict=True))
+    return str(path)
+
+
+@pytest.fixture
+def colors_csv(tmp_path) -> str:
+    """A CSV of 160 rows of ``planted_table`` (labels red / blue)."""
+    return write_csv(tmp_path / "colors.csv", planted_table(160))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -60,13 +61,45 @@ class LoRAConfig:
 
 
 @dataclass
+class DatasetConfig:
+    """One ``[[data.datasets]]`` table: a local data file (or saved ``datasets`` folder) that a
+    Flower Datasets partitioner splits into clients of one task (see DATA.md, section 3)."""
+
+    path: str = ""  # a .csv/.tsv/.parquet/.json/.jsonl file (or glob), or a save_to_disk folder
+    format: str = ""  # "" = from the path: csv, tsv, parquet, json, disk
+    name: str = ""  # the task name of its clients; "" = the file's stem
+    split: str = ""  # a saved DatasetDict: the split to read; "" = all splits pooled
+    # columns, classification
+    text: str = "text"
+    text_pair: str = ""  # "" = single-text examples
+    label: str = "label"
+    labels: list[str] = field(default_factory=list)  # label order; [] = sorted label values
+    # columns, generation
+    instruction: str = "instruction"
+    input: str = "input"  # "" = no input column
+    output: str = "output"
+    # partitioning (Flower Datasets): iid | dirichlet | shard | pathological | natural
+    partitioner: str = "iid"
+    num_partitions: int = 4  # clients; natural: 0 = one per value of partition_by
+    partition_by: str = ""  # column the partitioner reads; "" = the label column
+    alpha: float = 0.5  # dirichlet: concentration (smaller = more label skew)
+    min_partition_size: int = 10  # dirichlet: resample until every client has this many
+    shards_per_partition: int = 2  # shard
+    classes_per_partition: int = 2  # pathological
+    max_examples: int = 0  # use a seeded sample of this many rows first; 0 = all
+    test_fraction: float = 0.2  # of each client's examples, held out for its test split
+
+
+@dataclass
 class DataConfig:
-    source: str = "builtin"  # builtin | glue | jsonl
+    source: str = "builtin"  # builtin | glue | jsonl | datasets
     path: str = ""  # glue: the glue_data folder; jsonl: a folder of per-client files
     tasks: list[str] = field(default_factory=lambda: ["sentiment", "news", "spam", "uncertainty"])
     clients_per_task: int = 4
     train_per_client: int = 128
     test_per_client: int = 48
+    # source = "datasets": the [[data.datasets]] tables, each partitioned into clients
+    datasets: list[DatasetConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -131,17 +164,20 @@ class RunConfig:
              self.model.target_modules)
         need(self.model.max_length >= 8, "model.max_length", "an integer >= 8",
              self.model.max_length)
-        need(self.data.source in ("builtin", "glue", "jsonl"), "data.source",
-             "one of builtin, glue, jsonl", self.data.source)
-        need(self.data.source == "builtin" or bool(self.data.path), "data.path",
+        from fedlease.data.sources import SOURCES
+
+        need(self.data.source in SOURCES, "data.source", "one of " + ", ".join(SOURCES),
+             self.data.source)
+        need(self.data.source not in ("glue", "jsonl") or bool(self.data.path), "data.path",
              f"a folder for data.source = {self.data.source!r}", self.data.path)
         need(self.data.source != "builtin" or not self.data.path, "data.path",
              "no path with data.source = 'builtin' (the built-in sample ships with fedlease); "
              "set data.source = 'jsonl' or 'glue' to read this folder", self.data.path)
-        need(self.data.source == "jsonl" or len(self.data.tasks) > 0, "data.tasks",
-             "a non-empty list of task names", self.data.tasks)
+        need(self.data.source in ("jsonl", "datasets") or len(self.data.tasks) > 0,
+             "data.tasks", "a non-empty list of task names", self.data.tasks)
         need(len(set(self.data.tasks)) == len(self.data.tasks), "data.tasks",
              "each task once (a task's clients are data.clients_per_task)", self.data.tasks)
+        problems += dataset_problems(self.data)
         need(self.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
              self.data.clients_per_task)
         need(self.data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
@@ -192,6 +228,66 @@ class RunConfig:
         return self
 
 
+def dataset_problems(data: DataConfig) -> list[str]:
+    """What is wrong with the ``[[data.datasets]]`` tables (the file itself is read later)."""
+    from fedlease.data.formats import FORMATS
+    from fedlease.data.partitioners import PARTITIONERS
+
+    if data.source != "datasets":
+        return ([f"[[data.datasets]] is given ({len(data.datasets)} table(s)) but data.source = "
+                 f"{data.source!r}: set data.source = \"datasets\" to use them"]
+                if data.datasets else [])
+    if not data.datasets:
+        return ["data.source = 'datasets' needs at least one [[data.datasets]] table "
+                "(path, partitioner, num_partitions, ...)"]
+    problems = []
+    for i, d in enumerate(data.datasets):
+        where = f"data.datasets[{i}]"
+
+        def need(ok: bool, name: str, expected: str, value, where: str = where):
+            if not ok:
+                problems.append(f"{where}.{name} = {value!r}: expected {expected}")
+
+        need(bool(d.path), "path", "a data file or a save_to_disk folder", d.path)
+        need(d.format in ("", *FORMATS), "format", "one of " + ", ".join(FORMATS)
+             + " (or \"\" to infer it from the path)", d.format)
+        need(d.partitioner in PARTITIONERS, "partitioner", "one of " + ", ".join(PARTITIONERS),
+             d.partitioner)
+        need(d.num_partitions >= (0 if d.partitioner == "natural" else 1), "num_partitions",
+             "an integer >= 1" + (" (0: one client per value)" if d.partitioner == "natural"
+                                  else ""), d.num_partitions)
+        need(d.partitioner != "natural" or bool(d.partition_by), "partition_by",
+             "the column whose values are the clients (natural partitioning)", d.partition_by)
+        need(0 < d.alpha < math.inf, "alpha", "a number > 0", d.alpha)
+        need(d.min_partition_size >= 0, "min_partition_size", "an integer >= 0",
+             d.min_partition_size)
+        need(d.shards_per_partition >= 1, "shards_per_partition", "an integer >= 1",
+             d.shards_per_partition)
+        need(d.classes_per_partition >= 1, "classes_per_partition", "an integer >= 1",
+             d.classes_per_partition)
+        need(d.max_examples >= 0, "max_examples", "an integer >= 0 (0: all rows)",
+             d.max_examples)
+        need(0 < d.test_fraction < 1, "test_fraction", "a number in (0, 1)", d.test_fraction)
+        need(len(set(d.labels)) == len(d.labels) and len(d.labels) != 1, "labels",
+             "[] or a list of at least 2 distinct label values", d.labels)
+        for column in ("text", "label", "instruction", "output"):
+            need(bool(getattr(d, column)), column, "a column name", getattr(d, column))
+        need(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", task_name(d)) is not None, "name",
+             "a task name of letters, digits, '_', '-' or '.' (client ids and file names are "
+             f"made of it; the path's stem {task_name(d)!r} is not one)", d.name)
+    names = [task_name(d) for d in data.datasets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.append(f"data.datasets: task name(s) {repeated} are used by more than one "
+                        "table; give each its own name")
+    return problems
+
+
+def task_name(dataset: DatasetConfig) -> str:
+    """The task of a dataset's clients: its ``name``, else the file's (or folder's) stem."""
+    return dataset.name or Path(dataset.path.rstrip("/")).name.split(".")[0]
+
+
 def _build(cls, values: dict, where: str):
     """Construct dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types."""
     if not isinstance(values, dict):
@@ -217,6 +313,11 @@ def _check_type(value, hint, label: str):
     origin = typing.get_origin(hint)
     if origin is list:
         (item,) = typing.get_args(hint)
+        if dataclasses.is_dataclass(item):  # an array of tables, e.g. [[data.datasets]]
+            if not isinstance(value, list):
+                raise ConfigError(f"{label} = {value!r}: expected a list of tables "
+                                  f"([[{label}]])")
+            return [_build(item, v, f"{label}[{i}]") for i, v in enumerate(value)]
         if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
             raise ConfigError(f"{label} = {value!r}: expected a list of {item.__name__}")
         return value
@@ -308,4 +409,6 @@ def _toml_value(value) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table (an item of [[data.datasets]])
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return repr(value)

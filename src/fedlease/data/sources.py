@@ -1,6 +1,8 @@
-"""Where a federation's examples come from: the built-in sample, a glue_data folder, or JSONL.
+"""Where a federation's examples come from: the built-in sample, a glue_data folder, JSONL, or
+local tables partitioned into clients (``partitioned.py``).
 
-Every loader returns a list of ``ClientData``; ``load_federation`` picks one by ``data.source``.
+Every loader returns a list of ``ClientData``; ``load_federation`` picks one by ``data.source``
+from ``SOURCES`` (defined at the end of this module).
 """
 
 from __future__ import annotations
@@ -13,18 +15,15 @@ from pathlib import Path
 
 from fedlease.config import DataConfig
 from fedlease.data.federation import ClientData, DataError, Example, split_task
+from fedlease.data.partitioned import load_partitioned
 
 BUILTIN_TASKS = ("sentiment", "news", "spam", "uncertainty")
 
 
 def load_federation(data: DataConfig, seed: int) -> list[ClientData]:
-    if data.source == "builtin":
-        return load_builtin(data, seed)
-    if data.source == "glue":
-        return load_glue(data, seed)
-    if data.source == "jsonl":
-        return load_jsonl_folder(Path(data.path))
-    raise DataError(f"data.source = {data.source!r}: expected builtin, glue or jsonl")
+    if data.source not in SOURCES:
+        raise DataError(f"data.source = {data.source!r}: expected one of {', '.join(SOURCES)}")
+    return SOURCES[data.source](data, seed)
 
 
 def _split_all(data: DataConfig, seed: int, pools: dict[str, tuple[list[str], list[Example]]]):
@@ -307,3 +306,12 @@ def _read_client_rows(name: str, paths: list[Path], check_row):
     if not rows:
         raise DataError(f"client {name!r}: {', '.join(map(str, paths))} hold no examples")
     return rows
+
+
+# data.source -> function(DataConfig, seed) -> the federation's clients
+SOURCES = {
+    "builtin": load_builtin,
+    "glue": load_glue,
+    "jsonl": lambda data, seed: load_jsonl_folder(Path(data.path)),
+    "datasets": load_partitioned,
+}

@@ -8,8 +8,10 @@
     OUT/metrics.csv        the same per-round client metrics as a table (reporting/tracking.py)
     OUT/tensorboard/       the same as TensorBoard events, with output.tensorboard = true
     OUT/clustering.json    distance matrix, silhouette per k, assignment (FedLEASE)
+    OUT/data.json          per client: task, train / test sizes, label counts (before training)
     OUT/summary.txt        the table printed at the end
-    OUT/plots/*.png        dendrogram, distance heat map, silhouette curve, metric per round
+    OUT/plots/*.png        dendrogram, distance heat map, silhouette curve, metric per round,
+                           examples per client by label
     OUT/adapters/<client>.safetensors   each client's final adapters, router and head
     OUT/adapters/server.safetensors     the server's experts after the last round (if it has any)
     OUT/adapters/warmup/<client>.safetensors  each client's warm-up LoRA and head (FedLEASE)
@@ -44,8 +46,9 @@ HISTORY_BYTES = 1536
 SPACE_SAFETY_FACTOR = 1.5
 # what a run writes into its folder (``--overwrite`` removes exactly these); any one of
 # RUN_MARKERS means the folder holds a run, finished or interrupted
-RUN_OUTPUTS = ("config.toml", "metrics.json", "clustering.json", "summary.txt", "result.json",
-               "plots", "adapters", "checkpoint", "metrics.csv", "run.json", "tensorboard")
+RUN_OUTPUTS = ("config.toml", "metrics.json", "clustering.json", "data.json", "summary.txt",
+               "result.json", "plots", "adapters", "checkpoint", "metrics.csv", "run.json",
+               "tensorboard")
 RUN_MARKERS = ("config.toml", "metrics.json", "checkpoint")
 
 
@@ -165,6 +168,10 @@ class RunWriter:
                               f"this run writes about {needed_bytes / 2**20:.1f} MiB "
                               "(checkpoints, adapters, reports): free some space or choose "
                               "another output.dir")
+
+    def write_data(self, data: dict) -> None:
+        """``data.json``: what each client holds (``reporting.data_report``)."""
+        atomic_write(self.dir / "data.json", json.dumps(data, indent=1))
 
     def write_round(self, result) -> None:
         payload = {"algorithm": result.config.federation.algorithm, "metric": result.metric,

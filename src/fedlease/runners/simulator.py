@@ -23,6 +23,7 @@ from fedlease.generation import GenerationTrainer
 from fedlease.model.causal_lm import default_generation_model_path, load_causal_lm
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import default_model_path, load_classifier, position_limit
+from fedlease.reporting.data_report import data_report
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
 from fedlease.runners.checkpoint import (
     Checkpoint,
@@ -47,6 +48,7 @@ class RunResult:
     tasks: dict[str, str]  # client id -> task
     history: list[dict] = field(default_factory=list)  # one entry per round
     report: dict = field(default_factory=dict)  # the algorithm's own results (clustering...)
+    data: dict = field(default_factory=dict)  # per client sizes and labels (data.json)
     wall_seconds: float = 0.0
 
     @property
@@ -188,7 +190,8 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     infos = [ClientInfo(c.client_id, len(c.train)) for c in clients]
     algorithm_cls = ALGORITHMS[config.federation.algorithm]
     algorithm = algorithm_cls(config, infos, model.adapter_shapes(), model.representation_dim)
-    result = RunResult(config, {c.client_id: c.task for c in clients})
+    result = RunResult(config, {c.client_id: c.task for c in clients},
+                       data=data_report(clients))
     local_states: dict[str, dict] = {c.client_id: {} for c in clients}
     first_round = 1
     if resume:
@@ -211,6 +214,7 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     if writer:
         writer.check_free_space(run_bytes(config, algorithm, trainers))
         writer.start(config)
+        writer.write_data(result.data)
 
     rounds = tqdm(range(first_round, config.federation.rounds + 1), desc=algorithm.name,
                   unit="round", initial=first_round - 1, total=config.federation.rounds,

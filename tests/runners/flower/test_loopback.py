@@ -136,3 +136,27 @@ def test_embedding_allocation_on_flower_matches_the_simulator(small_config, tmp_
     assert flower.report["assignment"] == simulated.report["assignment"]
     assert flower.report["distance"] == simulated.report["distance"]
     assert without_timings(flower.history) == without_timings(simulated.history)
+
+
+def test_partitioned_table_runs_on_flower_like_in_the_simulator(small_config, tmp_path,
+                                                               colors_csv):
+    # every node partitions the same CSV (Dirichlet, by seed) and keeps partition-id's client
+    from fedlease.config import DatasetConfig, dump_toml
+
+    pytest.importorskip("flwr_datasets")
+    small_config.data.source = "datasets"
+    small_config.data.datasets = [DatasetConfig(path=colors_csv, partitioner="dirichlet", alpha=0.5,
+                                                num_partitions=4)]
+    small_config.output.dir = str(tmp_path / "flower-out")
+    (tmp_path / "run.toml").write_text(dump_toml(small_config))
+    simulated = run_simulation(small_config, tmp_path / "sim-out", progress=False)
+    run_config = {"config": str(tmp_path / "run.toml"), "overrides": ""}
+    flower_config, flower_settings = read_run_config(run_config)
+    with task_identity():
+        flower = run_federation(LoopbackGrid(run_config, 4), flower_config, flower_settings)
+    assert list(flower.tasks) == ["colors-0", "colors-1", "colors-2", "colors-3"]
+    assert without_timings(flower.history) == without_timings(simulated.history)
+    data = json.loads((tmp_path / "flower-out" / "data.json").read_text())
+    assert data == json.loads((tmp_path / "sim-out" / "data.json").read_text())
+    assert sum(c["train"] + c["test"] for c in data["clients"].values()) == 160
+    assert (tmp_path / "flower-out" / "plots" / "label_histogram.png").stat().st_size > 1000

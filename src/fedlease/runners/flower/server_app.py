@@ -76,7 +76,7 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
                        settings.round_timeout)
     described = sorted(replies.items(), key=lambda item: (int(item[1]["info"]["order"]),
                                                           str(item[1]["info"]["client-id"])))
-    node_of, infos, tasks, shapes, dims = {}, [], {}, set(), set()
+    node_of, infos, tasks, shapes, dims, data = {}, [], {}, set(), set(), {}
     for node, content in described:
         info = content["info"]
         cid = str(info["client-id"])
@@ -86,6 +86,7 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
         node_of[cid] = node
         infos.append(ClientInfo(cid, int(content["metrics"]["num-examples"])))
         tasks[cid] = str(info["task"])
+        data[cid] = json.loads(str(info["data"]))
         shapes.add(str(info["adapter-shapes"]))
         dims.add(int(info["representation-dim"]))
         size = int(info["federation-size"])
@@ -98,7 +99,7 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
         log(WARNING, "the data config defines %s clients but only %s nodes answered; the "
             "federation is these %s", size, len(infos), len(infos))
     adapter_shapes = {k: tuple(v) for k, v in json.loads(shapes.pop()).items()}
-    return node_of, infos, tasks, adapter_shapes, dims.pop()
+    return node_of, infos, tasks, adapter_shapes, dims.pop(), {"clients": data}
 
 
 def sample(ids: list[str], fraction: float, minimum: int, rng: random.Random) -> list[str]:
@@ -112,13 +113,14 @@ def run_federation(grid: Grid, config: RunConfig, settings: FlowerSettings) -> R
     start = time.perf_counter()
     writer = RunWriter(config.output.dir)
     writer.start(config)
-    node_of, infos, tasks, adapter_shapes, representation_dim = query_clients(
+    node_of, infos, tasks, adapter_shapes, representation_dim, data = query_clients(
         grid, wait_for_nodes(grid, settings), settings)
+    writer.write_data(data)
     log(INFO, "federation: %s clients on %s nodes", len(infos), len(node_of))
     algorithm = ALGORITHMS[config.federation.algorithm](config, infos, adapter_shapes,
                                                         representation_dim)
     order = [c.client_id for c in infos]
-    result = RunResult(config, tasks)
+    result = RunResult(config, tasks, data=data)
     rng = random.Random(config.federation.seed)
     trained: set[str] = set()
 
