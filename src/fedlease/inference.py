@@ -45,7 +45,7 @@ class ClientModel:
     """One client's final model (or an exported one), ready to predict."""
 
     def __init__(self, saved: SavedModel, device: str = "cpu"):
-        from fedlease.runners.simulator import load_base_model
+        from fedlease.runners.clients import load_base_model
 
         train = dataclasses.replace(saved.config.train, device=device)
         self.saved = saved
@@ -69,7 +69,7 @@ class ClientModel:
 
     def _trainer(self, examples):
         """The run's evaluation path over ``examples`` (as the client's test split)."""
-        from fedlease.runners.simulator import client_trainer
+        from fedlease.runners.clients import client_trainer
 
         if self.task == "classification":
             data = ClientData(self.saved.name, self.saved.task, self.labels, [], list(examples))
@@ -201,7 +201,7 @@ def file_inputs(model: ClientModel, path: str | Path, split: str | None = None) 
 def run_split_inputs(model: ClientModel, run_dir: str | Path, split: str) -> Inputs:
     """Client's ``split`` ("train"/"test") of the run's own data, rebuilt from its
     ``config.toml`` exactly as the run built it."""
-    from fedlease.runners.simulator import load_clients
+    from fedlease.runners.clients import load_clients
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").exists():

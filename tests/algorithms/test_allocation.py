@@ -176,7 +176,7 @@ def test_client_embedding_is_unit_length_plus_seeded_noise_of_the_chosen_scale()
 
 
 def test_mean_representation_differs_by_task_and_ignores_the_adapters(tiny_config):
-    from fedlease.runners.simulator import build_trainers, load_clients
+    from fedlease.runners.clients import build_trainers, load_clients
 
     trainers = build_trainers(tiny_config, load_clients(tiny_config))
     vectors = {cid: t.mean_representation() for cid, t in trainers.items()}

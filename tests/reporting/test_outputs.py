@@ -11,7 +11,8 @@ import pytest
 from fedlease import cli
 from fedlease.config import ConfigError, dump_toml
 from fedlease.reporting import outputs
-from fedlease.runners.simulator import load_base_model, load_clients, run_bytes, run_simulation
+from fedlease.runners.clients import load_base_model, load_clients
+from fedlease.runners.simulator import run_bytes, run_simulation
 
 
 def run_cli(config, tmp_path, capsys, *extra):
@@ -151,7 +152,7 @@ def test_space_estimate_is_close_to_what_a_run_writes(tiny_config, tmp_path, alg
     clients = load_clients(tiny_config)
     model, tokenizer = load_base_model(tiny_config)
     from fedlease.algorithms import ALGORITHMS, ClientInfo
-    from fedlease.runners.simulator import client_trainer
+    from fedlease.runners.clients import client_trainer
 
     trainers = {c.client_id: client_trainer(tiny_config, model, tokenizer, c) for c in clients}
     algorithm_obj = ALGORITHMS[algorithm](tiny_config, [ClientInfo(c.client_id, len(c.train))

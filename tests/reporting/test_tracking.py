@@ -7,7 +7,7 @@ import pytest
 from fedlease.config import ConfigError, load_config
 from fedlease.reporting.outputs import RunWriter
 from fedlease.reporting.tracking import CSV_FILE, metrics_csv
-from fedlease.runners.simulator import RunResult
+from fedlease.runners.engine import RunResult
 
 HISTORY = [
     {"round": r, "seconds": 1.0, "mean_accuracy": 0.5 + r / 10,

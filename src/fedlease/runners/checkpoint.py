@@ -58,6 +58,7 @@ class Checkpoint:
     history: list[dict]  # the run's per-round records so far
     rng: dict
     data_sha256: str = ""  # of the clients' examples (``data_fingerprint``): same data on resume
+    runner: dict = dataclasses.field(default_factory=dict)  # the engine's and transport's state
 
 
 # -- plain encoding of the server state ---------------------------------------------------
@@ -165,8 +166,8 @@ def save_checkpoint(out_dir: str | Path, checkpoint: Checkpoint, config: RunConf
     folder = checkpoint_dir(out_dir)
     folder.mkdir(exist_ok=True)
     server_tensors: Tensors = {}
-    plain = _encode({"server": checkpoint.server_state, "rng": checkpoint.rng},
-                    server_tensors, "state")
+    plain = _encode({"server": checkpoint.server_state, "rng": checkpoint.rng,
+                     "runner": checkpoint.runner}, server_tensors, "state")
     client_ids = sorted(checkpoint.local_states)
     client_tensors = {f"{i}/{key}": value.detach().cpu().clone(
                           memory_format=torch.contiguous_format)
@@ -208,9 +209,9 @@ def load_checkpoint(out_dir: str | Path, config: RunConfig) -> Checkpoint:
         for part in ("server", "clients"))
     try:
         plain = _decode(manifest["state"], server_tensors)
-        server_state, rng = plain["server"], plain["rng"]
-        if not isinstance(server_state, dict) or not isinstance(rng, dict):
-            raise TypeError("the server and RNG states must be dicts")
+        server_state, rng, runner = plain["server"], plain["rng"], plain.get("runner", {})
+        if not all(isinstance(part, dict) for part in (server_state, rng, runner)):
+            raise TypeError("the server, RNG and runner states must be dicts")
         for key in ("python", "numpy", "torch"):
             rng[key]  # noqa: B018 (a KeyError here names the missing RNG state)
         local_states: dict[str, Tensors] = {cid: {} for cid in manifest["clients"]}
@@ -225,7 +226,7 @@ def load_checkpoint(out_dir: str | Path, config: RunConfig) -> Checkpoint:
     for cid, state in local_states.items():
         _check_finite(folder / manifest["files"]["clients"], state, f"client {cid!r}: ")
     return Checkpoint(manifest["round"], server_state, local_states, manifest["history"], rng,
-                      manifest["data_sha256"])
+                      manifest["data_sha256"], runner)
 
 
 def data_fingerprint(clients) -> str:

@@ -160,3 +160,66 @@ def test_partitioned_table_runs_on_flower_like_in_the_simulator(small_config, tm
     assert data == json.loads((tmp_path / "sim-out" / "data.json").read_text())
     assert sum(c["train"] + c["test"] for c in data["clients"].values()) == 160
     assert (tmp_path / "flower-out" / "plots" / "label_histogram.png").stat().st_size > 1000
+
+
+class ServerCrash(Exception):
+    pass
+
+
+class CrashingGrid(LoopbackGrid):
+    """Raises, as a ServerApp killed between two rounds would stop, when the server sends
+    the train messages of round ``crash_round``; the nodes (and their state) live on."""
+
+    def __init__(self, *args, crash_round: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash_round, self.train_exchanges = crash_round, 0
+
+    def send_and_receive(self, messages, *, timeout=None):
+        if messages and messages[0].metadata.message_type == "train":
+            self.train_exchanges += 1
+            if self.train_exchanges == self.crash_round:
+                self.crash_round = 0  # once
+                raise ServerCrash
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+@pytest.mark.parametrize("algorithm", ["fedlease", "ifca-lora", "fedsa-lora"])
+def test_a_restarted_server_app_resumes_the_run_exactly(algorithm, small_config, tmp_path):
+    # the server checkpoints after every round; started again with resume = true on the same
+    # nodes it continues after round 2 and ends where the uninterrupted run ends, sampling
+    # (fraction-train) included
+    small_config.federation.algorithm = algorithm
+    small_config.federation.rounds = 4
+    settings = {"fraction-train": 0.75}
+    whole, _ = run_on_loopback(small_config, tmp_path / "whole", **settings)
+
+    run_config = run_config_for(small_config, tmp_path / "crashed", **settings)
+    grid = CrashingGrid(run_config, 4, crash_round=3)
+    flower_config, flower_settings = read_run_config(run_config)
+    with task_identity(), pytest.raises(ServerCrash):
+        run_federation(grid, flower_config, flower_settings)
+    out = tmp_path / "crashed" / "flower-out"
+    assert json.loads((out / "checkpoint" / "checkpoint.json").read_text())["round"] == 2
+    with pytest.raises(ConfigError, match="holds another run"):  # not without resume
+        with task_identity():
+            run_federation(grid, flower_config, flower_settings)
+    flower_config, flower_settings = read_run_config({**run_config, "resume": True})
+    with task_identity():
+        resumed = run_federation(grid, flower_config, flower_settings)
+    assert [e["round"] for e in resumed.history] == [1, 2, 3, 4]
+    assert without_timings(resumed.history) == without_timings(whole.history)
+    assert resumed.report == whole.report
+    assert json.loads((out / "metrics.json").read_text())["rounds"][-1]["round"] == 4
+
+
+def test_resume_is_refused_when_the_nodes_hold_other_clients(small_config, tmp_path):
+    from fedlease.runners.checkpoint import CheckpointError
+
+    run_config = run_config_for(small_config, tmp_path)
+    grid = CrashingGrid(run_config, 4, crash_round=2)
+    flower_config, flower_settings = read_run_config(run_config)
+    with task_identity(), pytest.raises(ServerCrash):
+        run_federation(grid, flower_config, flower_settings)
+    flower_config, flower_settings = read_run_config({**run_config, "resume": True})
+    with task_identity(), pytest.raises(CheckpointError, match="clients"):
+        run_federation(LoopbackGrid(run_config, 3), flower_config, flower_settings)

@@ -25,6 +25,7 @@ from fedlease.data.federation import ClientData, DataError
 from fedlease.data.instructions import load_instruction_jsonl
 from fedlease.data.sources import load_jsonl_folder
 from fedlease.reporting.data_report import client_data_summary
+from fedlease.runners.clients import client_trainer, load_base_model, load_clients
 from fedlease.runners.flower.records import (
     from_array_record,
     metric_record,
@@ -33,7 +34,6 @@ from fedlease.runners.flower.records import (
     to_array_record,
 )
 from fedlease.runners.flower.settings import read_run_config
-from fedlease.runners.simulator import client_trainer, load_base_model, load_clients
 from fedlease.training import LocalTrainer
 
 LOCAL_STATE = "fedlease-local-state"

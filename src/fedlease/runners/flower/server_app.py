@@ -7,9 +7,11 @@ of every client before training (FedLEASE's embeddings), if anything; then per r
 ``configure_fit`` -> one train message per sampled client (each its own tensors and layout, as
 FedLEASE needs) -> ``aggregate_fit`` on the replies that arrived -> ``configure_evaluate`` ->
 evaluate messages. A client that errors or does not answer within ``round-timeout`` is left out
-of that step; the run goes on with the rest. Results go to ``output.dir`` like the in-process
-simulator's (config, metrics.json, clustering.json, summary, plots); the clients' final adapters
-and heads stay on their nodes.
+of that step; the run goes on with the rest. The rounds are the engine's (``runners.engine``),
+this module is its Flower ``Transport``. Results go to ``output.dir`` like the in-process
+simulator's (config, metrics.json, clustering.json, summary, plots), with the server's
+checkpoint after every round: a ServerApp started again with ``resume = true`` continues after
+the last finished round. The clients' adapters and heads stay on their nodes.
 """
 
 from __future__ import annotations
@@ -23,13 +25,12 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedlease.algorithms import ALGORITHMS, ClientInfo, Instruction, Reply
-from fedlease.algorithms.validation import accept_replies
+from fedlease.algorithms import ClientInfo, Instruction, Reply
 from fedlease.config import RunConfig
-from fedlease.reporting.outputs import RunWriter
+from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
+from fedlease.runners.engine import Federation, RunResult, client_state_bytes, run_rounds
 from fedlease.runners.flower.records import instruction_content, read_metrics, read_reply
 from fedlease.runners.flower.settings import FlowerSettings, read_run_config
-from fedlease.runners.simulator import RunResult, round_entry
 
 app = ServerApp()
 PROFILE_MESSAGE = f"{MessageType.QUERY}.profile"  # handled by the ClientApp's profile()
@@ -109,69 +110,94 @@ def sample(ids: list[str], fraction: float, minimum: int, rng: random.Random) ->
     return [cid for cid in ids if cid in chosen]
 
 
-def run_federation(grid: Grid, config: RunConfig, settings: FlowerSettings) -> RunResult:
-    start = time.perf_counter()
-    writer = RunWriter(config.output.dir)
-    writer.start(config)
-    node_of, infos, tasks, adapter_shapes, representation_dim, data = query_clients(
-        grid, wait_for_nodes(grid, settings), settings)
-    writer.write_data(data)
-    log(INFO, "federation: %s clients on %s nodes", len(infos), len(node_of))
-    algorithm = ALGORITHMS[config.federation.algorithm](config, infos, adapter_shapes,
-                                                        representation_dim)
-    order = [c.client_id for c in infos]
-    result = RunResult(config, tasks, data=data)
-    rng = random.Random(config.federation.seed)
-    trained: set[str] = set()
+class GridTransport:
+    """The engine's messages over a Flower grid: one message per client and step, to the node
+    that holds it; clients sampled among the connected nodes (``fraction-train``,
+    ``fraction-evaluate``); a client that does not answer is left out of that step."""
 
-    def send(message_type: str, instructions: dict[str, Instruction]) -> dict[str, RecordDict]:
-        client_of = {node_of[cid]: cid for cid in instructions}
-        received = exchange(grid, message_type,
-                            {node_of[cid]: instruction_content(cid, ins)
-                             for cid, ins in instructions.items()}, settings.round_timeout)
+    def __init__(self, grid: Grid, settings: FlowerSettings, config: RunConfig,
+                 federation: Federation, node_of: dict[str, int]):
+        self.grid, self.settings, self.config = grid, settings, config
+        self.federation, self.node_of = federation, node_of
+        self.local_states: dict = {}  # every node keeps its own client's state
+        self.order = [c.client_id for c in federation.clients]
+        self.rng = random.Random(config.federation.seed)
+        self.available: list[str] = []
+
+    def fingerprint(self) -> str:
+        return self.federation.fingerprint
+
+    def run_bytes(self, algorithm) -> int:
+        """The server's checkpoints and reports; the clients' states are on their nodes."""
+        server = self.config.federation.max_experts * client_state_bytes(
+            self.federation.adapter_shapes, self.config.lora.rank,
+            algorithm.client_layout_bound(), 0)
+        return estimate_run_bytes(0, server, len(self.order), self.config.federation.rounds)
+
+    def online(self) -> list[str]:
+        nodes = set(self.grid.get_node_ids())
+        return [cid for cid in self.order if self.node_of[cid] in nodes]
+
+    def choose_fit(self, rnd: int, trained: set[str]) -> tuple[list[str], list[str]]:
+        self.available = self.online()
+        chosen = sample(self.available, self.settings.fraction_train,
+                        self.settings.min_train_clients, self.rng)
+        log(INFO, "round %s: training %s of %s available clients", rnd, len(chosen),
+            len(self.available))
+        return chosen, [cid for cid in chosen if cid not in trained]
+
+    def choose_evaluate(self, rnd: int, candidates: list[str], trained: set[str]) -> list[str]:
+        evaluable = [cid for cid in self.available if cid in trained and cid in candidates]
+        return sample(evaluable, self.settings.fraction_evaluate, 1, self.rng)
+
+    def send(self, message_type: str,
+             instructions: dict[str, Instruction]) -> dict[str, RecordDict]:
+        client_of = {self.node_of[cid]: cid for cid in instructions}
+        received = exchange(self.grid, message_type,
+                            {self.node_of[cid]: instruction_content(cid, ins)
+                             for cid, ins in instructions.items()}, self.settings.round_timeout)
         # in the algorithm's client order, whatever the arrival order: sums stay reproducible
         by_client = {client_of[node]: content for node, content in received.items()}
-        return {cid: by_client[cid] for cid in order if cid in by_client}
+        return {cid: by_client[cid] for cid in self.order if cid in by_client}
 
-    profile = algorithm.configure_profile()
-    if profile:
-        online = set(grid.get_node_ids())
-        asked = {cid: ins for cid, ins in profile.items() if node_of[cid] in online}
-        replies = {cid: read_reply(content)
-                   for cid, content in send(PROFILE_MESSAGE, asked).items()}
-        accepted, _ = accept_replies(algorithm, 0, profile, replies)
-        algorithm.aggregate_profile(accepted)
+    def profile(self, instructions: dict[str, Instruction]) -> dict[str, Reply]:
+        online = set(self.online())
+        asked = {cid: ins for cid, ins in instructions.items() if cid in online}
+        return {cid: read_reply(content)
+                for cid, content in self.send(PROFILE_MESSAGE, asked).items()}
 
-    for rnd in range(1, config.federation.rounds + 1):
-        round_start = time.perf_counter()
-        online = set(grid.get_node_ids())
-        available = [cid for cid in order if node_of[cid] in online]
-        chosen = sample(available, settings.fraction_train, settings.min_train_clients, rng)
-        log(INFO, "round %s: training %s of %s available clients", rnd, len(chosen),
-            len(available))
-        fit = algorithm.configure_fit(rnd, first_time=[c for c in chosen if c not in trained])
-        replies: dict[str, Reply] = {
-            cid: read_reply(content)
-            for cid, content in send(MessageType.TRAIN, {c: fit[c] for c in chosen}).items()}
-        accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
-        trained.update(accepted)
-        algorithm.aggregate_fit(rnd, accepted)
+    def fit(self, rnd: int, instructions: dict[str, Instruction]) -> dict[str, Reply]:
+        return {cid: read_reply(content)
+                for cid, content in self.send(MessageType.TRAIN, instructions).items()}
 
-        evaluable = [cid for cid in available if cid in trained]
-        chosen = sample(evaluable, settings.fraction_evaluate, 1, rng)
-        evaluate = algorithm.configure_evaluate(rnd)
-        evaluated = {cid: read_metrics(content) for cid, content in
-                     send(MessageType.EVALUATE, {c: evaluate[c] for c in chosen}).items()}
-        if not evaluated:
-            raise RuntimeError(f"round {rnd}: no client answered; see the warnings above")
-        entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated,
-                            result.metric)
-        entry["rejected"] = rejected
-        result.history.append(entry)
-        result.report = algorithm.report()
-        writer.write_round(result)
-        log(INFO, "round %s: mean %s %.4f over %s clients", rnd, result.metric,
-            entry["mean_" + result.metric], len(evaluated))
-    result.wall_seconds = time.perf_counter() - start
-    writer.finish(result, {})  # the final adapters and heads stay on the clients' nodes
-    return result
+    def evaluate(self, rnd: int, instructions: dict[str, Instruction]) -> dict[str, dict]:
+        return {cid: read_metrics(content)
+                for cid, content in self.send(MessageType.EVALUATE, instructions).items()}
+
+    def state(self) -> dict:
+        """The sampler: a resumed run samples as the uninterrupted one would have."""
+        return {"sampler": self.rng.getstate()}
+
+    def restore(self, state: dict) -> None:
+        if "sampler" in state:
+            version, internal, gauss = state["sampler"]
+            self.rng.setstate((version, tuple(internal), gauss))
+
+    def round_done(self, entry: dict, metric: str) -> None:
+        log(INFO, "round %s: mean %s %.4f over %s clients", entry["round"], metric,
+            entry["mean_" + metric], len(entry["clients"]))
+
+
+def run_federation(grid: Grid, config: RunConfig, settings: FlowerSettings) -> RunResult:
+    """Run the configured rounds on the grid's nodes; with ``settings.resume``, continue the
+    run checkpointed in ``output.dir`` (the nodes must still hold their clients' state)."""
+    start = time.perf_counter()
+    writer = RunWriter(config.output.dir, resume=settings.resume)
+    writer.check()
+    node_of, infos, tasks, adapter_shapes, representation_dim, data = query_clients(
+        grid, wait_for_nodes(grid, settings), settings)
+    log(INFO, "federation: %s clients on %s nodes", len(infos), len(node_of))
+    federation = Federation(infos, tasks, data, adapter_shapes, representation_dim)
+    transport = GridTransport(grid, settings, config, federation, node_of)
+    return run_rounds(config, federation, transport, writer, settings.resume, progress=False,
+                      start=start)

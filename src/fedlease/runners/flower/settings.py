@@ -27,6 +27,7 @@ class FlowerSettings:
     min_available_clients: int = 2  # wait for this many nodes before the run starts
     connect_timeout: float = 300.0  # seconds to wait for them
     round_timeout: float = 600.0  # seconds to wait for the replies of one exchange
+    resume: bool = False  # continue the run checkpointed in output.dir (after a server crash)
 
 
 # run-config key -> FlowerSettings field
@@ -66,6 +67,11 @@ def read_run_config(run_config: dict) -> tuple[RunConfig, FlowerSettings]:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"run config {key} = {value!r}: expected a number")
             values[name] = type(default)(value)
+    if "resume" in run_config:
+        if not isinstance(run_config["resume"], bool):
+            raise ConfigError(f"run config resume = {run_config['resume']!r}: expected true or "
+                              "false")
+        values["resume"] = run_config["resume"]
     settings = FlowerSettings(**values)
     problems = []
     for key in ("fraction-train", "fraction-evaluate"):

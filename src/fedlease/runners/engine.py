@@ -1,0 +1,246 @@
+"""The round engine: the one loop every runner drives (see docs/architecture.md).
+
+The engine owns what must not differ between runners: the profile step before round 1, per
+round ``configure_fit`` -> client training -> upload validation (``accept_replies``) ->
+``aggregate_fit`` -> ``configure_evaluate`` -> client evaluation -> the round's history entry,
+the output folder (free space, metrics, reports, final models) and a server checkpoint after
+every round, from which ``resume`` continues. How instructions reach the clients and replies
+come back is the runner's ``Transport``: in this process (``runners.simulator``) or over a
+Flower grid (``runners.flower.server_app``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+from fedlease.algorithms import ALGORITHMS, ClientInfo, Instruction, Reply
+from fedlease.algorithms.base import Tensors
+from fedlease.algorithms.validation import UploadsRejected, accept_replies
+from fedlease.config import RunConfig
+from fedlease.model.lora import AdapterLayout
+from fedlease.reporting.outputs import RunWriter
+from fedlease.runners.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    algorithm_state,
+    check_fits_model,
+    checkpoint_dir,
+    load_checkpoint,
+    restore_algorithm_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    tasks: dict[str, str]  # client id -> task
+    history: list[dict] = field(default_factory=list)  # one entry per round
+    report: dict = field(default_factory=dict)  # the algorithm's own results (clustering...)
+    data: dict = field(default_factory=dict)  # per client sizes and labels (data.json)
+    wall_seconds: float = 0.0
+
+    @property
+    def final(self) -> dict[str, dict]:
+        return self.history[-1]["clients"]
+
+    @property
+    def metric(self) -> str:
+        """The primary metric (``accuracy``, ``rouge_l``): a key of every client's metrics."""
+        return self.config.model.metric
+
+
+@dataclass
+class Federation:
+    """What the server learns of the clients before round 1 (in the algorithm's client order)."""
+    clients: list[ClientInfo]
+    tasks: dict[str, str]  # client id -> task
+    data: dict  # data.json: per client sizes and labels
+    adapter_shapes: dict[str, tuple[int, int]]
+    representation_dim: int
+    hidden_size: int | None = None  # of the classification heads, if the server knows it
+
+    @property
+    def fingerprint(self) -> str:
+        """What a resume must find again: the clients and their data (sizes, labels)."""
+        text = json.dumps([[c.client_id, c.num_examples] for c in self.clients] + [self.data],
+                          sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Transport(Protocol):
+    """How the engine reaches the clients. ``local_states``: the clients' own state where the
+    server holds it (the simulator; checkpointed and saved as final models), else empty (on
+    Flower every node keeps its client's state)."""
+
+    local_states: dict[str, Tensors]
+
+    def fingerprint(self) -> str:
+        """Identifies the clients' data; a resume must find the same."""
+
+    def run_bytes(self, algorithm) -> int:
+        """Disk the run's output needs at its peak (see ``estimate_run_bytes``)."""
+
+    def choose_fit(self, rnd: int, trained: set[str]) -> tuple[list[str], list[str]]:
+        """The clients that train in round ``rnd``, and those of them that never trained."""
+
+    def choose_evaluate(self, rnd: int, candidates: list[str], trained: set[str]) -> list[str]:
+        """The clients, of ``candidates`` (``configure_evaluate``'s), evaluated in ``rnd``."""
+
+    def profile(self, instructions: dict[str, Instruction]) -> dict[str, Reply]: ...
+
+    def fit(self, rnd: int, instructions: dict[str, Instruction]) -> dict[str, Reply]: ...
+
+    def evaluate(self, rnd: int, instructions: dict[str, Instruction]) -> dict[str, dict]: ...
+
+    def state(self) -> dict:
+        """The transport's own state a resume needs (e.g. its sampler)."""
+
+    def restore(self, state: dict) -> None: ...
+
+    def round_done(self, entry: dict, metric: str) -> None:
+        """Called after each round's entry is recorded (logging)."""
+
+
+def round_entry(rnd: int, seconds: float, replies: dict[str, Reply],
+                evaluated: dict[str, dict], metric: str = "accuracy") -> dict:
+    """One round of the history: per client its training metrics (if it trained) and its
+    evaluation metrics, and the means over the evaluated clients of the accuracy (exact match
+    for generation) and of the task's primary ``metric``."""
+    per_client = {cid: {**replies[cid].metrics, **metrics} if cid in replies else metrics
+                  for cid, metrics in evaluated.items()}
+    means = {f"mean_{name}": sum(m[name] for m in per_client.values()) / len(per_client)
+             for name in dict.fromkeys(("accuracy", metric))}
+    return {"round": rnd, "seconds": seconds, **means, "clients": per_client}
+
+
+def client_state_bytes(adapter_shapes: dict[str, tuple[int, int]], rank: int,
+                       layout: AdapterLayout, head_floats: int) -> int:
+    """Size of a client state holding ``layout``'s LoRAs and router on every adapted layer,
+    and the head, all float32."""
+    slots = len(layout.router_slots or ())
+    floats = sum(layout.num_experts * rank * (d_in + d_out) + slots * d_in
+                 for d_in, d_out in adapter_shapes.values())
+    return 4 * (floats + head_floats)
+
+
+class _ShapesOnly:
+    """What ``check_fits_model`` reads of a model, for a server that loads none."""
+
+    def __init__(self, federation: Federation):
+        self._shapes, self.hidden_size = federation.adapter_shapes, federation.hidden_size
+
+    def adapter_shapes(self):
+        return self._shapes
+
+
+def load_resumable(out_dir, config: RunConfig, federation: Federation,
+                   transport: Transport) -> Checkpoint:
+    """The checkpoint in ``out_dir``, checked against this run's clients, data and model."""
+    checkpoint = load_checkpoint(out_dir, config)
+    ids = {c.client_id for c in federation.clients}
+    saved = set(checkpoint.runner.get("clients", checkpoint.local_states))
+    if saved != ids:
+        raise CheckpointError(f"{out_dir}: the checkpoint's clients {sorted(saved)} are not "
+                              f"the data's {sorted(ids)}")
+    check_fits_model(checkpoint, _ShapesOnly(federation), config.lora.rank,
+                     checkpoint_dir(out_dir))
+    if checkpoint.data_sha256 != transport.fingerprint():
+        raise CheckpointError(f"{out_dir}: the clients' examples differ from those the run "
+                              f"began with (the files in data.path = {config.data.path!r} "
+                              "changed?); a run resumes only on the data it began with")
+    return checkpoint
+
+
+def run_rounds(config: RunConfig, federation: Federation, transport: Transport,
+               writer: RunWriter | None, resume: bool = False, progress: bool = True,
+               finish=None, start: float | None = None) -> RunResult:
+    """Run ``config.federation.rounds`` rounds of ``config.federation.algorithm`` through
+    ``transport``; with ``resume``, continue after the last round checkpointed in the output
+    folder. ``finish(writer, algorithm, result)`` writes the final reports and models; None:
+    only the reports (the clients keep their models). ``start``: when the run began (its
+    ``perf_counter``), for ``wall_seconds``."""
+    start = time.perf_counter() if start is None else start
+    algorithm_cls = ALGORITHMS[config.federation.algorithm]
+    algorithm = algorithm_cls(config, federation.clients, federation.adapter_shapes,
+                              federation.representation_dim)
+    result = RunResult(config, federation.tasks, data=federation.data)
+    out_dir = writer.dir if writer else None
+    trained: set[str] = set()  # clients whose upload was accepted at least once
+    first_round = 1
+    if resume:
+        checkpoint = load_resumable(out_dir, config, federation, transport)
+        restore_algorithm_state(algorithm, checkpoint.server_state)
+        set_rng_state(checkpoint.rng)
+        transport.local_states.update(checkpoint.local_states)
+        transport.restore(checkpoint.runner.get("transport", {}))
+        trained = set(checkpoint.runner.get("trained", ()))
+        result.history = checkpoint.history
+        result.report = algorithm.report()
+        first_round = checkpoint.round + 1
+    else:
+        profile = algorithm.configure_profile()
+        if profile:  # before round 1: whatever the algorithm asks of every client once
+            accepted, rejected = accept_replies(algorithm, 0, profile,
+                                                transport.profile(profile))
+            if rejected and not accepted:
+                raise UploadsRejected(0, rejected, config.federation.max_update_norm)
+            algorithm.aggregate_profile(accepted)
+    if writer:
+        writer.check_free_space(transport.run_bytes(algorithm))
+        writer.start(config)
+        writer.write_data(result.data)
+
+    rounds = tqdm(range(first_round, config.federation.rounds + 1), desc=algorithm.name,
+                  unit="round", initial=first_round - 1, total=config.federation.rounds,
+                  disable=not progress)
+    for rnd in rounds:
+        round_start = time.perf_counter()
+        chosen, first_time = transport.choose_fit(rnd, trained)
+        fit = algorithm.configure_fit(rnd, first_time=first_time)
+        replies = transport.fit(rnd, {cid: fit[cid] for cid in chosen})
+        accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
+        if rejected and not accepted:
+            raise UploadsRejected(rnd, rejected, config.federation.max_update_norm,
+                                  out_dir if writer and result.history else None)
+        trained.update(accepted)
+        algorithm.aggregate_fit(rnd, accepted)
+        evaluate = algorithm.configure_evaluate(rnd)
+        chosen = transport.choose_evaluate(rnd, list(evaluate), trained)
+        evaluated = transport.evaluate(rnd, {cid: evaluate[cid] for cid in chosen})
+        if not evaluated:
+            raise RuntimeError(f"round {rnd}: no client answered; see the warnings above")
+        entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated,
+                            result.metric)
+        entry["rejected"] = rejected
+        result.history.append(entry)
+        result.report = algorithm.report()
+        rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
+        transport.round_done(entry, result.metric)
+        if writer:
+            writer.write_round(result)
+            if algorithm.uses_warmup and rnd == config.federation.warmup_rounds:
+                for cid, state in transport.local_states.items():
+                    writer.write_tensors(f"adapters/warmup/{cid}.safetensors", state,
+                                         AdapterLayout().to_config())
+            runner = {"clients": [c.client_id for c in federation.clients],
+                      "trained": sorted(trained), "transport": transport.state()}
+            save_checkpoint(out_dir, Checkpoint(rnd, algorithm_state(algorithm),
+                                                transport.local_states, result.history,
+                                                rng_state(), transport.fingerprint(), runner),
+                            config)
+    result.wall_seconds = time.perf_counter() - start
+    if writer:
+        if finish is None:
+            writer.finish(result, {})  # the final adapters and heads stay on the clients
+        else:
+            finish(writer, algorithm, result)
+    return result
