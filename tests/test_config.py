@@ -1,6 +1,7 @@
 import pytest
 
-from fedlease.config import ConfigError, dump_toml, load_config
+from fedlease.config import dump_toml, load_config
+from fedlease.errors import ConfigError
 
 
 def test_defaults_are_valid_and_round_trip(tmp_path):

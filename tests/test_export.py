@@ -5,8 +5,9 @@ import torch
 from safetensors.torch import load_file
 
 import fedlease
+from fedlease.errors import ModelFileError
 from fedlease.export import export_model
-from fedlease.saved_models import ModelFileError, load_saved_model
+from fedlease.saved_models import load_saved_model
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")

@@ -5,9 +5,8 @@ import pytest
 import torch
 
 import fedlease
-from fedlease.data.federation import DataError
+from fedlease.errors import DataError, ModelFileError
 from fedlease.inference import file_inputs, run_split_inputs, score, text_inputs
-from fedlease.saved_models import ModelFileError
 
 
 def final_metrics(run_dir):

@@ -43,7 +43,7 @@ def test_a_model_folder_with_only_pickled_weights_is_refused(tiny_model_dir, tmp
     import torch
     from safetensors.torch import load_file
 
-    from fedlease.config import ConfigError
+    from fedlease.errors import ConfigError
     from fedlease.model.model import load_classifier
 
     folder = shutil.copytree(tiny_model_dir, tmp_path / "model")

@@ -11,14 +11,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedlease.errors import ConfigError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or impossible; the message names the field."""
 
 
 TASKS = ("classification", "generation")
@@ -88,6 +87,11 @@ class DatasetConfig:
     classes_per_partition: int = 2  # pathological
     max_examples: int = 0  # use a seeded sample of this many rows first; 0 = all
     test_fraction: float = 0.2  # of each client's examples, held out for its test split
+
+    @property
+    def task_name(self) -> str:
+        """The task of this dataset's clients: its ``name``, else the file's (folder's) stem."""
+        return self.name or Path(self.path.rstrip("/")).name.split(".")[0]
 
 
 @dataclass
@@ -272,20 +276,15 @@ def dataset_problems(data: DataConfig) -> list[str]:
              "[] or a list of at least 2 distinct label values", d.labels)
         for column in ("text", "label", "instruction", "output"):
             need(bool(getattr(d, column)), column, "a column name", getattr(d, column))
-        need(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", task_name(d)) is not None, "name",
+        need(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", d.task_name) is not None, "name",
              "a task name of letters, digits, '_', '-' or '.' (client ids and file names are "
-             f"made of it; the path's stem {task_name(d)!r} is not one)", d.name)
-    names = [task_name(d) for d in data.datasets]
+             f"made of it; the path's stem {d.task_name!r} is not one)", d.name)
+    names = [d.task_name for d in data.datasets]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         problems.append(f"data.datasets: task name(s) {repeated} are used by more than one "
                         "table; give each its own name")
     return problems
-
-
-def task_name(dataset: DatasetConfig) -> str:
-    """The task of a dataset's clients: its ``name``, else the file's (or folder's) stem."""
-    return dataset.name or Path(dataset.path.rstrip("/")).name.split(".")[0]
 
 
 def _build(cls, values: dict, where: str):

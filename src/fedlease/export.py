@@ -24,16 +24,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as save_tensors
 
+from fedlease.errors import ModelFileError
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import ADAPTER_PREFIX, HEAD_PREFIX, load_pretrained
-from fedlease.reporting.outputs import atomic_write, atomic_write_bytes
-from fedlease.saved_models import (
-    MODEL_FILE,
-    MODEL_WEIGHTS,
-    ModelFileError,
-    SavedModel,
-    describe_model,
-)
+from fedlease.reporting.files import atomic_write, atomic_write_bytes
+from fedlease.saved_models import MODEL_FILE, MODEL_WEIGHTS, SavedModel, describe_model
 
 FORMATS = ("peft", "merged", "fedlease")
 CLASSIFIER_WEIGHTS = "classifier.safetensors"

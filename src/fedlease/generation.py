@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from fedlease.config import ConfigError
 from fedlease.data.instructions import InstructionClientData, InstructionExample
+from fedlease.errors import ConfigError
 from fedlease.model.causal_lm import FederatedCausalLM
 from fedlease.model.lora import AdapterLayout
 from fedlease.training import LocalTrainer

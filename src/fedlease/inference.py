@@ -19,15 +19,16 @@ from pathlib import Path
 import torch
 
 from fedlease.config import load_config
-from fedlease.data.federation import ClientData, DataError, Example
+from fedlease.data.federation import ClientData, Example
 from fedlease.data.instructions import (
     InstructionClientData,
     InstructionExample,
     check_instruction_row,
 )
 from fedlease.data.sources import check_labelled_row, read_jsonl_rows
+from fedlease.errors import DataError, ModelFileError
 from fedlease.generation import normalize_answer, rouge_l
-from fedlease.saved_models import ModelFileError, SavedModel, load_saved_model
+from fedlease.saved_models import SavedModel, load_saved_model
 
 PLACEHOLDER_LABEL = 0  # label of an example to predict whose label is unknown (never scored)
 

@@ -26,7 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 
-from fedlease.config import ConfigError, RunConfig, config_to_dict, load_config
+from fedlease.config import RunConfig, config_to_dict, load_config
+from fedlease.errors import ConfigError, ModelFileError
 from fedlease.model.lora import AdapterLayout
 
 RUN_FILE = "run.json"
@@ -36,9 +37,6 @@ FORMAT_VERSION = 1
 # the config sections a model needs to be rebuilt and run as in the run
 MODEL_SECTIONS = ("model", "lora", "train")
 
-
-class ModelFileError(ValueError):
-    """A run or model folder that cannot give the model asked for; the message names it."""
 
 
 @dataclass

@@ -14,7 +14,8 @@ from fedlease.algorithms.clustering import (
     mean_offdiagonal,
 )
 from fedlease.algorithms.validation import accept_replies
-from fedlease.config import ConfigError, load_config
+from fedlease.config import load_config
+from fedlease.errors import ConfigError
 from fedlease.model.lora import AdapterLayout
 
 SHAPES = {"l0.query": (6, 5), "l0.value": (6, 5)}

@@ -7,7 +7,8 @@ import torch
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
 from fedlease.algorithms.base import select_upload
 from fedlease.algorithms.ifca_lora import pick_lowest
-from fedlease.config import ConfigError, load_config
+from fedlease.config import load_config
+from fedlease.errors import ConfigError
 
 SHAPES = {"l0.query": (6, 5), "l0.value": (6, 5)}
 A_KEY, B_KEY = "adapter.l0.query.lora_A", "adapter.l0.query.lora_B"

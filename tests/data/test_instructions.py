@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 
 from fedlease.config import DataConfig
-from fedlease.data.federation import ClientData, DataError, Example
+from fedlease.data.federation import ClientData, Example
 from fedlease.data.instructions import (
     TEMPLATES,
     load_instruction_federation,
     load_instruction_jsonl,
     to_instructions,
 )
+from fedlease.errors import DataError
 
 GLUE = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue"
 

@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 
 from fedlease.config import DataConfig
-from fedlease.data.federation import DataError, Example, split_task
+from fedlease.data.federation import Example, split_task
 from fedlease.data.sources import load_builtin, load_glue, load_jsonl_folder
+from fedlease.errors import DataError
 
 GLUE = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue"
 

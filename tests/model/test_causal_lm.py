@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fedlease.config import ConfigError
+from fedlease.errors import ConfigError
 from fedlease.model import causal_lm
 from fedlease.model.causal_lm import load_causal_lm
 from fedlease.model.lora import AdapterLayout

@@ -9,8 +9,9 @@ import stat
 import pytest
 
 from fedlease import cli
-from fedlease.config import ConfigError, dump_toml
-from fedlease.reporting import outputs
+from fedlease.config import dump_toml
+from fedlease.errors import ConfigError
+from fedlease.reporting import files, outputs
 from fedlease.runners.clients import load_base_model, load_clients
 from fedlease.runners.simulator import run_bytes, run_simulation
 
@@ -48,7 +49,7 @@ def fake_old_run(folder):
 def test_written_files_follow_the_umask(tmp_path, umask):
     old = os.umask(umask)
     try:
-        outputs.atomic_write(tmp_path / "a.json", "{}")
+        files.atomic_write(tmp_path / "a.json", "{}")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~umask

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fedlease.cli import main
-from fedlease.reporting.outputs import OutputError
+from fedlease.errors import OutputError
 from fedlease.reporting.plots import plot_accuracy
 
 

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from fedlease.config import RunConfig
 from fedlease.model.lora import AdapterLayout, init_lora
 from fedlease.model.model import ADAPTER_PREFIX, HEAD_PREFIX
+
+if TYPE_CHECKING:  # annotations only: config validation imports this package
+    from fedlease.config import RunConfig
 
 Tensors = dict[str, torch.Tensor]
 

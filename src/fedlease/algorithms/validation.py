@@ -25,7 +25,7 @@ from fedlease.algorithms.base import (
     Instruction,
     Reply,
 )
-from fedlease.config import ConfigError
+from fedlease.errors import RejectedUpload
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import ADAPTER_PREFIX
 
@@ -35,25 +35,6 @@ log = logging.getLogger(__name__)
 MAX_NUM_EXAMPLES = 10**9
 
 
-class RejectedUpload(ValueError):
-    """A client upload that the server does not aggregate; the message says why."""
-
-
-class UploadsRejected(ConfigError):
-    """Every upload of a round was rejected: nothing to aggregate, the run cannot go on (the
-    bound is too tight for this training, or the training diverged)."""
-
-    def __init__(self, rnd: int, rejected: dict[str, str], max_norm: float, kept_in=None):
-        first, reason = next(iter(rejected.items()))
-        more = f" (and {len(rejected) - 1} more client(s))" if len(rejected) > 1 else ""
-        finished = "round 1" if rnd == 2 else f"rounds 1-{rnd - 1}"
-        kept = (f"; the metrics and checkpoint of {finished} are kept in {kept_in}"
-                if kept_in is not None else "")
-        super().__init__(
-            f"round {rnd}: the server rejected every client upload, nothing to aggregate: "
-            f"client {first!r}: {reason}{more}. Raise federation.max_update_norm (now "
-            f"{max_norm:g}; inf: no bound), or lower train.lr if the uploads are not "
-            f"finite{kept}")
 
 
 def expected_upload_shapes(instruction: Instruction, adapter_shapes: dict[str, tuple[int, int]],

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from fedlease.errors import DataError
+
 
 @dataclass(frozen=True)
 class Example:
@@ -25,9 +27,6 @@ class ClientData:
     def num_labels(self) -> int:
         return len(self.labels)
 
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file, line or client."""
 
 
 def split_task(

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from fedlease.data.federation import DataError
+from fedlease.errors import DataError
 
 # format -> function(path, split) -> datasets.Dataset
 FORMATS: dict[str, Callable] = {}

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedlease.config import DataConfig, DatasetConfig
-from fedlease.data.federation import ClientData, DataError, Example
+from fedlease.data.federation import ClientData, Example
 from fedlease.data.partitioned import columns, partition_datasets, text_value
 from fedlease.data.sources import load_federation, read_jsonl_clients
+from fedlease.errors import DataError
+
+if TYPE_CHECKING:  # annotations only: config validation imports this package
+    from fedlease.config import DataConfig, DatasetConfig
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,15 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from fedlease.config import DataConfig, DatasetConfig, task_name
-from fedlease.data.federation import ClientData, DataError, Example
+from fedlease.data.federation import ClientData, Example
 from fedlease.data.formats import read_table
 from fedlease.data.partitioners import partition_rows
+from fedlease.errors import DataError
+
+if TYPE_CHECKING:  # annotations only: config validation imports this package
+    from fedlease.config import DataConfig, DatasetConfig
 
 
 def load_partitioned(data: DataConfig, seed: int) -> list[ClientData]:
@@ -38,7 +42,7 @@ def partition_datasets(data: DataConfig, seed: int, read: Callable, make_client:
 def _partition(dataset: DatasetConfig, index: int, seed: int, read: Callable,
                make_client: Callable) -> list:
     """Read the table, partition its rows, split each client's rows into train and test."""
-    name = task_name(dataset)
+    name = dataset.task_name
     where = f"data.datasets[{index}] ({dataset.path})"
     try:
         table = read_table(dataset.path, dataset.format, dataset.split)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
-from fedlease.data.federation import DataError
+from fedlease.errors import DataError
 
 BY = "by"  # the index table's column the partitioner reads
 ROW = "row"  # the index table's row numbers

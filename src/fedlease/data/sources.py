@@ -12,10 +12,14 @@ import gzip
 import json
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedlease.config import DataConfig
-from fedlease.data.federation import ClientData, DataError, Example, split_task
+from fedlease.data.federation import ClientData, Example, split_task
 from fedlease.data.partitioned import load_partitioned
+from fedlease.errors import DataError
+
+if TYPE_CHECKING:  # annotations only: config validation imports this package
+    from fedlease.config import DataConfig
 
 BUILTIN_TASKS = ("sentiment", "news", "spam", "uncertainty")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from fedlease.config import ConfigError
+from fedlease.errors import ConfigError
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import AdaptedModel, load_pretrained
 

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from fedlease.config import ConfigError
+from fedlease.errors import ConfigError
 from fedlease.model.lora import AdapterLayout, MixtureLoRALinear
 
 ADAPTER_PREFIX = "adapter."

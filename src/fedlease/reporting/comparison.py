@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, stdev
 
-from fedlease.config import ConfigError
-from fedlease.reporting.outputs import atomic_write
+from fedlease.errors import ConfigError
+from fedlease.reporting.files import atomic_write
 from fedlease.reporting.plots import METRIC_LABELS, accuracy_curves, plot_accuracy
 from fedlease.reporting.summary import task_means
 

@@ -33,7 +33,9 @@ from pathlib import Path
 
 from safetensors.torch import save as save_tensors
 
-from fedlease.config import ConfigError, dump_toml
+from fedlease.config import dump_toml
+from fedlease.errors import ConfigError, OutputError
+from fedlease.reporting.files import atomic_write, atomic_write_bytes
 from fedlease.reporting.tracking import CSV_FILE, TB_DIR, TensorBoardLog, metrics_csv
 
 # clustering.json, summary and plots: a fixed part and one that grows with the clients (the
@@ -51,33 +53,6 @@ RUN_OUTPUTS = ("config.toml", "metrics.json", "clustering.json", "data.json", "s
                "tensorboard")
 RUN_MARKERS = ("config.toml", "metrics.json", "checkpoint")
 
-
-class OutputError(OSError):
-    """The output folder cannot take the run's files; the message names the folder or file."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` as a whole or not at all: temp file in the same folder, fsync, rename.
-    The temp file is created like any new file (mode 0666 less the umask; ``tempfile`` would
-    make it 0600 and the results unreadable to the user's colleagues)."""
-    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as err:
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
-
-
-def atomic_write(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def estimate_run_bytes(client_bytes: int, server_bytes: int, num_clients: int,

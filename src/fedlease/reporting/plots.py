@@ -15,7 +15,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy.cluster.hierarchy import dendrogram, linkage  # noqa: E402
 from scipy.spatial.distance import squareform  # noqa: E402
 
-from fedlease.reporting.outputs import OutputError, atomic_write_bytes  # noqa: E402
+from fedlease.errors import OutputError
+from fedlease.reporting.files import atomic_write_bytes
 
 
 def _save(fig, path: Path) -> None:

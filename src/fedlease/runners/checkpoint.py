@@ -36,8 +36,9 @@ from safetensors.torch import save as save_tensors
 
 from fedlease.algorithms.base import Algorithm, Tensors
 from fedlease.config import RunConfig, changed_fields, config_to_dict
+from fedlease.errors import CheckpointError
 from fedlease.model.model import ADAPTER_PREFIX, HEAD_PREFIX
-from fedlease.reporting.outputs import atomic_write, atomic_write_bytes
+from fedlease.reporting.files import atomic_write, atomic_write_bytes
 
 CHECKPOINT_DIR = "checkpoint"
 MANIFEST = "checkpoint.json"
@@ -45,9 +46,6 @@ FORMAT = 2  # 2: content hashes recorded
 # fields that may differ between the interrupted run and its resumption
 RESUMABLE_CHANGES = {("output", "dir"), ("train", "device")}
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, damaged or does not belong to this run's configuration."""
 
 
 @dataclass

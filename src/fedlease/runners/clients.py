@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from fedlease.config import ConfigError, RunConfig
-from fedlease.data.federation import ClientData, DataError
+from fedlease.config import RunConfig
+from fedlease.data.federation import ClientData
 from fedlease.data.instructions import InstructionClientData, load_instruction_federation
 from fedlease.data.sources import load_federation
+from fedlease.errors import ConfigError, DataError
 from fedlease.generation import GenerationTrainer
 from fedlease.model.causal_lm import default_generation_model_path, load_causal_lm
 from fedlease.model.model import default_model_path, load_classifier, position_limit

@@ -24,14 +24,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS
-from fedlease.config import (
-    ConfigError,
-    RunConfig,
-    changed_fields,
-    config_to_dict,
-    load_config,
-    with_overrides,
-)
+from fedlease.config import RunConfig, changed_fields, config_to_dict, load_config, with_overrides
+from fedlease.errors import ConfigError
 from fedlease.reporting.comparison import (
     is_finished,
     load_run,

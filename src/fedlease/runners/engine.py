@@ -21,13 +21,13 @@ from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Instruction, Reply
 from fedlease.algorithms.base import Tensors
-from fedlease.algorithms.validation import UploadsRejected, accept_replies
+from fedlease.algorithms.validation import accept_replies
 from fedlease.config import RunConfig
+from fedlease.errors import CheckpointError, UploadsRejected
 from fedlease.model.lora import AdapterLayout
 from fedlease.reporting.outputs import RunWriter
 from fedlease.runners.checkpoint import (
     Checkpoint,
-    CheckpointError,
     algorithm_state,
     check_fits_model,
     checkpoint_dir,

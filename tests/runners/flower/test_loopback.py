@@ -8,7 +8,8 @@ import pytest
 pytest.importorskip("flwr")
 
 from fedlease.algorithms import ALGORITHMS  # noqa: E402
-from fedlease.config import ConfigError, config_to_dict  # noqa: E402
+from fedlease.config import config_to_dict
+from fedlease.errors import ConfigError
 from fedlease.runners.flower.server_app import run_federation  # noqa: E402
 from fedlease.runners.flower.settings import (  # noqa: E402
     FlowerSettings,
@@ -213,7 +214,7 @@ def test_a_restarted_server_app_resumes_the_run_exactly(algorithm, small_config,
 
 
 def test_resume_is_refused_when_the_nodes_hold_other_clients(small_config, tmp_path):
-    from fedlease.runners.checkpoint import CheckpointError
+    from fedlease.errors import CheckpointError
 
     run_config = run_config_for(small_config, tmp_path)
     grid = CrashingGrid(run_config, 4, crash_round=2)

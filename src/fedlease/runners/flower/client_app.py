@@ -21,9 +21,10 @@ from flwr.clientapp import ClientApp
 
 from fedlease.algorithms import ALGORITHMS
 from fedlease.config import RunConfig, config_to_dict
-from fedlease.data.federation import ClientData, DataError
+from fedlease.data.federation import ClientData
 from fedlease.data.instructions import load_instruction_jsonl
 from fedlease.data.sources import load_jsonl_folder
+from fedlease.errors import DataError
 from fedlease.reporting.data_report import client_data_summary
 from fedlease.runners.clients import client_trainer, load_base_model, load_clients
 from fedlease.runners.flower.records import (
