@@ -1,4 +1,4 @@
-"""Phase 2 of FedLEASE: group clients by a distance between them.
+"""Phase 2 of FedLEASE (docs/method.md): group clients by a distance between them.
 
 Three signals (``federation.allocation``): the cosine distance of their warm-up LoRA B matrices
 (``lora-b``, the paper), the cosine distance of their mean frozen-model representations

@@ -1,5 +1,6 @@
 """FedLEASE: warm-up LoRAs, clients clustered by similarity, one expert per cluster, and an
-adaptive top-M router on every client (docs/algorithms.md).
+adaptive top-M router on every client (the method: docs/method.md; all algorithms:
+docs/algorithms.md).
 
 Rounds ``1..W`` (warm-up): every client trains its own LoRA from a common seeded init; nothing is
 aggregated. After round ``W`` each client uploads its LoRA, the server clusters the clients and
