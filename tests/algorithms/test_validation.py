@@ -159,3 +159,28 @@ def test_norm_bound_comes_from_the_config():
     _, rejected = accept_replies(server, 1, fit, honest_replies(server, 1))
     assert set(rejected) == {"c0", "c1", "c2", "c3"}
     assert all("federation.max_update_norm = 0.5" in r for r in rejected.values())
+
+
+@pytest.mark.parametrize("cluster", [None, 3, -1, 1.5, True])
+def test_ifca_reply_without_a_valid_cluster_is_rejected_on_arrival(cluster):
+    # IFCA's aggregation reads which cluster the client trained: a reply without it, or with
+    # one that does not exist, is rejected with the tensors, not a crash in aggregation
+    config = load_config(overrides={"federation": {"algorithm": "ifca-lora", "rounds": 2,
+                                                   "max_experts": 3}})
+    clients = [ClientInfo(f"c{i}", n) for i, n in enumerate(SIZES)]
+    server = ALGORITHMS["ifca-lora"](config, clients, SHAPES)
+    fit = server.configure_fit(1)
+    replies = {}
+    for (cid, ins), n in zip(fit.items(), SIZES, strict=True):
+        state = {key: value[:1] + 0.01 for key, value in ins.arrays.items()}
+        replies[cid] = Reply(select_upload(state, ins.config["upload"]), n, {"cluster": 1})
+    replies["c2"].metrics["cluster"] = 2.0  # an integral float (as a MetricRecord may hold)
+    if cluster is None:
+        del replies["c0"].metrics["cluster"]
+    else:
+        replies["c0"].metrics["cluster"] = cluster
+    accepted, rejected = accept_replies(server, 1, fit, replies)
+    assert sorted(accepted) == ["c1", "c2", "c3"]
+    assert 'metrics["cluster"]' in rejected["c0"] and "0..2" in rejected["c0"]
+    server.aggregate_fit(1, accepted)
+    assert server.cluster_of == {"c1": 1, "c2": 2, "c3": 1}

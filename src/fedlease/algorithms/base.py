@@ -130,6 +130,11 @@ class Algorithm:
     def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
         raise NotImplementedError
 
+    def check_reply_fields(self, ins: Instruction, reply: Reply) -> None:
+        """Raise ``RejectedUpload`` unless ``reply`` carries, besides the tensors the upload
+        spec asked for, what this algorithm's aggregation reads of it (e.g. IFCA's cluster
+        choice); checked on arrival with the tensors. The default reads nothing more."""
+
     def report(self) -> dict:
         """Extra results for the run summary (e.g. the clustering); JSON-serialisable."""
         return {}

@@ -12,9 +12,12 @@ the same role).
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from fedlease.algorithms.base import Algorithm, Instruction, Reply, Tensors, fedavg, with_head
+from fedlease.errors import RejectedUpload
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import ADAPTER_PREFIX
 
@@ -44,6 +47,14 @@ class IFCALoRA(Algorithm):
 
     def upload_spec(self, rnd: int, client_id: str) -> dict | None:
         return {"experts": [0], "parts": LORA_PARTS}
+
+    def check_reply_fields(self, ins: Instruction, reply: Reply) -> None:
+        """The cluster the client trained: an integer in 0..K-1 (``metrics["cluster"]``)."""
+        cluster = reply.metrics.get("cluster")
+        if not (isinstance(cluster, numbers.Real) and not isinstance(cluster, bool)
+                and float(cluster).is_integer() and 0 <= cluster < self.num_clusters):
+            raise RejectedUpload(f"metrics[\"cluster\"] = {cluster!r}: expected the cluster it "
+                                 f"trained, an integer in 0..{self.num_clusters - 1}")
 
     def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
         for cid, reply in replies.items():

@@ -122,6 +122,7 @@ def accept_replies(algorithm: Algorithm, rnd: int, instructions: dict[str, Instr
                                               algorithm.config.lora.rank,
                                               algorithm.representation_dim)
             check_reply(reply, expected, max_norm, declared.get(cid, 0))
+            algorithm.check_reply_fields(instructions[cid], reply)
         except RejectedUpload as err:
             rejected[cid] = str(err)
             log.warning("round %d: rejected the upload of client %r: %s", rnd, cid, err)
