@@ -26,6 +26,11 @@ class ModelFileError(ValueError):
     """A run or model folder that cannot give the model asked for; the message names it."""
 
 
+class ProtocolError(ValueError):
+    """A server-client message that does not follow the protocol (e.g. a malformed upload
+    spec); the message names the field."""
+
+
 class RejectedUpload(ValueError):
     """A client upload that the server does not aggregate; the message says why."""
 

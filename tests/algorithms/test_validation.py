@@ -184,3 +184,21 @@ def test_ifca_reply_without_a_valid_cluster_is_rejected_on_arrival(cluster):
     assert 'metrics["cluster"]' in rejected["c0"] and "0..2" in rejected["c0"]
     server.aggregate_fit(1, accepted)
     assert server.cluster_of == {"c1": 1, "c2": 2, "c3": 1}
+
+
+def test_upload_spec_round_trips_and_a_malformed_one_is_named():
+    from fedlease.algorithms.base import UploadSpec
+    from fedlease.errors import ProtocolError
+
+    spec = UploadSpec((1,), ("lora_A", "lora_B", "router"))
+    assert UploadSpec.from_config(spec.to_config()) == spec and not spec.embedding
+    assert UploadSpec.from_config(None) is None
+    assert UploadSpec.from_config({"experts": [], "parts": ["embedding"]}).embedding
+    for bad, field in (({"experts": [0]}, "upload spec"),
+                       ({"experts": [-1], "parts": []}, "experts"),
+                       ({"experts": [True], "parts": []}, "experts"),
+                       ({"experts": [0], "parts": ["lora_C"]}, "parts")):
+        with pytest.raises(ProtocolError, match=field):
+            UploadSpec.from_config(bad)
+        with pytest.raises(ProtocolError):
+            select_upload({}, bad)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from fedlease.errors import ProtocolError
 from fedlease.model.lora import AdapterLayout, init_lora
 from fedlease.model.model import ADAPTER_PREFIX, HEAD_PREFIX
 
@@ -36,12 +37,14 @@ Tensors = dict[str, torch.Tensor]
 # the upload part and key of a client's representation vector (not part of its model state)
 EMBEDDING_PART = "embedding"
 EMBEDDING_KEY = "profile.embedding"
+# what an upload spec may ask for: the adapter parts, and the representation vector
+UPLOAD_PARTS = ("lora_A", "lora_B", "router", EMBEDDING_PART)
 
 
 @dataclass
 class Instruction:
     """Server -> client. ``config["layout"]`` is an ``AdapterLayout.to_config()``;
-    ``config["upload"]`` is ``{"experts": [...], "parts": [...]}`` or None (nothing); the part
+    ``config["upload"]`` is an ``UploadSpec.to_config()`` or None (nothing); the part
     ``"embedding"`` asks for the client's representation vector, with Gaussian noise of std
     ``config["embedding_noise"]``."""
 
@@ -70,15 +73,53 @@ def tensor_bytes(arrays: Tensors) -> int:
     return sum(t.numel() * t.element_size() for t in arrays.values())
 
 
+@dataclass(frozen=True)
+class UploadSpec:
+    """What a client uploads after its local step: the ``parts`` of the ``experts`` (indices
+    into its layout's experts; a router is uploaded whole). On the wire it is
+    ``Instruction.config["upload"]`` (``to_config``; None: nothing), read back and checked by
+    ``from_config`` wherever it is interpreted."""
+
+    experts: tuple[int, ...] = ()
+    parts: tuple[str, ...] = ()
+
+    def to_config(self) -> dict:
+        return {"experts": list(self.experts), "parts": list(self.parts)}
+
+    @classmethod
+    def from_config(cls, value) -> UploadSpec | None:
+        if not value:
+            return None
+        if not isinstance(value, dict) or set(value) != {"experts", "parts"}:
+            raise ProtocolError(f"upload spec {value!r}: expected {{'experts': [...], "
+                                "'parts': [...]}} or None")
+        experts, parts = value["experts"], value["parts"]
+        if not isinstance(experts, (list, tuple)) or not all(
+                isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in experts):
+            raise ProtocolError(f"upload spec experts = {experts!r}: expected a list of "
+                                "expert indices (integers >= 0)")
+        if not isinstance(parts, (list, tuple)) or not set(parts) <= set(UPLOAD_PARTS):
+            raise ProtocolError(f"upload spec parts = {parts!r}: expected a list of "
+                                f"{', '.join(UPLOAD_PARTS)}")
+        return cls(tuple(experts), tuple(parts))
+
+    @property
+    def embedding(self) -> bool:
+        """Whether the client's representation vector is asked for."""
+        return EMBEDDING_PART in self.parts
+
+
 def select_upload(state: Tensors, spec: dict | None) -> Tensors:
-    """The part of a client's state it sends: the listed parts, of the listed experts only."""
-    if not spec:
+    """The part of a client's state it sends: the listed parts, of the listed experts only
+    (``spec``: an ``UploadSpec.to_config()``)."""
+    spec = UploadSpec.from_config(spec)
+    if spec is None:
         return {}
-    experts = torch.tensor(spec["experts"], dtype=torch.long)
+    experts = torch.tensor(spec.experts, dtype=torch.long)
     out = {}
     for key, value in state.items():
         part = key.rsplit(".", 1)[-1]
-        if key.startswith(ADAPTER_PREFIX) and part in spec["parts"]:
+        if key.startswith(ADAPTER_PREFIX) and part in spec.parts:
             out[key] = value if part == "router" else value.index_select(0, experts)
     return out
 
@@ -123,7 +164,7 @@ class Algorithm:
         (``after_round = 0``: before training starts)."""
         raise NotImplementedError
 
-    def upload_spec(self, rnd: int, client_id: str) -> dict | None:
+    def upload_spec(self, rnd: int, client_id: str) -> UploadSpec | None:
         """What the client uploads after training in round ``rnd`` (None: nothing)."""
         raise NotImplementedError
 
@@ -167,7 +208,8 @@ class Algorithm:
             for cid in first_time:
                 instructions[cid].arrays = {**initial[cid].arrays, **instructions[cid].arrays}
         for cid, ins in instructions.items():
-            ins.config["upload"] = self.upload_spec(rnd, cid)
+            spec = self.upload_spec(rnd, cid)
+            ins.config["upload"] = spec.to_config() if spec else None
             ins.config["seed"] = self.client_seed(rnd, cid)
             # a common head init, like the common LoRA init: with per-client random heads the
             # warm-up B matrices would mostly reflect the random head, not the client's data
@@ -209,8 +251,9 @@ class Algorithm:
     def train_and_upload(cls, state: Tensors, ins: Instruction, trainer) -> tuple[Reply, Tensors]:
         layout = AdapterLayout.from_config(ins.config["layout"])
         state, metrics = trainer.train(state, layout, seed=ins.config["seed"])
-        upload = select_upload(state, ins.config.get("upload"))
-        if EMBEDDING_PART in (ins.config.get("upload") or {}).get("parts", ()):
+        spec = ins.config.get("upload")
+        upload = select_upload(state, spec)
+        if spec and UploadSpec.from_config(spec).embedding:
             upload[EMBEDDING_KEY] = client_embedding(trainer, ins)
         metrics["upload_bytes"] = tensor_bytes(upload)
         return Reply(upload, trainer.num_train, metrics), state

@@ -32,6 +32,7 @@ from fedlease.algorithms.base import (
     Algorithm,
     Instruction,
     Reply,
+    UploadSpec,
     weighted_mean,
 )
 from fedlease.algorithms.clustering import (
@@ -106,7 +107,7 @@ class FedLEASE(Algorithm):
         if not self.uses_embedding:
             return {}
         return {c.client_id: Instruction({}, {
-            "upload": {"experts": [], "parts": [EMBEDDING_PART]},
+            "upload": UploadSpec((), (EMBEDDING_PART,)).to_config(),
             "seed": self.client_seed(0, c.client_id),
             "embedding_noise": self.config.federation.embedding_noise,
         }) for c in self.clients}
@@ -116,19 +117,20 @@ class FedLEASE(Algorithm):
         if self.warmup_rounds == 0:  # nothing to wait for: the experts start from the init
             self.allocate_experts({})
 
-    def upload_spec(self, rnd: int, client_id: str) -> dict | None:
+    def upload_spec(self, rnd: int, client_id: str) -> UploadSpec | None:
         if rnd < self.warmup_rounds:
             return None
         if client_id not in self.cluster_of:  # the allocation round, or a late client
             missing_embedding = self.uses_embedding and client_id not in self.embeddings
-            return {"experts": [0],
-                    "parts": LORA_PARTS + ([EMBEDDING_PART] if missing_embedding else [])}
-        return {"experts": [self.cluster_of[client_id]], "parts": LORA_PARTS + ["router"]}
+            return UploadSpec((0,), tuple(LORA_PARTS)
+                              + ((EMBEDDING_PART,) if missing_embedding else ()))
+        return UploadSpec((self.cluster_of[client_id],), (*LORA_PARTS, "router"))
 
     def configure_fit(self, rnd, first_time=()):
         instructions = super().configure_fit(rnd, first_time)
         for ins in instructions.values():
-            if EMBEDDING_PART in (ins.config["upload"] or {}).get("parts", ()):
+            spec = UploadSpec.from_config(ins.config["upload"])
+            if spec and spec.embedding:
                 ins.config["embedding_noise"] = self.config.federation.embedding_noise
         return instructions
 

@@ -16,7 +16,15 @@ import numbers
 
 import torch
 
-from fedlease.algorithms.base import Algorithm, Instruction, Reply, Tensors, fedavg, with_head
+from fedlease.algorithms.base import (
+    Algorithm,
+    Instruction,
+    Reply,
+    Tensors,
+    UploadSpec,
+    fedavg,
+    with_head,
+)
 from fedlease.errors import RejectedUpload
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import ADAPTER_PREFIX
@@ -45,8 +53,8 @@ class IFCALoRA(Algorithm):
             for c in self.clients
         }
 
-    def upload_spec(self, rnd: int, client_id: str) -> dict | None:
-        return {"experts": [0], "parts": LORA_PARTS}
+    def upload_spec(self, rnd: int, client_id: str) -> UploadSpec | None:
+        return UploadSpec((0,), tuple(LORA_PARTS))
 
     def check_reply_fields(self, ins: Instruction, reply: Reply) -> None:
         """The cluster the client trained: an integer in 0..K-1 (``metrics["cluster"]``)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from fedlease.algorithms.base import Algorithm, Instruction, Reply, Tensors, fedavg
+from fedlease.algorithms.base import Algorithm, Instruction, Reply, Tensors, UploadSpec, fedavg
 from fedlease.model.lora import AdapterLayout
 
 
@@ -43,10 +43,10 @@ class SharedLoRA(Algorithm):
         config = {"layout": self.layout.to_config()}
         return {c.client_id: Instruction(dict(arrays), dict(config)) for c in self.clients}
 
-    def upload_spec(self, rnd: int, client_id: str) -> dict | None:
+    def upload_spec(self, rnd: int, client_id: str) -> UploadSpec | None:
         if not self.shared_parts:
             return None
-        return {"experts": list(self.shared_experts), "parts": list(self.shared_parts)}
+        return UploadSpec(tuple(self.shared_experts), tuple(self.shared_parts))
 
     def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
         if self.shared_parts and replies:

@@ -20,10 +20,10 @@ import torch
 
 from fedlease.algorithms.base import (
     EMBEDDING_KEY,
-    EMBEDDING_PART,
     Algorithm,
     Instruction,
     Reply,
+    UploadSpec,
 )
 from fedlease.errors import RejectedUpload
 from fedlease.model.lora import AdapterLayout
@@ -40,21 +40,21 @@ MAX_NUM_EXAMPLES = 10**9
 def expected_upload_shapes(instruction: Instruction, adapter_shapes: dict[str, tuple[int, int]],
                            rank: int, representation_dim: int = 0) -> dict[str, tuple[int, ...]]:
     """Key -> shape of every tensor the client was asked to upload."""
-    spec = instruction.config.get("upload")
-    if not spec:
+    spec = UploadSpec.from_config(instruction.config.get("upload"))
+    if spec is None:
         return {}
     shapes = {}
-    if EMBEDDING_PART in spec["parts"]:
+    if spec.embedding:
         shapes[EMBEDDING_KEY] = (representation_dim,)
     if "layout" not in instruction.config:  # a profile request: the embedding alone
         return shapes
     layout = AdapterLayout.from_config(instruction.config["layout"])
-    num = len(spec["experts"])
+    num = len(spec.experts)
     for name, (d_in, d_out) in adapter_shapes.items():
         part_shapes = {"lora_A": (num, rank, d_in), "lora_B": (num, d_out, rank)}
         if layout.router_slots is not None:
             part_shapes["router"] = (len(layout.router_slots), d_in)
-        for part in spec["parts"]:
+        for part in spec.parts:
             if part in part_shapes:
                 shapes[f"{ADAPTER_PREFIX}{name}.{part}"] = part_shapes[part]
     return shapes
