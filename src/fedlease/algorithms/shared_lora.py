@@ -43,6 +43,17 @@ class SharedLoRA(Algorithm):
         config = {"layout": self.layout.to_config()}
         return {c.client_id: Instruction(dict(arrays), dict(config)) for c in self.clients}
 
+    def configure_fit(self, rnd, first_time=()):
+        """A client training for the first time after round 1 gets the initial LoRAs with the
+        shared experts replaced by the server's average: every expert whole, as its layout
+        needs (FedDPA's personal LoRA is not among the shared ones)."""
+        instructions = super().configure_fit(rnd, first_time)
+        if rnd > 1:
+            for cid in first_time:
+                instructions[cid].arrays = self.install(Instruction(dict(self.shared)),
+                                                        self.initial_state())
+        return instructions
+
     def upload_spec(self, rnd: int, client_id: str) -> UploadSpec | None:
         if not self.shared_parts:
             return None

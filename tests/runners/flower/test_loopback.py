@@ -224,3 +224,38 @@ def test_resume_is_refused_when_the_nodes_hold_other_clients(small_config, tmp_p
     flower_config, flower_settings = read_run_config({**run_config, "resume": True})
     with task_identity(), pytest.raises(CheckpointError, match="clients"):
         run_federation(LoopbackGrid(run_config, 3), flower_config, flower_settings)
+
+
+@pytest.mark.parametrize("algorithm", ["fedsa-lora", "feddpa", "fedlease"])
+def test_a_run_resumed_on_nodes_without_their_state_starts_them_afresh(algorithm, small_config,
+                                                                      tmp_path):
+    # `flwr run` with resume=true is a new Flower run: every node's context.state is new. The
+    # clients say so when queried; their next train message carries the initial tensors (as a
+    # first-time client's does), so a client whose local LoRA parts are gone trains again
+    small_config.federation.algorithm = algorithm
+    small_config.federation.rounds = 4
+    run_config = run_config_for(small_config, tmp_path)
+    flower_config, flower_settings = read_run_config(run_config)
+    with task_identity(), pytest.raises(ServerCrash):
+        run_federation(CrashingGrid(run_config, 4, crash_round=3), flower_config,
+                       flower_settings)
+    before = json.loads((tmp_path / "flower-out" / "metrics.json").read_text())["rounds"]
+    flower_config, flower_settings = read_run_config({**run_config, "resume": True})
+    with task_identity():
+        resumed = run_federation(LoopbackGrid(run_config, 4), flower_config, flower_settings)
+    assert [e["round"] for e in resumed.history] == [1, 2, 3, 4]
+    assert without_timings(resumed.history[:2]) == without_timings(before)
+    for entry in resumed.history[2:]:
+        assert sorted(entry["clients"]) == sorted(resumed.tasks) and not entry["rejected"]
+
+
+def test_feddpa_client_joining_late_gets_both_of_its_loras(small_config, tmp_path):
+    # a client first sampled in round 2 starts from the initial global and personal LoRAs,
+    # the global one replaced by the server's average (it used to get the global one alone)
+    small_config.federation.algorithm = "feddpa"
+    small_config.federation.seed = 2  # round 1 and round 2 sample disjoint pairs
+    result, _ = run_on_loopback(small_config, tmp_path, **{"fraction-train": 0.5})
+    trained = [{c for c, m in e["clients"].items() if "train_loss" in m}
+               for e in result.history]
+    assert [len(t) for t in trained] == [2, 2] and not trained[0] & trained[1]
+    assert not result.history[1]["rejected"]

@@ -92,6 +92,7 @@ def describe(msg: Message, context: Context) -> Message:
         "adapter-shapes": json.dumps(trainer.model.adapter_shapes()),
         "representation-dim": trainer.model.representation_dim,
         "data": json.dumps(client_data_summary(client)),
+        "has-state": LOCAL_STATE in context.state,  # kept from earlier rounds of this run
     })
     metrics = MetricRecord({"num-examples": trainer.num_train})
     return Message(content=RecordDict({"info": info, "metrics": metrics}), reply_to=msg)

@@ -11,7 +11,9 @@ of that step; the run goes on with the rest. The rounds are the engine's (``runn
 this module is its Flower ``Transport``. Results go to ``output.dir`` like the in-process
 simulator's (config, metrics.json, clustering.json, summary, plots), with the server's
 checkpoint after every round: a ServerApp started again with ``resume = true`` continues after
-the last finished round. The clients' adapters and heads stay on their nodes.
+the last finished round (a node that lost its client's local state, as in a new Flower run,
+gets the initial tensors again; docs/flower.md). The clients' adapters and heads stay on their
+nodes.
 """
 
 from __future__ import annotations
@@ -72,12 +74,14 @@ def exchange(grid: Grid, message_type: str, contents: dict[int, RecordDict],
 
 
 def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
-    """Client of each node, in the order the simulator uses (partition, then id); shapes."""
+    """Client of each node, in the order the simulator uses (partition, then id); shapes; the
+    clients whose node holds no local state of theirs (a new Flower run: the state of a
+    resumed run's nodes is gone)."""
     replies = exchange(grid, MessageType.QUERY, {n: RecordDict() for n in nodes},
                        settings.round_timeout)
     described = sorted(replies.items(), key=lambda item: (int(item[1]["info"]["order"]),
                                                           str(item[1]["info"]["client-id"])))
-    node_of, infos, tasks, shapes, dims, data = {}, [], {}, set(), set(), {}
+    node_of, infos, tasks, shapes, dims, data, stateless = {}, [], {}, set(), set(), {}, set()
     for node, content in described:
         info = content["info"]
         cid = str(info["client-id"])
@@ -90,6 +94,8 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
         data[cid] = json.loads(str(info["data"]))
         shapes.add(str(info["adapter-shapes"]))
         dims.add(int(info["representation-dim"]))
+        if not info.get("has-state", False):
+            stateless.add(cid)
         size = int(info["federation-size"])
     if not infos:
         raise RuntimeError("no node described its client; see the warnings above")
@@ -100,7 +106,7 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
         log(WARNING, "the data config defines %s clients but only %s nodes answered; the "
             "federation is these %s", size, len(infos), len(infos))
     adapter_shapes = {k: tuple(v) for k, v in json.loads(shapes.pop()).items()}
-    return node_of, infos, tasks, adapter_shapes, dims.pop(), {"clients": data}
+    return node_of, infos, tasks, adapter_shapes, dims.pop(), {"clients": data}, stateless
 
 
 def sample(ids: list[str], fraction: float, minimum: int, rng: random.Random) -> list[str]:
@@ -116,8 +122,11 @@ class GridTransport:
     ``fraction-evaluate``); a client that does not answer is left out of that step."""
 
     def __init__(self, grid: Grid, settings: FlowerSettings, config: RunConfig,
-                 federation: Federation, node_of: dict[str, int]):
+                 federation: Federation, node_of: dict[str, int], stateless: set[str]):
         self.grid, self.settings, self.config = grid, settings, config
+        # clients whose node lost what they kept locally (resumed in a new Flower run): their
+        # next train message carries the initial tensors too, as a client's first one does
+        self.stateless = set(stateless)
         self.federation, self.node_of = federation, node_of
         self.local_states: dict = {}  # every node keeps its own client's state
         self.order = [c.client_id for c in federation.clients]
@@ -144,7 +153,7 @@ class GridTransport:
                         self.settings.min_train_clients, self.rng)
         log(INFO, "round %s: training %s of %s available clients", rnd, len(chosen),
             len(self.available))
-        return chosen, [cid for cid in chosen if cid not in trained]
+        return chosen, [cid for cid in chosen if cid not in trained or cid in self.stateless]
 
     def choose_evaluate(self, rnd: int, candidates: list[str], trained: set[str]) -> list[str]:
         evaluable = [cid for cid in self.available if cid in trained and cid in candidates]
@@ -167,8 +176,10 @@ class GridTransport:
                 for cid, content in self.send(PROFILE_MESSAGE, asked).items()}
 
     def fit(self, rnd: int, instructions: dict[str, Instruction]) -> dict[str, Reply]:
-        return {cid: read_reply(content)
-                for cid, content in self.send(MessageType.TRAIN, instructions).items()}
+        replies = {cid: read_reply(content)
+                   for cid, content in self.send(MessageType.TRAIN, instructions).items()}
+        self.stateless -= set(replies)  # they keep a local state from now on
+        return replies
 
     def evaluate(self, rnd: int, instructions: dict[str, Instruction]) -> dict[str, dict]:
         return {cid: read_metrics(content)
@@ -194,10 +205,11 @@ def run_federation(grid: Grid, config: RunConfig, settings: FlowerSettings) -> R
     start = time.perf_counter()
     writer = RunWriter(config.output.dir, resume=settings.resume)
     writer.check()
-    node_of, infos, tasks, adapter_shapes, representation_dim, data = query_clients(
+    node_of, infos, tasks, adapter_shapes, representation_dim, data, stateless = query_clients(
         grid, wait_for_nodes(grid, settings), settings)
     log(INFO, "federation: %s clients on %s nodes", len(infos), len(node_of))
     federation = Federation(infos, tasks, data, adapter_shapes, representation_dim)
-    transport = GridTransport(grid, settings, config, federation, node_of)
+    transport = GridTransport(grid, settings, config, federation, node_of,
+                              stateless if settings.resume else set())
     return run_rounds(config, federation, transport, writer, settings.resume, progress=False,
                       start=start)
