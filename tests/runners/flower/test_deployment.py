@@ -3,10 +3,13 @@
 SuperNodes (insecure and TLS), and a SuperNode killed in the middle of a run."""
 
 import json
+import os
 import shutil
+import signal
 import socket
 import ssl
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +144,61 @@ def test_a_supernode_killed_mid_run_does_not_stop_it(tiny_config, tiny_federatio
     history, _ = check_run(result, local, out, 3, clients)
     killed = next(folders[2].glob("*.jsonl")).stem
     assert killed not in history[-1]["clients"] and len(history[-1]["clients"]) == 2
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """The processes ``pid`` started, directly or not: pid -> command line."""
+    parent, command = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parent[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+                command[int(entry.name)] = (entry / "cmdline").read_bytes().replace(
+                    b"\0", b" ").decode()
+            except (OSError, ValueError):
+                continue
+    found, frontier = {}, [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == current and child not in found:
+                found[child] = command[child]
+                frontier.append(child)
+    return found
+
+
+def server_app_processes(superlink) -> list[int]:
+    """The ServerApp processes the SuperLink started: their pids."""
+    return [pid for pid, command in descendants(superlink.pid).items()
+            if "serverapp" in command.lower()]
+
+
+def test_a_killed_server_app_is_resumed_by_a_new_run(tiny_config, tiny_federation, flower,
+                                                     tmp_path):
+    # the ServerApp is killed after round 1's checkpoint; `flwr run ... resume=true` (a new
+    # Flower run, so the nodes' context.state is new) continues from round 2 to the end
+    local = flower()
+    local.start_superlink()
+    superlink = local.processes[0]
+    folders = node_folders(tiny_federation, tmp_path)[:2]
+    for i, folder in enumerate(folders):
+        local.start_supernode(i, f'data-path="{folder}"')
+    out = tmp_path / "out"
+    run_config = overrides(tiny_config, out, **{"federation.rounds": 3})
+    first = {}
+    runner = threading.Thread(target=lambda: first.update(result=local.run(run_config)),
+                              daemon=True)
+    runner.start()
+    wait_for(lambda: (out / "checkpoint" / "checkpoint.json").exists(), 400, "round 1")
+    wait_for(lambda: server_app_processes(superlink), 60,
+             f"the ServerApp process among {descendants(superlink.pid)}")
+    for pid in server_app_processes(superlink):
+        os.kill(pid, signal.SIGKILL)
+    runner.join(timeout=300)
+    killed_at = json.loads((out / "checkpoint" / "checkpoint.json").read_text())["round"]
+    assert killed_at < 3, local.logs()
+    result = local.run(run_config + " resume=true")
+    clients = [f.stem for folder in folders for f in folder.glob("*.jsonl")]
+    history, _ = check_run(result, local, out, 3, clients)
+    assert all(set(e["clients"]) == set(clients) for e in history)
