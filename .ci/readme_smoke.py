@@ -313,7 +313,8 @@ def main() -> int:
         return 0
     if args.only:
         blocks = [b for b in blocks if args.only in b.text or "pip install" in b.text]
-    already_ran = {command: "the caller ran this exact command on this checkout already"
+    already_ran = {command: "the caller (.ci/run) ran this exact command on this checkout "
+                   "already (--already-ran)"
                    for command in args.already_ran}
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedlease-readme-"))
