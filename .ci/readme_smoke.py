@@ -259,7 +259,7 @@ def run_block(block: Block, work: Path, env: dict[str, str], already_ran: dict[s
             status = f"NOT EXECUTED: {skipped[i]}"
         else:
             status = "ok" if str(i) in stamps else f"FAILED (rc {rc})"
-        seconds = float(done) - last if done else None
+        seconds = float(done) - last if done and i not in skipped else None
         last = float(done) if done else last
         outcomes.append(Outcome(block, command, status, seconds))
     if rc == 0 and block.check:
