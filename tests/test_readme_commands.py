@@ -2,6 +2,7 @@
 a README command cannot be added or changed without CI running it."""
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -49,3 +50,29 @@ def test_commands_in_a_fence_without_shell_language_are_reported(tmp_path, fence
     _, problems = write(tmp_path, f"{fence}\npip install x\n```\n", "")
     assert problems == ["README.md:1: a ``` block holding commands has no shell language; mark "
                         "it ```bash so the smoke runs it"]
+
+
+def run(tmp_path, text, already_ran=None, check=""):
+    block = smoke.Block(1, text, check=check)
+    return [(o.command, o.status) for o in
+            smoke.run_block(block, tmp_path, dict(os.environ), already_ran or {})]
+
+
+def test_a_failing_command_in_an_and_list_fails_the_block_and_stops_it(tmp_path):
+    assert run(tmp_path, "export X=1\nfalse && echo no\necho after") == [
+        ("export X=1", "ok"), ("false && echo no", "FAILED (rc 1)"),
+        ("echo after", "not reached")]
+
+
+def test_exports_carry_over_checks_run_and_already_ran_commands_are_named(tmp_path):
+    outcomes = run(tmp_path, "export X=1\npython -m pytest\ntest $X = 1 && touch made",
+                   already_ran={"python -m pytest": "ran by .ci/run"}, check="test -e made")
+    assert outcomes == [("export X=1", "ok"), ("python -m pytest", "NOT EXECUTED: ran by .ci/run"),
+                        ("test $X = 1 && touch made", "ok"), ("(check) test -e made", "ok")]
+
+
+def test_a_server_started_in_the_background_does_not_outlive_its_block(tmp_path):
+    run(tmp_path, "sleep 300 &\necho $! > pid")
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
