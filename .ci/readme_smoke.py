@@ -5,7 +5,8 @@ checkout (tracked and untracked-but-not-ignored files, as a clone would hold the
 temporary folder, makes a fresh venv there and a fresh HOME (so `~/.flwr` and `~/.cache/fedlease`
 start empty; pip's download cache is kept), and runs the README's fenced shell blocks (```bash,
 ```sh, ```shell, ```console) in README order, one bash process per block, from the copy's root.
-Each command line is timed; a line that fails stops its block and fails the smoke.
+Each line is one command (a line ending in a backslash continues on the next; no heredocs),
+timed on its own; a command that fails stops its block and fails the smoke.
 
 How each block is run is declared in `.ci/readme_commands.toml`, one `[[block]]` per README
 block, keyed by the block's exact text:
@@ -33,7 +34,7 @@ shorten it with `replace` (few clients, few rounds: `.ci/small.toml` is the buil
 made small) and add a `check` on what it writes. Later blocks see what earlier ones wrote (e.g.
 `runs/latest` from `fedlease run`), as a reader following the README would.
 
-    python .ci/readme_smoke.py                  # the whole smoke (about 15 min on 2 cores)
+    python .ci/readme_smoke.py                  # the whole smoke (20 min on 2 busy cores)
     python .ci/readme_smoke.py --check          # only: is every README block covered?
     python .ci/readme_smoke.py --only flower    # blocks whose text contains "flower" (the
                                                 # venv still gets every install block first)
@@ -119,6 +120,9 @@ def readme_blocks(readme: Path = README) -> tuple[list[Block], list[str]]:
         i += 1
         if language in SHELL_LANGUAGES:
             blocks.append(Block(start + 1, body))
+            if "<<" in body:
+                problems.append(f"README.md:{start + 1}: the smoke runs a block line by line, "
+                                f"so it cannot hold a heredoc (<<); write the file with printf")
         elif any(line.lstrip().startswith(COMMAND_WORDS) for line in body.splitlines()):
             problems.append(f"README.md:{start + 1}: a ``` block holding commands has no shell "
                             f"language; mark it ```bash so the smoke runs it")

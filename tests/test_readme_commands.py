@@ -52,6 +52,11 @@ def test_commands_in_a_fence_without_shell_language_are_reported(tmp_path, fence
                         "it ```bash so the smoke runs it"]
 
 
+def test_a_heredoc_is_reported(tmp_path):
+    _, problems = write(tmp_path, "```bash\ncat > f <<'EOF'\nx\nEOF\n```\n", "")
+    assert any("cannot hold a heredoc" in p for p in problems)
+
+
 def run(tmp_path, text, already_ran=None, check=""):
     block = smoke.Block(1, text, check=check)
     return [(o.command, o.status) for o in
