@@ -86,3 +86,24 @@ def test_non_finite_and_empty_values_are_named(section, key, value, field):
 def test_unbounded_update_norm_is_allowed():
     config = load_config(overrides={"federation": {"max_update_norm": float("inf")}})
     assert config.federation.max_update_norm == float("inf")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"data": {"path": "my/data"}}, "data.path = 'my/data': expected no path with data.source "
+                                    "= 'builtin'"),
+    ({"data": {"tasks": ["news", "spam", "news"]}}, "data.tasks = .*: expected each task once"),
+    ({"federation": {"seed": -1}}, r"federation.seed = -1: expected an integer in \[0, "),
+    ({"federation": {"seed": 2**32}}, "federation.seed = 4294967296"),
+])
+def test_settings_that_would_be_ignored_or_misread_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_config_path_that_is_a_folder_or_not_utf8(tmp_path):
+    with pytest.raises(ConfigError, match=f"config file {tmp_path} is a folder"):
+        load_config(tmp_path)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'[output]\ndir = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="latin.toml is not UTF-8 text"):
+        load_config(latin)

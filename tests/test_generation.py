@@ -92,6 +92,38 @@ def test_loss_is_the_answer_tokens_cross_entropy(tiny_llama_dir, tokenizer):
     torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
 
 
+def test_loss_over_answers_of_different_lengths_ignores_prompt_and_padding(tiny_llama_dir,
+                                                                          tokenizer):
+    """Answers of 1, 2 and 3 words (+ end-of-sequence) after prompts of different lengths, in
+    one left-padded batch: the loss is the mean over the 9 answer tokens of -log p(token),
+    each row's log-probabilities computed alone, without padding."""
+    model, _ = load_causal_lm(str(tiny_llama_dir), ["q_proj", "v_proj"], 4, 16, 0.0)
+    rows = [("which color is named ?", "the red", "red"),
+            ("which animal is named ?", "a cat and the dog of it", "cat dog"),
+            ("which color is named ?", "", "red blue red")]
+    examples = [InstructionExample(*row) for row in rows]
+    client = InstructionClientData("c", "t", examples, examples[:1])
+    trainer = GenerationTrainer(model, tokenizer, client, max_length=32, max_new_tokens=4,
+                                batch_size=3, local_epochs=1, lr=1e-2, weight_decay=0.0)
+    items = trainer.splits["train"]
+    assert [len(it.answer) for it in items] == [2, 3, 4]
+    assert len({len(it.prompt) for it in items}) == 3
+    model.load_state(lora_state(model, seed=3), AdapterLayout())
+    model.eval()
+    with torch.no_grad():
+        inputs, targets = trainer.collate(items, with_answer=True)
+        ours = trainer.loss(inputs, targets)
+        nll = []
+        for it in items:
+            logits = model.backbone(input_ids=torch.tensor([it.prompt + it.answer])).logits[0]
+            logp = torch.log_softmax(logits, -1)
+            for j, token in enumerate(it.answer):  # token j is predicted at the position before
+                nll.append(-logp[len(it.prompt) + j - 1, token])
+        reference = torch.stack(nll).mean()
+    assert len(nll) == 9
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
 def test_training_fits_the_answers_and_evaluation_scores_them(tiny_llama_dir, tokenizer):
     model, _ = load_causal_lm(str(tiny_llama_dir), ["q_proj", "v_proj"], 4, 16, 0.0)
     trainer = GenerationTrainer(model, tokenizer, cue_client(), max_length=32,

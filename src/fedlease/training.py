@@ -30,6 +30,8 @@ class TokenizedSplit:
 
 
 def tokenize(tokenizer, examples: list[Example], max_length: int) -> TokenizedSplit:
+    if not examples:  # a split to predict on has no training part (the tokenizer rejects [])
+        return TokenizedSplit([], torch.empty(0, dtype=torch.long))
     texts = [ex.text for ex in examples]
     pairs = [ex.text_pair for ex in examples]
     has_pairs = any(p is not None for p in pairs)
@@ -98,6 +100,27 @@ class LocalTrainer:
 
     def loss(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def representation_batches(self):
+        """The model inputs of every training example, in batches."""
+        for inputs, _ in self.batches("train", torch.arange(self.num_train)):
+            yield inputs
+
+    def representations(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[batch, hidden]``: one pooled hidden-state vector per example of the batch."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def mean_representation(self) -> torch.Tensor:
+        """The mean over this client's training examples of their pooled representation by the
+        frozen base model (adapters off, float32): what FedLEASE's ``embedding`` allocation
+        clusters clients by."""
+        self.model.eval()
+        total = torch.zeros(self.model.representation_dim, dtype=torch.float64)
+        with self.model.base_only():
+            for inputs in self.representation_batches():
+                total += self.representations(inputs).double().sum(0).cpu()
+        return (total / max(self.num_train, 1)).float()
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -171,12 +194,15 @@ class ClientTrainer(LocalTrainer):
             batch = collate([split.features[i] for i in idx.tolist()], self.pad_id, device)
             yield batch, split.labels[idx].to(device)
 
-    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def representations(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.pooled(**inputs)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with self.autocast():
             return self.model(**batch).float()
 
     def loss(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self._logits(inputs), targets)
+        return F.cross_entropy(self.logits(inputs), targets)
 
     @torch.no_grad()
     def evaluate(self, state: dict[str, torch.Tensor], layout: AdapterLayout,
@@ -188,7 +214,7 @@ class ClientTrainer(LocalTrainer):
         start = time.perf_counter()
         correct, loss_sum = 0, 0.0
         for batch, labels in self.batches(on, torch.arange(len(split))):
-            logits = self._logits(batch)
+            logits = self.logits(batch)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(-1) == labels).sum())
         n = max(len(split), 1)

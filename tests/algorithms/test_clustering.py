@@ -68,3 +68,21 @@ def test_labels_are_numbered_by_first_client():
     dist = b_distance_matrix(planted_clients([1, 1, 0, 0, 2, 2]))
     assert cluster_clients(dist, max_clusters=4).labels == [0, 0, 1, 1, 2, 2]
     assert np.allclose(dist, dist.T)
+
+
+def test_average_linkage_is_used_where_single_and_complete_differ():
+    """Five clients, all distances distinct; with k = 2 the three linkages disagree.
+    By hand, every linkage first merges {0, 4} (distance 1). Then
+    single:   {0,4}-3 = min(10, 2) = 2 -> {0,3,4}; {0,3,4}-2 = min(7, 5, 3) = 3 -> {0,2,3,4} | {1}
+    complete: {0,4}-1 = 9, {0,4}-2 = 7, {0,4}-3 = 10, 1-2 = 4 -> {1,2};
+              {0,4}-{1,2} = 9, {0,4}-3 = 10, {1,2}-3 = 8 -> {0,4} | {1,2,3}
+    average:  {0,4}-1 = 7.5, {0,4}-2 = 5, {0,4}-3 = 6, 1-2 = 4 -> {1,2};
+              {0,4}-{1,2} = 25/4, {0,4}-3 = 6, {1,2}-3 = 13/2 -> {0,3,4} | {1,2}
+    """
+    distance = np.array([[0, 6, 7, 10, 1],
+                         [6, 0, 4, 8, 9],
+                         [7, 4, 0, 5, 3],
+                         [10, 8, 5, 0, 2],
+                         [1, 9, 3, 2, 0]], dtype=float)
+    result = cluster_clients(distance, max_clusters=2)
+    assert result.labels == [0, 1, 1, 0, 0]

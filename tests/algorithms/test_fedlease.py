@@ -76,6 +76,27 @@ def test_phase3_aggregation_touches_only_each_cluster_expert():
     assert report["num_experts"] == 2 and report["assignment"]["c3"] == 1
 
 
+def test_phase3_means_are_weighted_by_client_sizes_inside_a_cluster():
+    """Cluster 0 holds a client of 10 and one of 30 examples: its expert and router are
+    (10 * 1 + 30 * 5) / 40 = 4, not the plain mean 3."""
+    server = make_server(sizes=(10, 30, 20, 20))
+    server.aggregate_fit(1, {"c0": lora_reply(5.0, 1.0, 10), "c1": lora_reply(5.0, 1.0, 30),
+                             "c2": lora_reply(-5.0, 2.0, 20), "c3": lora_reply(-5.0, 2.0, 20)})
+    assert server.cluster_of == {"c0": 0, "c1": 0, "c2": 1, "c3": 1}
+    down = server.configure_fit(2)
+    replies = {}
+    for cid, value, n in (("c0", 1.0, 10), ("c1", 5.0, 30)):
+        state = {k: v.clone() for k, v in down[cid].arrays.items()}
+        state["adapter.l0.query.lora_A"][0] = value
+        state["adapter.l0.query.lora_B"][0] = -value
+        state["adapter.l0.query.router"] = torch.full((3, 6), value)
+        replies[cid] = Reply(select_upload(state, down[cid].config["upload"]), n)
+    server.aggregate_fit(2, replies)
+    assert torch.allclose(server.experts["adapter.l0.query.lora_A"][0], torch.full((4, 6), 4.0))
+    assert torch.allclose(server.experts["adapter.l0.query.lora_B"][0], torch.full((5, 4), -4.0))
+    assert torch.allclose(server.routers[0]["adapter.l0.query.router"], torch.full((3, 6), 4.0))
+
+
 def test_client_missing_at_allocation_joins_the_nearest_cluster_later():
     server = make_server(rounds=4)
     server.aggregate_fit(1, {"c0": lora_reply(5.0, 1.0, 10), "c1": lora_reply(5.0, 1.0, 10),

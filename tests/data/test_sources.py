@@ -155,3 +155,72 @@ def test_missing_client_file_and_folder_are_named(tmp_path):
     write_client(tmp_path / "bank", "train", ["x", "y"])
     with pytest.raises(DataError, match=r"client 'bank': .*test.jsonl does not exist"):
         load_jsonl_folder(tmp_path)
+
+
+# -- data that would be silently misread -------------------------------------------------------
+
+def test_labels_of_mixed_types_in_a_task_are_refused(tmp_path):
+    """0 and "0" would become two classes of one task; across clients of a task too."""
+    for name, labels in (("a", [0, 1]), ("b", ["0", "1"])):
+        write_client(tmp_path, name, labels)
+        with (tmp_path / f"{name}.jsonl").open("a") as f:
+            f.write(json.dumps({"text": "t", "label": labels[0], "split": "test"}) + "\n")
+    (tmp_path / "manifest.json").write_text(json.dumps({"clients": {"a": "t", "b": "t"}}))
+    with pytest.raises(DataError, match=r"b.jsonl:1: label '0' is a string, but .*a.jsonl:1 "
+                                        r"gives task 't' the label 0 \(an integer\)"):
+        load_jsonl_folder(tmp_path)
+    write_client(tmp_path, "b", [1, "1"])  # within one file too
+    with (tmp_path / "b.jsonl").open("a") as f:
+        f.write(json.dumps({"text": "t", "label": 0, "split": "test"}) + "\n")
+    with pytest.raises(DataError, match=r"b.jsonl:2: label '1' is a string"):
+        load_jsonl_folder(tmp_path)
+
+
+def test_manifest_labels_of_mixed_types_are_refused(tmp_path):
+    write_client(tmp_path, "a", [0, 1])
+    (tmp_path / "manifest.json").write_text('{"labels": {"a": [0, "1"]}}')
+    with pytest.raises(DataError, match=r"manifest.json: labels of task 'a' = \[0, '1'\]"):
+        load_jsonl_folder(tmp_path)
+
+
+def test_a_client_both_as_file_and_folder_is_refused(tmp_path):
+    write_client(tmp_path, "bank", ["x", "y"])
+    (tmp_path / "bank").mkdir()
+    with pytest.raises(DataError, match=r"client 'bank' is both bank.jsonl and bank/"):
+        load_jsonl_folder(tmp_path)
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"task": 3}, r'c1.jsonl:2: "task" must be a non-empty string'),
+    ({"task": ""}, r'c1.jsonl:2: "task" must be a non-empty string'),
+    ({"task": "other"}, r"c1.jsonl:2: \"task\" = 'other', but the first line \(.*c1.jsonl:1\) "
+                        r"gives client 'c1' the task 'main'"),
+])
+def test_task_fields_are_checked(tmp_path, row, message):
+    first = {"text": "fine", "label": "a", "split": "train", "task": "main"}
+    (tmp_path / "c1.jsonl").write_text(json.dumps(first) + "\n"
+                                       + json.dumps({**first, "label": "b", **row}) + "\n")
+    with pytest.raises(DataError, match=message):
+        load_jsonl_folder(tmp_path)
+
+
+def test_a_line_task_contradicting_the_manifest_is_refused(tmp_path):
+    write_client(tmp_path, "a", ["x", "y"])
+    with (tmp_path / "a.jsonl").open("a") as f:
+        f.write(json.dumps({"text": "t", "label": "x", "split": "test", "task": "spam"}) + "\n")
+    (tmp_path / "manifest.json").write_text('{"clients": {"a": "news"}}')
+    with pytest.raises(DataError, match=r"a.jsonl:3: \"task\" = 'spam', but manifest.json "
+                                        r"gives client 'a' the task 'news'"):
+        load_jsonl_folder(tmp_path)
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    good = json.dumps({"text": "fine", "label": "a", "split": "train"})
+    (tmp_path / "c1.jsonl").write_text(good + '\n{"text": "x", "label": "a", "label": "b", '
+                                              '"split": "train"}\n')
+    with pytest.raises(DataError, match=r"c1.jsonl:2: the key 'label' appears twice"):
+        load_jsonl_folder(tmp_path)
+    (tmp_path / "c1.jsonl").write_text(good + "\n")
+    (tmp_path / "manifest.json").write_text('{"clients": {"c1": "a", "c1": "b"}}')
+    with pytest.raises(DataError, match=r"manifest.json: the key 'c1' appears twice"):
+        load_jsonl_folder(tmp_path)

@@ -26,8 +26,14 @@ def test_llama_adapters_by_name_and_state_has_no_head(tiny_llama_dir):
     assert out.keys() == state.keys()  # adapters only: no head entries
     for k in state:
         torch.testing.assert_close(out[k], state[k])
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("train_" in n or "router" in n for n in trainable)
+    # only the own expert (expert 0 of 2) and the routers train; no head, the LM is frozen
+    trainable = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    expected = {}
+    for name, (d_in, d_out) in model.adapter_shapes().items():
+        expected[f"backbone.{name}.train_A"] = (1, 4, d_in)
+        expected[f"backbone.{name}.train_B"] = (1, d_out, 4)
+        expected[f"backbone.{name}.router"] = (3, d_in)
+    assert trainable == expected
 
 
 @pytest.mark.parametrize("model_dir", ["tiny_llama_dir", "tiny_opt_dir"])  # rotary, absolute

@@ -4,10 +4,14 @@ from torch import nn
 
 from fedlease.model.lora import AdapterLayout, MixtureLoRALinear, init_router
 
+ALPHA, RANK = 6.0, 3
+# written out, not read from the layer under test: alpha / r
+SCALING = 2.0
 
-def make_layer(layout, d_in=12, d_out=10, rank=3, seed=0):
+
+def make_layer(layout, d_in=12, d_out=10, rank=RANK, seed=0):
     torch.manual_seed(seed)
-    layer = MixtureLoRALinear(nn.Linear(d_in, d_out), rank=rank, alpha=6.0, dropout=0.0)
+    layer = MixtureLoRALinear(nn.Linear(d_in, d_out), rank=rank, alpha=ALPHA, dropout=0.0)
     E = layout.num_experts
     A, B = torch.randn(E, rank, d_in), torch.randn(E, d_out, rank)
     router = None
@@ -27,7 +31,7 @@ def per_slot_reference(layer, A, B, router, layout, x):
     for t in range(x.shape[0]):
         for j in range(layout.top_k):
             e = layout.router_slots[top_slot[t, j]]
-            out[t] += top_p[t, j] * layer.scaling * (B[e] @ (A[e] @ x[t]))
+            out[t] += top_p[t, j] * SCALING * (B[e] @ (A[e] @ x[t]))
     return y + out
 
 
@@ -56,15 +60,31 @@ def test_own_expert_always_used(K):
     w = layer.expert_weights(x)
     assert (w[:, own] > 0).all()
     torch.testing.assert_close(w.sum(-1), torch.ones(500))
-    used = (w > 0).sum(-1)
-    assert used.min() >= 1 and used.max() <= K
+    # the experts a token uses are exactly the distinct experts of its K best router slots,
+    # computed here from the router logits
+    top_slots = (x @ layer.router.t()).topk(K, dim=-1).indices
+    slot_expert = torch.tensor(layer.layout.router_slots)
+    expected = torch.tensor([len(set(slot_expert[s].tolist())) for s in top_slots])
+    assert torch.equal((w > 0).sum(-1), expected)
+    assert expected.min() >= 1 and expected.max() <= K
 
 
 def test_plain_lora_is_base_plus_scaled_BA():
     layer, A, B, _ = make_layer(AdapterLayout(), seed=1)
     x = torch.randn(7, 12)
-    expected = layer.base(x) + layer.scaling * x @ A[0].t() @ B[0].t()
+    expected = layer.base(x) + SCALING * x @ A[0].t() @ B[0].t()
     torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("alpha,rank,scaling", [(16.0, 4, 4.0), (8.0, 8, 1.0), (3.0, 2, 1.5)])
+def test_lora_update_is_scaled_by_alpha_over_rank(alpha, rank, scaling):
+    """The adapter adds exactly ``(alpha / r) B A x`` (scaling written out per case)."""
+    torch.manual_seed(0)
+    layer = MixtureLoRALinear(nn.Linear(5, 3), rank=rank, alpha=alpha, dropout=0.0)
+    A, B = torch.randn(1, rank, 5), torch.randn(1, 3, rank)
+    layer.load_adapters(AdapterLayout(), A, B, None)
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(layer(x) - layer.base(x), scaling * x @ A[0].t() @ B[0].t())
 
 
 def test_only_own_expert_and_router_are_trainable():
@@ -120,7 +140,7 @@ def differentiable_per_slot(layer, x):
         expert = layer.slot_expert[top_slot[:, j]]  # [T]
         per_token = torch.einsum("tr,tor->to", torch.einsum("ti,tri->tr", x, A[expert]),
                                  B[expert])
-        out = out + top_p[:, j : j + 1] * layer.scaling * per_token
+        out = out + top_p[:, j : j + 1] * SCALING * per_token
     return out
 
 
@@ -149,7 +169,7 @@ def test_all_trainable_experts_are_the_parameters_themselves():
     got_A, got_B = layer.experts()
     assert got_A is layer.train_A and got_B is layer.train_B
     x = torch.randn(6, 12)
-    expected = layer.base(x) + layer.scaling * (x @ A.reshape(-1, 12).t()) @ \
+    expected = layer.base(x) + SCALING * (x @ A.reshape(-1, 12).t()) @ \
         B.permute(1, 0, 2).reshape(10, -1).t()
     torch.testing.assert_close(layer(x), expected)
 

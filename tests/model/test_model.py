@@ -23,10 +23,14 @@ def test_adapters_injected_by_name_and_state_round_trips(tiny_model_dir):
         torch.testing.assert_close(out[k], state[k])
     batch = tok(["the red cat", "a dog"], return_tensors="pt", padding=True)
     assert model(**batch).shape == (2, 3)
-    # only adapters of the own expert, routers and the head train; the encoder stays frozen
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(("train_" in n or "router" in n or n.startswith("head."))
-                             for n in trainable)
+    # only the own expert (one of two), the routers and the head train; the encoder is frozen
+    trainable = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    expected = {"head.weight": (3, 32), "head.bias": (3,)}
+    for name, (d_in, d_out) in model.adapter_shapes().items():
+        expected[f"backbone.{name}.train_A"] = (1, 4, d_in)
+        expected[f"backbone.{name}.train_B"] = (1, d_out, 4)
+        expected[f"backbone.{name}.router"] = (3, d_in)
+    assert trainable == expected
 
 
 def test_unmatched_target_modules_is_a_clear_error(tiny_model_dir):

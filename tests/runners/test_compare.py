@@ -1,13 +1,14 @@
 """``fedlease compare`` on the tiny model: every algorithm end to end, the table, resuming."""
 
 import csv
+import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from fedlease.algorithms import ALGORITHMS
-from fedlease.config import ConfigError, load_config
+from fedlease.config import ConfigError, config_to_dict, load_config
 from fedlease.runners import compare
 from fedlease.runners.compare import parse_algorithms, run_comparison
 
@@ -47,6 +48,14 @@ def test_every_algorithm_runs_and_gets_a_row(compared):
     assert [row["rank"] for row in rows] == list(range(1, len(ALGORITHMS) + 1))
     averages = [row["score"]["overall"][0] for row in rows]
     assert averages == sorted(averages, reverse=True)
+    assert len(set(averages)) > 1  # the tiny model learns: a ranking, not a tie
+    for row in rows:  # each score is the mean over tasks of the run's final accuracies
+        metrics = json.loads((out / row["algorithm"] / "seed-0" / "metrics.json").read_text())
+        final = metrics["rounds"][-1]["clients"]
+        by_task = [[final[c]["accuracy"] for c in CLIENTS if c.startswith(task)]
+                   for task in ("colors", "animals")]
+        assert row["score"]["overall"][0] == pytest.approx(
+            sum(sum(v) / len(v) for v in by_task) / 2)
     by_name = {row["algorithm"]: row for row in rows}
     assert by_name["local"]["upload_bytes"] == 0
     # ffa-lora trains B only: fewer trainable parameters than fedit, and half its upload
@@ -69,13 +78,18 @@ def test_results_table_csv_and_plot_are_written(compared):
 
 
 def test_final_adapters_follow_each_algorithms_sharing_rule(compared):
-    _, out, _ = compared
+    config, out, _ = compared
     key = next(k for k in adapters(out, "fedit")["colors-0"] if k.endswith("lora_A"))
     bkey = key.replace("lora_A", "lora_B")
     fedit = adapters(out, "fedit")
     assert all(torch.equal(fedit[c][bkey], fedit["colors-0"][bkey]) for c in CLIENTS)
     ffa = adapters(out, "ffa-lora")
-    assert all(torch.equal(ffa[c][key], ffa["colors-0"][key]) for c in CLIENTS)
+    # A never trained: every client's is still the common seeded init
+    shapes = {k[len("adapter."):-len(".lora_A")]: (v.shape[2], ffa["colors-0"][
+        k.replace("lora_A", "lora_B")].shape[1]) for k, v in ffa["colors-0"].items()
+        if k.endswith("lora_A")}
+    init = ALGORITHMS["ffa-lora"](config, [], shapes).initial_state()
+    assert all(torch.equal(ffa[c][key], init[key]) for c in CLIENTS)
     fedsa = adapters(out, "fedsa-lora")
     assert all(torch.equal(fedsa[c][key], fedsa["colors-0"][key]) for c in CLIENTS)
     assert not torch.equal(fedsa["colors-0"][bkey], fedsa["animals-0"][bkey])
@@ -105,9 +119,9 @@ def test_unfinished_pair_is_run_again(compared, monkeypatch):
     ran = []
     original = compare.run_simulation
 
-    def counting(cfg, folder, progress):
+    def counting(cfg, folder, progress, overwrite):
         ran.append((cfg.federation.algorithm, cfg.federation.seed))
-        return original(cfg, folder, progress=progress)
+        return original(cfg, folder, progress=progress, overwrite=overwrite)
 
     monkeypatch.setattr(compare, "run_simulation", counting)
     run_comparison(config, ["local", "fedit"], [0], out, progress=False)
@@ -143,3 +157,52 @@ def test_runs_of_different_metrics_are_not_mixed_in_one_table(tmp_path):
             FinishedRun("local", 0, {"a": "t"}, history, 1.0, "rouge_l")]
     with pytest.raises(ConfigError, match=r"different metrics \['accuracy', 'rouge_l'\]"):
         write_comparison(runs, tmp_path)
+
+
+def test_a_finished_run_of_another_configuration_is_not_reused(compared, monkeypatch):
+    """rounds 2 -> 3: refused before anything runs, naming the pair and the field; with
+    rerun_stale the stale pairs run again (replacing their folder), the others are reused."""
+    config, out, _ = compared
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("ran a pair")
+
+    monkeypatch.setattr(compare, "run_simulation", must_not_run)
+    config3 = load_config(overrides={section: dict(values) for section, values in
+                                     config_to_dict(config).items()})
+    config3.federation.rounds = 3
+    with pytest.raises(ConfigError) as err:
+        run_comparison(config3, ["fedit", "local"], [0], out, progress=False)
+    message = str(err.value)
+    assert f"{out / 'fedit' / 'seed-0'}: federation.rounds = 2 there, 3 now" in message
+    assert f"{out / 'local' / 'seed-0'}: federation.rounds" in message
+    assert "--rerun-stale" in message and "another --out" in message
+
+    ran = []
+
+    def recording(cfg, folder, progress, overwrite):
+        ran.append((cfg.federation.algorithm, cfg.federation.rounds, overwrite))
+        raise KeyboardInterrupt  # stop before anything is replaced
+
+    monkeypatch.setattr(compare, "run_simulation", recording)
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(config3, ["fedit"], [0], out, progress=False, rerun_stale=True)
+    assert ran == [("fedit", 3, True)]
+
+
+def test_a_saved_config_missing_newer_keys_is_read_with_their_defaults(compared, monkeypatch):
+    """A config.toml written before a key existed equals a config holding that key's default."""
+    config, out, _ = compared
+    path = out / "fedit" / "seed-0" / "config.toml"
+    original = path.read_text()
+    assert "max_update_norm = 100.0\n" in original
+    path.write_text(original.replace("max_update_norm = 100.0\n", ""))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished pair of the same configuration was run again")
+
+    monkeypatch.setattr(compare, "run_simulation", must_not_run)
+    try:
+        run_comparison(config, ["fedit"], [0], out, progress=False)
+    finally:
+        path.write_text(original)

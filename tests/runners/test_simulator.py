@@ -12,7 +12,6 @@ def test_fedlease_runs_end_to_end_and_writes_outputs(tiny_config, tmp_path):
     result = run_simulation(tiny_config, out, progress=False)
     assert len(result.history) == 3
     assert set(result.final) == {"colors-0", "colors-1", "animals-0", "animals-1"}
-    assert all(0.0 <= m["accuracy"] <= 1.0 for m in result.final.values())
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
     clustering = json.loads((out / "clustering.json").read_text())
@@ -25,6 +24,14 @@ def test_fedlease_runs_end_to_end_and_writes_outputs(tiny_config, tmp_path):
     K = clustering["num_experts"]
     assert all(v.shape[0] == K for k, v in tensors.items() if k.endswith("lora_A"))
     assert "adjusted Rand index" in (out / "summary.txt").read_text()
+    # the saved adapters are the model each client was last evaluated with
+    from fedlease.model.lora import AdapterLayout
+    from fedlease.runners.simulator import build_trainers, load_clients
+
+    trainer = build_trainers(tiny_config, load_clients(tiny_config))["colors-0"]
+    layout = AdapterLayout.fedlease(K, clustering["assignment"]["colors-0"])
+    assert trainer.evaluate(dict(tensors), layout)["accuracy"] == \
+        result.final["colors-0"]["accuracy"]
 
 
 def test_same_seed_gives_same_metrics(tiny_config):
@@ -78,7 +85,6 @@ def test_a_bad_upload_is_rejected_and_the_run_goes_on(tiny_config, tmp_path, mon
     assert [list(r["rejected"]) for r in result.history] == [["colors-1"], ["colors-1"]]
     assert "NaN" in result.history[1]["rejected"]["colors-1"]
     assert "train_loss" not in result.history[1]["clients"]["colors-1"]
-    assert all(m["accuracy"] >= 0 for m in result.final.values())
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "colors-1" in saved["rounds"][1]["rejected"]
     final = load_file(tmp_path / "run" / "adapters" / "animals-0.safetensors")

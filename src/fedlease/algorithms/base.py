@@ -8,6 +8,10 @@ The message flow of one round, whatever drives it (the simulator or Flower):
 3. server: ``aggregate_fit(rnd, replies)``;
 4. server: ``configure_evaluate(rnd)``, client: ``client_evaluate(...)`` -> metrics.
 
+Before round 1 an algorithm may ask each client for a profile (``configure_profile`` ->
+``client_profile`` -> ``aggregate_profile``): FedLEASE's ``embedding`` allocation asks for the
+client's mean representation, one vector under ``EMBEDDING_KEY``.
+
 Tensors travel as ``dict[str, Tensor]`` keyed by state name (see ``fedlease.model.model``);
 everything else as plain values in ``config``. The client keeps whatever it does not upload
 (its head, local LoRA parts) in its local state between rounds; the server never sees it.
@@ -26,11 +30,17 @@ from fedlease.model.model import ADAPTER_PREFIX, HEAD_PREFIX
 
 Tensors = dict[str, torch.Tensor]
 
+# the upload part and key of a client's representation vector (not part of its model state)
+EMBEDDING_PART = "embedding"
+EMBEDDING_KEY = "profile.embedding"
+
 
 @dataclass
 class Instruction:
     """Server -> client. ``config["layout"]`` is an ``AdapterLayout.to_config()``;
-    ``config["upload"]`` is ``{"experts": [...], "parts": [...]}`` or None (nothing)."""
+    ``config["upload"]`` is ``{"experts": [...], "parts": [...]}`` or None (nothing); the part
+    ``"embedding"`` asks for the client's representation vector, with Gaussian noise of std
+    ``config["embedding_noise"]``."""
 
     arrays: Tensors
     config: dict = field(default_factory=dict)
@@ -95,10 +105,12 @@ class Algorithm:
     uses_warmup = False
 
     def __init__(self, config: RunConfig, clients: list[ClientInfo],
-                 adapter_shapes: dict[str, tuple[int, int]]):
+                 adapter_shapes: dict[str, tuple[int, int]], representation_dim: int = 0):
         self.config = config
         self.clients = clients
         self.adapter_shapes = adapter_shapes
+        # length of a client's representation vector (the base model's hidden size)
+        self.representation_dim = representation_dim
         self.client_index = {c.client_id: i for i, c in enumerate(clients)}
 
     # -- server side: what each algorithm defines ------------------------------------------
@@ -118,6 +130,23 @@ class Algorithm:
     def report(self) -> dict:
         """Extra results for the run summary (e.g. the clustering); JSON-serialisable."""
         return {}
+
+    def server_experts(self) -> Tensors:
+        """The whole LoRAs the server holds after the last aggregation, stacked on the expert
+        axis (``adapter.<module>.lora_A`` / ``lora_B``); empty if it holds none. The run writes
+        them out so they can be exported (``fedlease export --expert K``)."""
+        return {}
+
+    def configure_profile(self) -> dict[str, Instruction]:
+        """What each client computes and uploads once, before round 1 (default: nothing)."""
+        return {}
+
+    def aggregate_profile(self, replies: dict[str, Reply]) -> None:
+        """Take the accepted profile replies (called only when ``configure_profile`` asked)."""
+
+    def client_layout_bound(self) -> AdapterLayout:
+        """The largest adapters a client ever holds: what bounds the size of its saved state."""
+        return AdapterLayout()
 
     # -- server side: shared --------------------------------------------------------------
 
@@ -173,13 +202,34 @@ class Algorithm:
         layout = AdapterLayout.from_config(ins.config["layout"])
         state, metrics = trainer.train(state, layout, seed=ins.config["seed"])
         upload = select_upload(state, ins.config.get("upload"))
+        if EMBEDDING_PART in (ins.config.get("upload") or {}).get("parts", ()):
+            upload[EMBEDDING_KEY] = client_embedding(trainer, ins)
         metrics["upload_bytes"] = tensor_bytes(upload)
         return Reply(upload, trainer.num_train, metrics), state
+
+    @classmethod
+    def client_profile(cls, ins: Instruction, trainer) -> Reply:
+        """Compute and upload what ``configure_profile`` asked for, before any training."""
+        upload = {EMBEDDING_KEY: client_embedding(trainer, ins)}
+        return Reply(upload, trainer.num_train, {"upload_bytes": tensor_bytes(upload)})
 
     @classmethod
     def client_evaluate(cls, ins: Instruction, local_state: Tensors, trainer) -> dict:
         state = cls.install(ins, local_state)
         return trainer.evaluate(state, AdapterLayout.from_config(ins.config["layout"]))
+
+
+def client_embedding(trainer, ins: Instruction) -> torch.Tensor:
+    """The client's mean representation scaled to unit length (cosine distance ignores the
+    length, so it reveals nothing the server needs), plus Gaussian noise of std
+    ``ins.config["embedding_noise"]`` per coordinate, seeded by the instruction."""
+    vector = trainer.mean_representation()
+    vector = vector / vector.norm().clamp(min=1e-12)
+    noise = float(ins.config.get("embedding_noise", 0.0))
+    if noise > 0:
+        gen = torch.Generator().manual_seed(int(ins.config["seed"]))
+        vector = vector + noise * torch.randn(vector.shape, generator=gen)
+    return vector
 
 
 def with_head(state: Tensors, ins: Instruction, trainer) -> Tensors:

@@ -1,4 +1,11 @@
-"""Phase 2 of FedLEASE: group clients by the similarity of their warm-up LoRA B matrices."""
+"""Phase 2 of FedLEASE: group clients by a distance between them.
+
+Three signals (``federation.allocation``): the cosine distance of their warm-up LoRA B matrices
+(``lora-b``, the paper), the cosine distance of their mean frozen-model representations
+(``embedding``), or both (``hybrid``: each matrix divided by its mean off-diagonal distance, then
+averaged, so neither signal dominates by its scale; silhouette and average linkage then see both
+equally).
+"""
 
 from __future__ import annotations
 
@@ -39,6 +46,30 @@ def b_distance_matrix(b_matrices: list[dict[str, torch.Tensor]]) -> np.ndarray:
     dist = np.clip((dist + dist.T) / 2, 0.0, 2.0)
     np.fill_diagonal(dist, 0.0)
     return dist
+
+
+def embedding_distance_matrix(vectors: list[torch.Tensor]) -> np.ndarray:
+    """``1 - cos(v_i, v_j)`` between the clients' representation vectors."""
+    vecs = torch.stack([v.reshape(-1).double() for v in vectors])
+    unit = vecs / vecs.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    dist = (1.0 - unit @ unit.T).numpy()
+    dist = np.clip((dist + dist.T) / 2, 0.0, 2.0)
+    np.fill_diagonal(dist, 0.0)
+    return dist
+
+
+def mean_offdiagonal(distance: np.ndarray) -> float:
+    """The mean distance between two different clients (1.0 for fewer than two clients or
+    all-zero distances, so dividing by it is always defined)."""
+    n = distance.shape[0]
+    mean = float(distance.sum() / (n * (n - 1))) if n > 1 else 0.0
+    return mean if mean > 0 else 1.0
+
+
+def hybrid_distance(b_distance: np.ndarray, embedding_distance: np.ndarray) -> np.ndarray:
+    """The average of the two distance matrices, each scaled to a mean off-diagonal of 1."""
+    return (b_distance / mean_offdiagonal(b_distance)
+            + embedding_distance / mean_offdiagonal(embedding_distance)) / 2
 
 
 def cluster_clients(distance: np.ndarray, max_clusters: int, tol: float = 1e-6) -> Clustering:

@@ -1,26 +1,46 @@
-"""FedLEASE: warm-up LoRAs, clients clustered by their B matrices, one expert per cluster, and an
-adaptive top-M router on every client (see ``../shared/FEDLEASE.md``).
+"""FedLEASE: warm-up LoRAs, clients clustered by similarity, one expert per cluster, and an
+adaptive top-M router on every client (docs/algorithms.md).
 
 Rounds ``1..W`` (warm-up): every client trains its own LoRA from a common seeded init; nothing is
-aggregated. After round ``W`` each client uploads its LoRA, the server clusters the B matrices and
+aggregated. After round ``W`` each client uploads its LoRA, the server clusters the clients and
 starts expert ``c`` as the sample-weighted mean of the LoRAs of cluster ``c``. Rounds ``W+1..R``:
 each client runs all K experts behind its router (2K-1 slots, top K), trains its own expert and
 router, and uploads both; expert ``c`` and the router of cluster ``c`` are the sample-weighted
 means of the uploads of cluster ``c`` (the reference code takes a plain mean; with equal client
 sizes the two agree).
 
-A client whose warm-up LoRA did not arrive for the allocation (it dropped out, or a runner that
-samples clients did not pick it) is clustered without it; it keeps training its warm-up LoRA
-and, the first time that LoRA arrives, joins the cluster whose expert's B matrices are nearest
-(the same B distance), then gets the experts like every other client.
+What the clients are clustered by is ``federation.allocation``: the warm-up B matrices
+(``lora-b``, the paper), or each client's mean frozen-model representation of its training
+examples, uploaded once before round 1 (``embedding``; with ``W = 0`` the experts start from the
+common initialisation at once), or both distances combined (``hybrid``); see ``clustering.py``.
+
+A client whose signal did not arrive for the allocation (it dropped out, or a runner that samples
+clients did not pick it) is clustered without it; it keeps training its warm-up LoRA and, the
+first time it uploads (its LoRA, and its embedding where the signal needs one), joins the nearest
+cluster by the same signal, then gets the experts like every other client.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from fedlease.algorithms.base import Algorithm, Instruction, Reply, weighted_mean
-from fedlease.algorithms.clustering import Clustering, b_distance_matrix, cluster_clients
+from fedlease.algorithms.base import (
+    EMBEDDING_KEY,
+    EMBEDDING_PART,
+    Algorithm,
+    Instruction,
+    Reply,
+    weighted_mean,
+)
+from fedlease.algorithms.clustering import (
+    Clustering,
+    b_distance_matrix,
+    cluster_clients,
+    embedding_distance_matrix,
+    hybrid_distance,
+    mean_offdiagonal,
+)
 from fedlease.model.lora import AdapterLayout, init_router
 from fedlease.model.model import ADAPTER_PREFIX
 
@@ -29,13 +49,18 @@ LORA_PARTS = ["lora_A", "lora_B"]
 
 class FedLEASE(Algorithm):
     name = "fedlease"
-    state_fields = ("clustering", "clustered", "cluster_of", "experts", "routers")
+    state_fields = ("clustering", "clustered", "cluster_of", "experts", "routers",
+                    "embeddings", "distance_scales")
     uses_warmup = True
 
-    def __init__(self, config, clients, adapter_shapes):
-        super().__init__(config, clients, adapter_shapes)
+    def __init__(self, config, clients, adapter_shapes, representation_dim: int = 0):
+        super().__init__(config, clients, adapter_shapes, representation_dim)
         self.warmup_rounds = config.federation.warmup_rounds
+        self.signal = config.federation.allocation
         self.initial_lora = self.init_lora_state()
+        self.embeddings: dict[str, torch.Tensor] = {}  # client -> its representation vector
+        # hybrid: the mean off-diagonal B and embedding distances the allocation divided by
+        self.distance_scales: list[float] = []
         self.clustering: Clustering | None = None
         self.clustered: list[str] = []  # the clients the clustering saw, in its order
         self.cluster_of: dict[str, int] = {}
@@ -48,6 +73,10 @@ class FedLEASE(Algorithm):
 
     def layout_for(self, client_id: str) -> AdapterLayout:
         return AdapterLayout.fedlease(self.num_experts, self.cluster_of[client_id])
+
+    def client_layout_bound(self) -> AdapterLayout:
+        """At most ``max_experts`` clusters: that many experts and their router slots."""
+        return AdapterLayout.fedlease(self.config.federation.max_experts, 0)
 
     def assign(self, clustering: Clustering) -> list[int]:
         """The expert of each client, in client order: its cluster."""
@@ -67,14 +96,45 @@ class FedLEASE(Algorithm):
             for c in self.clients
         }
 
+    @property
+    def uses_embedding(self) -> bool:
+        return self.signal in ("embedding", "hybrid")
+
+    def configure_profile(self) -> dict[str, Instruction]:
+        """With an embedding signal: every client's representation vector, before round 1."""
+        if not self.uses_embedding:
+            return {}
+        return {c.client_id: Instruction({}, {
+            "upload": {"experts": [], "parts": [EMBEDDING_PART]},
+            "seed": self.client_seed(0, c.client_id),
+            "embedding_noise": self.config.federation.embedding_noise,
+        }) for c in self.clients}
+
+    def aggregate_profile(self, replies: dict[str, Reply]) -> None:
+        self.embeddings.update({cid: r.arrays[EMBEDDING_KEY] for cid, r in replies.items()})
+        if self.warmup_rounds == 0:  # nothing to wait for: the experts start from the init
+            self.allocate_experts({})
+
     def upload_spec(self, rnd: int, client_id: str) -> dict | None:
         if rnd < self.warmup_rounds:
             return None
         if client_id not in self.cluster_of:  # the allocation round, or a late client
-            return {"experts": [0], "parts": LORA_PARTS}
+            missing_embedding = self.uses_embedding and client_id not in self.embeddings
+            return {"experts": [0],
+                    "parts": LORA_PARTS + ([EMBEDDING_PART] if missing_embedding else [])}
         return {"experts": [self.cluster_of[client_id]], "parts": LORA_PARTS + ["router"]}
 
+    def configure_fit(self, rnd, first_time=()):
+        instructions = super().configure_fit(rnd, first_time)
+        for ins in instructions.values():
+            if EMBEDDING_PART in (ins.config["upload"] or {}).get("parts", ()):
+                ins.config["embedding_noise"] = self.config.federation.embedding_noise
+        return instructions
+
     def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
+        for cid, reply in replies.items():  # late clients' embeddings
+            if EMBEDDING_KEY in reply.arrays:
+                self.embeddings[cid] = reply.arrays[EMBEDDING_KEY]
         if rnd == self.warmup_rounds:
             self.allocate_experts(replies)
         elif rnd > self.warmup_rounds:
@@ -82,27 +142,49 @@ class FedLEASE(Algorithm):
             self.aggregate_experts({cid: r for cid, r in replies.items() if cid not in late})
             self.assign_late(late)
 
+    def allocation_distance(self, ids: list[str], replies: dict[str, Reply]) -> np.ndarray:
+        """The distance between the clients ``ids`` by the configured signal."""
+        if self.signal == "embedding":
+            return embedding_distance_matrix([self.embeddings[cid] for cid in ids])
+        b_distance = b_distance_matrix([
+            {k: v for k, v in replies[cid].arrays.items() if k.endswith(".lora_B")}
+            for cid in ids])
+        if self.signal == "lora-b":
+            return b_distance
+        e_distance = embedding_distance_matrix([self.embeddings[cid] for cid in ids])
+        self.distance_scales = [mean_offdiagonal(b_distance), mean_offdiagonal(e_distance)]
+        return hybrid_distance(b_distance, e_distance)
+
     def allocate_experts(self, replies: dict[str, Reply]) -> None:
-        """Phase 2: cluster the warm-up B matrices, one expert per cluster, routers per cluster.
-        Clients without a reply are left out (see ``assign_late``)."""
-        ids = [c.client_id for c in self.clients if c.client_id in replies]
+        """Phase 2: cluster the clients by the signal, one expert per cluster (the weighted
+        mean of its members' warm-up LoRAs; the common init without any), routers per cluster.
+        Clients without the signal are left out (see ``assign_late``)."""
+        has_signal = {
+            "lora-b": lambda cid: cid in replies,
+            "embedding": lambda cid: cid in self.embeddings,
+            "hybrid": lambda cid: cid in replies and cid in self.embeddings,
+        }[self.signal]
+        ids = [c.client_id for c in self.clients if has_signal(c.client_id)]
         if not ids:
-            raise RuntimeError("expert allocation: no client uploaded its warm-up LoRA")
+            raise RuntimeError(f"expert allocation ({self.signal}): no client uploaded what it "
+                               "needs (warm-up LoRA or embedding); see the rejected uploads")
         self.clustered = ids
-        b_mats = [{k: v for k, v in replies[cid].arrays.items() if k.endswith(".lora_B")}
-                  for cid in ids]
-        self.clustering = cluster_clients(b_distance_matrix(b_mats),
+        self.clustering = cluster_clients(self.allocation_distance(ids, replies),
                                           self.config.federation.max_experts)
         self.cluster_of = dict(zip(ids, self.assign(self.clustering), strict=True))
         K = self.num_experts
-        members = [[cid for cid in ids if self.cluster_of[cid] == c] for c in range(K)]
+        members = [[cid for cid in ids if self.cluster_of[cid] == c and cid in replies]
+                   for c in range(K)]
+        keys = ([k for k in replies[ids[0]].arrays if k != EMBEDDING_KEY]
+                if ids[0] in replies else list(self.initial_lora))
         self.experts = {
             key: torch.cat([
                 weighted_mean([replies[cid].arrays[key] for cid in group],
                               [replies[cid].num_examples for cid in group])
+                if group else self.initial_lora[key]
                 for group in members
             ])
-            for key in replies[ids[0]].arrays
+            for key in keys
         }
         gen = torch.Generator().manual_seed(self.config.federation.seed + 1)
         num_slots = len(self.layout_for(ids[0]).router_slots)
@@ -128,18 +210,43 @@ class FedLEASE(Algorithm):
                     self.experts[key][c] = mean[0]
 
     def assign_late(self, replies: dict[str, Reply]) -> None:
-        """Clients that missed the allocation join the cluster whose expert's B is nearest."""
+        """Clients that missed the allocation join the nearest cluster by the same signal:
+        the expert's B matrices (``lora-b``), the mean embedding distance to the cluster's
+        members (``embedding``, as average linkage), both scaled as at allocation (hybrid)."""
+        for cid, reply in replies.items():
+            self.cluster_of[cid] = int(self.distance_to_clusters(cid, reply).argmin())
+
+    def distance_to_clusters(self, cid: str, reply: Reply) -> np.ndarray:
+        if self.signal == "lora-b":
+            return self._b_distance_to_experts(reply)
+        embedding = self._embedding_distance_to_clusters(cid)
+        if self.signal == "embedding":
+            return embedding
+        b_scale, embedding_scale = self.distance_scales
+        return (self._b_distance_to_experts(reply) / b_scale + embedding / embedding_scale) / 2
+
+    def _b_distance_to_experts(self, reply: Reply) -> np.ndarray:
         b_keys = sorted(k for k in self.experts if k.endswith(".lora_B"))
         expert_bs = [{k: self.experts[k][c : c + 1] for k in b_keys}
                      for c in range(self.num_experts)]
-        for cid, reply in replies.items():
-            distance = b_distance_matrix([{k: reply.arrays[k] for k in b_keys}, *expert_bs])
-            self.cluster_of[cid] = int(distance[0, 1:].argmin())
+        return b_distance_matrix([{k: reply.arrays[k] for k in b_keys}, *expert_bs])[0, 1:]
+
+    def _embedding_distance_to_clusters(self, cid: str) -> np.ndarray:
+        members = [[m for m in self.clustered if self.cluster_of[m] == c]
+                   for c in range(self.num_experts)]
+        row = embedding_distance_matrix(
+            [self.embeddings[cid], *(self.embeddings[m] for m in self.clustered)])[0, 1:]
+        index = {m: i for i, m in enumerate(self.clustered)}
+        return np.array([row[[index[m] for m in group]].mean() for group in members])
+
+    def server_experts(self) -> dict[str, torch.Tensor]:
+        return dict(self.experts)
 
     def report(self) -> dict:
         if self.clustering is None:
             return {}
         return {
+            "signal": self.signal,
             "clients": self.clustered,
             "assignment": self.cluster_of,
             "num_experts": self.num_experts,

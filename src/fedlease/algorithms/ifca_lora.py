@@ -25,8 +25,8 @@ class IFCALoRA(Algorithm):
     name = "ifca-lora"
     state_fields = ("clusters", "cluster_of")
 
-    def __init__(self, config, clients, adapter_shapes):
-        super().__init__(config, clients, adapter_shapes)
+    def __init__(self, config, clients, adapter_shapes, representation_dim: int = 0):
+        super().__init__(config, clients, adapter_shapes, representation_dim)
         self.num_clusters = config.federation.max_experts
         inits = [self.init_lora_state(seed_offset=c) for c in range(self.num_clusters)]
         # cluster LoRAs stacked on the expert axis: [K, r, d_in] and [K, d_out, r] per layer
@@ -55,6 +55,9 @@ class IFCALoRA(Algorithm):
             for key, mean in fedavg(group).items():
                 self.clusters[key] = self.clusters[key].clone()
                 self.clusters[key][c] = mean[0]
+
+    def server_experts(self) -> Tensors:
+        return dict(self.clusters)
 
     def report(self) -> dict:
         if not self.cluster_of:

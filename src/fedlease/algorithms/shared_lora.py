@@ -24,11 +24,14 @@ class SharedLoRA(Algorithm):
     train_A = True
     state_fields = ("shared",)
 
-    def __init__(self, config, clients, adapter_shapes):
-        super().__init__(config, clients, adapter_shapes)
+    def __init__(self, config, clients, adapter_shapes, representation_dim: int = 0):
+        super().__init__(config, clients, adapter_shapes, representation_dim)
         self.layout = AdapterLayout(self.num_experts, tuple(range(self.num_experts)),
                                     self.train_A)
         self.shared: Tensors = {}  # the latest averages, [len(shared_experts), ...] per key
+
+    def client_layout_bound(self) -> AdapterLayout:
+        return self.layout
 
     def initial_state(self) -> Tensors:
         """One seeded LoRA per expert, stacked: the same start for every client."""
@@ -48,6 +51,10 @@ class SharedLoRA(Algorithm):
     def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
         if self.shared_parts and replies:
             self.shared = fedavg(list(replies.values()))
+
+    def server_experts(self) -> Tensors:
+        """The global LoRA(s), when whole LoRAs are averaged (FedIT, FedDPA's global one)."""
+        return dict(self.shared) if set(self.shared_parts) == {"lora_A", "lora_B"} else {}
 
     @classmethod
     def install(cls, ins: Instruction, local_state: Tensors) -> Tensors:

@@ -6,7 +6,8 @@ the server knows. A reply that fails any check is left out of the round and logg
 client id and the reason; the other replies are aggregated as usual, so a bad upload never
 touches the server's state.
 
-Every runner calls ``accept_replies`` between collecting the replies and ``aggregate_fit``.
+Every runner calls ``accept_replies`` between collecting the replies and ``aggregate_fit`` (and
+``aggregate_profile``: a representation vector is checked like any tensor).
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ import numbers
 
 import torch
 
-from fedlease.algorithms.base import Algorithm, Instruction, Reply
+from fedlease.algorithms.base import (
+    EMBEDDING_KEY,
+    EMBEDDING_PART,
+    Algorithm,
+    Instruction,
+    Reply,
+)
+from fedlease.config import ConfigError
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import ADAPTER_PREFIX
 
@@ -31,15 +39,36 @@ class RejectedUpload(ValueError):
     """A client upload that the server does not aggregate; the message says why."""
 
 
+class UploadsRejected(ConfigError):
+    """Every upload of a round was rejected: nothing to aggregate, the run cannot go on (the
+    bound is too tight for this training, or the training diverged)."""
+
+    def __init__(self, rnd: int, rejected: dict[str, str], max_norm: float, kept_in=None):
+        first, reason = next(iter(rejected.items()))
+        more = f" (and {len(rejected) - 1} more client(s))" if len(rejected) > 1 else ""
+        finished = "round 1" if rnd == 2 else f"rounds 1-{rnd - 1}"
+        kept = (f"; the metrics and checkpoint of {finished} are kept in {kept_in}"
+                if kept_in is not None else "")
+        super().__init__(
+            f"round {rnd}: the server rejected every client upload, nothing to aggregate: "
+            f"client {first!r}: {reason}{more}. Raise federation.max_update_norm (now "
+            f"{max_norm:g}; inf: no bound), or lower train.lr if the uploads are not "
+            f"finite{kept}")
+
+
 def expected_upload_shapes(instruction: Instruction, adapter_shapes: dict[str, tuple[int, int]],
-                           rank: int) -> dict[str, tuple[int, ...]]:
+                           rank: int, representation_dim: int = 0) -> dict[str, tuple[int, ...]]:
     """Key -> shape of every tensor the client was asked to upload."""
     spec = instruction.config.get("upload")
     if not spec:
         return {}
+    shapes = {}
+    if EMBEDDING_PART in spec["parts"]:
+        shapes[EMBEDDING_KEY] = (representation_dim,)
+    if "layout" not in instruction.config:  # a profile request: the embedding alone
+        return shapes
     layout = AdapterLayout.from_config(instruction.config["layout"])
     num = len(spec["experts"])
-    shapes = {}
     for name, (d_in, d_out) in adapter_shapes.items():
         part_shapes = {"lora_A": (num, rank, d_in), "lora_B": (num, d_out, rank)}
         if layout.router_slots is not None:
@@ -109,7 +138,8 @@ def accept_replies(algorithm: Algorithm, rnd: int, instructions: dict[str, Instr
             if cid not in instructions:
                 raise RejectedUpload("this client was not asked to train in this round")
             expected = expected_upload_shapes(instructions[cid], algorithm.adapter_shapes,
-                                              algorithm.config.lora.rank)
+                                              algorithm.config.lora.rank,
+                                              algorithm.representation_dim)
             check_reply(reply, expected, max_norm, declared.get(cid, 0))
         except RejectedUpload as err:
             rejected[cid] = str(err)

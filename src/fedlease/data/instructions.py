@@ -1,12 +1,14 @@
 """Instruction data for generation: ``{"instruction", "input", "output"}`` examples per client.
 
-Two ways in:
+Three ways in:
 
 * a classification federation (the built-in tasks or GLUE) turned into instructions, one
   template per task, the label's word as the short answer; clients, balance and disjoint splits
   are those of the classification loaders (``split_task``);
 * a folder of per-client JSONL files the user brings (same layout as the classification JSONL
-  folder, see ``load_jsonl_folder``), lines ``{"instruction", "input", "output"}``.
+  folder, see ``load_jsonl_folder``), lines ``{"instruction", "input", "output"}``;
+* local tables (``data.source = "datasets"``), each partitioned into clients
+  (``partition_datasets``), with instruction / input / output columns.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedlease.config import DataConfig
+from fedlease.config import DataConfig, DatasetConfig
 from fedlease.data.federation import ClientData, DataError, Example
+from fedlease.data.partitioned import columns, partition_datasets, text_value
 from fedlease.data.sources import load_federation, read_jsonl_clients
 
 
@@ -84,15 +87,43 @@ def to_instructions(client: ClientData) -> InstructionClientData:
 
 
 def load_instruction_federation(data: DataConfig, seed: int) -> list[InstructionClientData]:
-    """The user's instruction JSONL as it is; the built-in and GLUE classification federations
-    turned into instructions."""
-    if data.source == "jsonl":
-        return load_instruction_jsonl(Path(data.path))
+    """The user's instruction data (JSONL folder, partitioned tables) as it is; the built-in and
+    GLUE classification federations turned into instructions."""
+    if data.source in INSTRUCTION_SOURCES:
+        return INSTRUCTION_SOURCES[data.source](data, seed)
     return [to_instructions(c) for c in load_federation(data, seed)]
 
 
-def check_instruction_row(where: str, row: dict) -> None:
+def read_instruction_table(dataset: DatasetConfig, table, where: str):
+    """A table's ``instruction``, ``input`` (unless ``input = ""``) and ``output`` columns as
+    examples (the ``read`` of ``partition_datasets``); there are no labels."""
+    if dataset.input and dataset.input not in table.column_names:
+        raise DataError(f"{where}: no column {dataset.input!r} (data.datasets.input); the "
+                        f"file's columns are {table.column_names}; set input = \"\" if the "
+                        "examples have no input")
+    fields = ("instruction", "output") + (("input",) if dataset.input else ())
+    instructions, outputs, *inputs = columns(table, dataset, fields, where)
+    examples = [InstructionExample(
+        text_value(instruction, dataset.instruction, row, where),
+        "" if not inputs or inputs[0][row] is None
+        else text_value(inputs[0][row], dataset.input, row, where, allow_empty=True),
+        text_value(output, dataset.output, row, where))
+        for row, (instruction, output) in enumerate(zip(instructions, outputs, strict=True))]
+    return examples, None, None
+
+
+def load_instruction_datasets(data: DataConfig, seed: int) -> list[InstructionClientData]:
+    """``data.source = "datasets"`` for generation: each table partitioned into clients."""
+    return partition_datasets(
+        data, seed, read_instruction_table,
+        lambda cid, task, _labels, train, test: InstructionClientData(cid, task, train, test))
+
+
+def check_instruction_row(where: str, row: dict, output_required: bool = True) -> None:
+    """``output_required = False``: prompts to answer, whose output may be missing."""
     for key in ("instruction", "output"):
+        if key == "output" and not output_required and key not in row:
+            continue
         if not isinstance(row.get(key), str) or not row[key].strip():
             raise DataError(f"{where}: \"{key}\" must be a non-empty string")
     if not isinstance(row.get("input", ""), str):
@@ -109,3 +140,11 @@ def load_instruction_jsonl(folder: Path) -> list[InstructionClientData]:
     clients, _labels = read_jsonl_clients(folder, check_instruction_row)
     return [InstructionClientData(name, task, examples(splits["train"]), examples(splits["test"]))
             for name, task, splits in clients]
+
+
+# data.source -> loader of instruction clients; other sources are classification federations
+# turned into instructions (``to_instructions``)
+INSTRUCTION_SOURCES = {
+    "jsonl": lambda data, seed: load_instruction_jsonl(Path(data.path)),
+    "datasets": load_instruction_datasets,
+}

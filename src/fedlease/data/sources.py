@@ -1,6 +1,8 @@
-"""Where a federation's examples come from: the built-in sample, a glue_data folder, or JSONL.
+"""Where a federation's examples come from: the built-in sample, a glue_data folder, JSONL, or
+local tables partitioned into clients (``partitioned.py``).
 
-Every loader returns a list of ``ClientData``; ``load_federation`` picks one by ``data.source``.
+Every loader returns a list of ``ClientData``; ``load_federation`` picks one by ``data.source``
+from ``SOURCES`` (defined at the end of this module).
 """
 
 from __future__ import annotations
@@ -13,18 +15,15 @@ from pathlib import Path
 
 from fedlease.config import DataConfig
 from fedlease.data.federation import ClientData, DataError, Example, split_task
+from fedlease.data.partitioned import load_partitioned
 
 BUILTIN_TASKS = ("sentiment", "news", "spam", "uncertainty")
 
 
 def load_federation(data: DataConfig, seed: int) -> list[ClientData]:
-    if data.source == "builtin":
-        return load_builtin(data, seed)
-    if data.source == "glue":
-        return load_glue(data, seed)
-    if data.source == "jsonl":
-        return load_jsonl_folder(Path(data.path))
-    raise DataError(f"data.source = {data.source!r}: expected builtin, glue or jsonl")
+    if data.source not in SOURCES:
+        raise DataError(f"data.source = {data.source!r}: expected one of {', '.join(SOURCES)}")
+    return SOURCES[data.source](data, seed)
 
 
 def _split_all(data: DataConfig, seed: int, pools: dict[str, tuple[list[str], list[Example]]]):
@@ -126,13 +125,20 @@ def load_jsonl_folder(folder: Path) -> list[ClientData]:
     """
     clients, declared_labels = read_jsonl_clients(folder, check_labelled_row)
     labels_by_task: dict[str, set] = {}
+    first_label: dict[str, tuple[str, str | int]] = {}  # task -> (file:line, label)
     for _name, task, splits in clients:
         for where, row in splits["train"] + splits["test"]:
-            if task in declared_labels and row["label"] not in declared_labels[task]:
-                raise DataError(f"{where}: label {row['label']!r} is not one of the labels "
+            label = row["label"]
+            if task in declared_labels and label not in declared_labels[task]:
+                raise DataError(f"{where}: label {label!r} is not one of the labels "
                                 f"manifest.json declares for task {task!r}: "
                                 f"{declared_labels[task]}")
-            labels_by_task.setdefault(task, set()).add(row["label"])
+            seen_at, seen = first_label.setdefault(task, (where, label))
+            if type(label) is not type(seen):  # 0 and "0" would become two classes
+                raise DataError(f"{where}: label {label!r} is {_kind(label)}, but {seen_at} "
+                                f"gives task {task!r} the label {seen!r} ({_kind(seen)}); use "
+                                "one type for the labels of a task")
+            labels_by_task.setdefault(task, set()).add(label)
     label_lists = {t: declared_labels.get(t) or sorted(ls, key=str)
                    for t, ls in labels_by_task.items()}
     for task, labels in label_lists.items():
@@ -150,12 +156,19 @@ def load_jsonl_folder(folder: Path) -> list[ClientData]:
     return out
 
 
-def check_labelled_row(where: str, row: dict) -> None:
+def _kind(label) -> str:
+    return "a string" if isinstance(label, str) else "an integer"
+
+
+def check_labelled_row(where: str, row: dict, label_required: bool = True) -> None:
+    """``label_required = False``: rows to predict, whose label may be missing."""
     if not isinstance(row.get("text"), str) or not row["text"].strip():
         raise DataError(f"{where}: \"text\" must be a non-empty string")
     if "text_pair" in row and (not isinstance(row["text_pair"], str)
                                or not row["text_pair"].strip()):
         raise DataError(f"{where}: \"text_pair\" must be a non-empty string")
+    if not label_required and "label" not in row:
+        return
     if not isinstance(row.get("label"), (str, int)) or isinstance(row["label"], bool):
         raise DataError(f"{where}: \"label\" must be a string or an integer")
 
@@ -170,6 +183,10 @@ def read_jsonl_clients(folder: Path, check_row):
     tasks_by_client, declared_labels = _read_manifest(folder / "manifest.json")
     sources = {p.stem: [p] for p in sorted(folder.glob("*.jsonl"))}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if sub.name in sources:
+            raise DataError(f"{folder}: client {sub.name!r} is both {sub.name}.jsonl and "
+                            f"{sub.name}/; keep one of them (or rename one: they would be "
+                            "two clients)")
         sources[sub.name] = [sub / "train.jsonl", sub / "test.jsonl"]
     if not sources:
         raise DataError(f"{folder}: no *.jsonl files or client folders found")
@@ -181,6 +198,12 @@ def read_jsonl_clients(folder: Path, check_row):
     for name, paths in sources.items():
         rows = _read_client_rows(name, paths, check_row)
         task = tasks_by_client.get(name) or rows[0][1].get("task") or name
+        for where, row, _ in rows:
+            if "task" in row and row["task"] != task:
+                source = ("manifest.json" if name in tasks_by_client
+                          else f"the first line ({rows[0][0]})")
+                raise DataError(f"{where}: \"task\" = {row['task']!r}, but {source} gives "
+                                f"client {name!r} the task {task!r}; a client has one task")
         splits = {"train": [], "test": []}
         for where, row, default_split in rows:
             splits[row.get("split", default_split)].append((where, row))
@@ -198,9 +221,11 @@ def _read_manifest(path: Path) -> tuple[dict[str, str], dict[str, list]]:
     expected = ('expected {"clients": {"<client>": "<task>"}, '
                 '"labels": {"<task>": [<label>, <label>, ...]}} ("labels" optional)')
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: not readable JSON ({err}); {expected}") from None
+    except _DuplicateKey as err:
+        raise DataError(f"{path}: the key {err.args[0]!r} appears twice; {expected}") from None
     if not isinstance(manifest, dict) or set(manifest) - {"clients", "labels"}:
         raise DataError(f"{path}: {expected}")
     clients, labels = manifest.get("clients", {}), manifest.get("labels", {})
@@ -210,40 +235,69 @@ def _read_manifest(path: Path) -> tuple[dict[str, str], dict[str, list]]:
         raise DataError(f"{path}: \"labels\" must map task names to label lists; {expected}")
     for task, names in labels.items():
         if (not isinstance(names, list) or len(names) < 2 or len(set(names)) != len(names)
-                or not all(isinstance(x, (str, int)) and not isinstance(x, bool)
-                           for x in names)):
+                or not (all(isinstance(x, str) for x in names)
+                        or all(type(x) is int for x in names))):
             raise DataError(f"{path}: labels of task {task!r} = {names!r}: expected a list of "
-                            "at least 2 distinct strings or integers")
+                            "at least 2 distinct strings, or of at least 2 distinct integers")
     return dict(clients), labels
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object as a dict; a key given twice (which ``json`` would silently resolve to
+    the last value) raises ``_DuplicateKey``."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _DuplicateKey(next(k for i, (k, _) in enumerate(pairs)
+                                 if k in dict(pairs[:i])))
+    return out
+
+
+def read_jsonl_rows(path: Path, check_row, owner: str = "") -> list[tuple[str, dict]]:
+    """(``file:line``, row) for every non-empty line of one JSONL file; a missing file or a
+    malformed line raises DataError (``owner``, e.g. ``client 'x': ``, leads file errors)."""
+    if not path.exists():
+        raise DataError(f"{owner}{path} does not exist")
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as err:
+        raise DataError(f"{owner}cannot read {path} ({err.strerror})") from None
+    rows = []
+    for lineno, raw in enumerate(lines, 1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") \
+                from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line, object_pairs_hook=_unique_keys)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err.msg})") from None
+        except _DuplicateKey as err:
+            raise DataError(f"{where}: the key {err.args[0]!r} appears twice; expected it "
+                            "once") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        if "task" in row and (not isinstance(row["task"], str) or not row["task"].strip()):
+            raise DataError(f"{where}: \"task\" must be a non-empty string (the task's "
+                            "name)")
+        check_row(where, row)
+        rows.append((where, row))
+    return rows
 
 
 def _read_client_rows(name: str, paths: list[Path], check_row):
     """(``file:line``, row, default split) for every line; malformed lines raise DataError."""
     rows = []
     for path in paths:
-        if not path.exists():
-            raise DataError(f"client {name!r}: {path} does not exist")
         default_split = path.stem if path.stem in ("train", "test") else None
-        try:
-            lines = path.read_bytes().splitlines()
-        except OSError as err:
-            raise DataError(f"client {name!r}: cannot read {path} ({err.strerror})") from None
-        for lineno, raw in enumerate(lines, 1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{where}: not UTF-8 text ({err.reason} at byte {err.start})") \
-                    from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            check_row(where, row)
+        for where, row in read_jsonl_rows(path, check_row, f"client {name!r}: "):
             split = row.get("split", default_split)
             if split not in ("train", "test"):
                 raise DataError(f"{where}: \"split\" must be \"train\" or \"test\" "
@@ -252,3 +306,12 @@ def _read_client_rows(name: str, paths: list[Path], check_row):
     if not rows:
         raise DataError(f"client {name!r}: {', '.join(map(str, paths))} hold no examples")
     return rows
+
+
+# data.source -> function(DataConfig, seed) -> the federation's clients
+SOURCES = {
+    "builtin": load_builtin,
+    "glue": load_glue,
+    "jsonl": lambda data, seed: load_jsonl_folder(Path(data.path)),
+    "datasets": load_partitioned,
+}

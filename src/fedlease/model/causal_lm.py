@@ -119,6 +119,19 @@ class FederatedCausalLM(AdaptedModel):
         logits = self.backbone(**kwargs).logits
         return logits[:, -(answer_len + 1) : -1]
 
+    def prompt_representation(self, input_ids: torch.Tensor,
+                              attention_mask: torch.Tensor) -> torch.Tensor:
+        """``[batch, hidden]``: the last hidden states averaged over each (left-padded) prompt's
+        real tokens."""
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "position_ids": left_padded_positions(attention_mask), "use_cache": False,
+                  "output_hidden_states": True}
+        if self.keeps_logits:
+            kwargs["logits_to_keep"] = 1
+        hidden = self.backbone(**kwargs).hidden_states[-1]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                  max_new_tokens: int, eos_id: int, pad_id: int) -> torch.Tensor:
         """Greedy continuations of left-padded prompts, ``[batch, <= max_new_tokens]``

@@ -12,6 +12,7 @@ model is loaded once and never reloaded.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -84,6 +85,24 @@ class AdaptedModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
+    @property
+    def representation_dim(self) -> int:
+        """Size of the hidden states a client's representation vector is made of."""
+        return self.backbone.config.hidden_size
+
+    @contextlib.contextmanager
+    def base_only(self):
+        """The frozen pretrained model alone: every adapter switched off inside the block, the
+        loaded adapters back afterwards."""
+        layouts = {name: layer.layout for name, layer in self.adapters.items()}
+        for layer in self.adapters.values():
+            layer.layout = None
+        try:
+            yield self
+        finally:
+            for name, layer in self.adapters.items():
+                layer.layout = layouts[name]
+
     def adapter_shapes(self) -> dict[str, tuple[int, int]]:
         """``(d_in, d_out)`` of each adapted layer, by module name."""
         return {n: (m.in_features, m.out_features) for n, m in self.adapters.items()}
@@ -139,14 +158,27 @@ class FederatedClassifier(AdaptedModel):
         out[HEAD_PREFIX + "bias"] = self.head.bias.detach().cpu().clone()
         return out
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+    def pooled(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        """``[batch, hidden]``: the last hidden states averaged over each row's real tokens."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         hidden = self.backbone(**kwargs).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        pooled = self.pooled(input_ids, attention_mask, token_type_ids)
         return self.head(pooled.to(self.head.weight.dtype))
+
+
+def position_limit(backbone: nn.Module, tokenizer) -> int | None:
+    """The longest sequence the model reads (its position table, or the tokenizer's limit
+    when smaller, e.g. RoBERTa's 512 of 514 positions); None when neither says."""
+    limits = [getattr(backbone.config, "max_position_embeddings", None),
+              getattr(tokenizer, "model_max_length", None)]
+    limits = [n for n in limits if isinstance(n, int) and 0 < n < 10**8]  # 1e30: "no limit"
+    return min(limits, default=None)
 
 
 def load_pretrained(path: str, auto_class_name: str = "AutoModel"):

@@ -5,13 +5,23 @@
     OUT/config.toml        the configuration used
     OUT/metrics.json       per round, per client: accuracy (or ROUGE-L, exact match), loss, train
                            metrics, upload bytes; "metric": the primary one
+    OUT/metrics.csv        the same per-round client metrics as a table (reporting/tracking.py)
+    OUT/tensorboard/       the same as TensorBoard events, with output.tensorboard = true
     OUT/clustering.json    distance matrix, silhouette per k, assignment (FedLEASE)
+    OUT/data.json          per client: task, train / test sizes, label counts (before training)
     OUT/summary.txt        the table printed at the end
-    OUT/plots/*.png        dendrogram, distance heat map, silhouette curve, metric per round
+    OUT/plots/*.png        dendrogram, distance heat map, silhouette curve, metric per round,
+                           examples per client by label
     OUT/adapters/<client>.safetensors   each client's final adapters, router and head
+    OUT/adapters/server.safetensors     the server's experts after the last round (if it has any)
+    OUT/adapters/warmup/<client>.safetensors  each client's warm-up LoRA and head (FedLEASE)
+    OUT/run.json           what the run's models are: base model, layouts, labels (saved_models.py)
     OUT/checkpoint/        the state after the last finished round (see runners/checkpoint.py)
 
-Files are written atomically (temp file, fsync, rename) so a killed run never leaves half a file.
+Files are written atomically (temp file, fsync, rename) so a killed run never leaves half a file,
+with the permissions the user's umask gives any new file. Nothing is written before the
+configuration, the data and the model have been checked (``RunWriter.check`` only reads), and a
+folder that holds another run is refused unless the run resumes it or overwrites it.
 """
 
 from __future__ import annotations
@@ -19,15 +29,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import save as save_tensors
 
-from fedlease.config import dump_toml
+from fedlease.config import ConfigError, dump_toml
+from fedlease.reporting.tracking import CSV_FILE, TB_DIR, TensorBoardLog, metrics_csv
 
-# metrics.json, clustering.json, summary and plots stay well below this
-REPORT_BYTES = 20 * 2**20
+# clustering.json, summary and plots: a fixed part and one that grows with the clients (the
+# default run's 16 clients: 0.2 MiB measured); per client and round of history in metrics.json
+# and in the checkpoint.json being replaced and replacing it (about 330 + 2 x 550 bytes measured)
+REPORT_BYTES = 2**17
+CLIENT_REPORT_BYTES = 2**14
+HISTORY_BYTES = 1536
+# margin over the files a run is known to write (file system blocks, safetensors headers)
+SPACE_SAFETY_FACTOR = 1.5
+# what a run writes into its folder (``--overwrite`` removes exactly these); any one of
+# RUN_MARKERS means the folder holds a run, finished or interrupted
+RUN_OUTPUTS = ("config.toml", "metrics.json", "clustering.json", "data.json", "summary.txt",
+               "result.json", "plots", "adapters", "checkpoint", "metrics.csv", "run.json",
+               "tensorboard")
+RUN_MARKERS = ("config.toml", "metrics.json", "checkpoint")
 
 
 class OutputError(OSError):
@@ -35,18 +57,22 @@ class OutputError(OSError):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` as a whole or not at all: temp file in the same folder, fsync, rename."""
-    tmp = None
+    """Write ``path`` as a whole or not at all: temp file in the same folder, fsync, rename.
+    The temp file is created like any new file (mode 0666 less the umask; ``tempfile`` would
+    make it 0600 and the results unreadable to the user's colleagues)."""
+    tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
 
 
@@ -54,58 +80,133 @@ def atomic_write(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def estimate_run_bytes(per_client_bytes: int, num_clients: int, max_experts: int) -> int:
-    """Disk a run needs at its peak: two checkpoints of every client state while one replaces
-    the other, the server's experts (at most ``max_experts`` client-sized states, also twice),
-    the final adapters, and the reports."""
-    return per_client_bytes * (3 * num_clients + 2 * max_experts) + REPORT_BYTES
+def estimate_run_bytes(client_bytes: int, server_bytes: int, num_clients: int,
+                       rounds: int) -> int:
+    """Disk a run needs at its peak, times ``SPACE_SAFETY_FACTOR``: while a round's checkpoint
+    replaces the previous one, both are on disk (every client's state and the server's,
+    twice). The final adapters (one client state each) are written after the last old
+    checkpoint is gone, so they do not add to that peak. The reports grow with clients x rounds
+    (metrics.json and the checkpoint's copy of the history)."""
+    checkpoints = 2 * (num_clients * client_bytes + server_bytes)
+    reports = REPORT_BYTES + num_clients * (CLIENT_REPORT_BYTES + HISTORY_BYTES * rounds)
+    return int(SPACE_SAFETY_FACTOR * (checkpoints + reports))
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists: where a new folder would be made."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 class RunWriter:
-    def __init__(self, out_dir: str | Path):
+    """The run's output folder. ``resume``: the run continues the one in the folder;
+    ``overwrite``: the run replaces it (its outputs are removed when the new run starts)."""
+
+    def __init__(self, out_dir: str | Path, resume: bool = False, overwrite: bool = False):
         self.dir = Path(out_dir)
+        self.tensorboard: TensorBoardLog | None = None
+        self.resume = resume
+        self.overwrite = overwrite
+
+    def existing_run(self) -> list[str]:
+        """The files that show the folder holds a run (empty: it does not)."""
+        return [name for name in RUN_MARKERS if (self.dir / name).exists()]
+
+    def check(self) -> None:
+        """Everything about the folder that can fail, without writing anything: it must be (or
+        become) a writable folder (else ``OutputError``), and must not hold another run unless
+        resuming or overwriting it (else ``ConfigError``)."""
+        existing = nearest_existing(self.dir)
+        if not existing.is_dir():
+            raise OutputError(f"cannot write to the output folder {self.dir}: {existing} is a "
+                              "file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to the output folder {self.dir}: {existing} is not "
+                              "writable")
+        found = self.existing_run()
+        if found and not (self.resume or self.overwrite):  # a user's choice: exit code 2
+            raise ConfigError(
+                f"the output folder {self.dir} holds another run ({', '.join(found)}); resume "
+                f"it with `fedlease run --resume {self.dir}`, choose another output folder "
+                "(--out / output.dir), or pass --overwrite to replace its results")
 
     def start(self, config) -> None:
-        """Create the folder and write the config; fails early if the folder is unwritable."""
+        """Create the folder (clearing the old run's outputs when overwriting) and write the
+        config; the first write of the run, after everything else was checked."""
+        self.check()
         try:
+            if self.overwrite and not self.resume:
+                self.clear()
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise OutputError(f"cannot write to the output folder {self.dir}: {err.strerror}") \
-                from None
+            raise OutputError(f"cannot write to the output folder {self.dir}: "
+                              f"{err.strerror or err}") from None
         try:
             atomic_write(self.dir / "config.toml", dump_toml(config))
         except OutputError as err:
             raise OutputError(f"cannot write to the output folder {self.dir}: {err}") from None
+        if config.output.tensorboard:
+            self.tensorboard = TensorBoardLog(self.dir / TB_DIR)
+
+    def clear(self) -> None:
+        """Remove what an earlier run wrote (``RUN_OUTPUTS`` and their temp files), nothing
+        else: no stale plot, adapter or clustering stays beside the new run's."""
+        for name in RUN_OUTPUTS:
+            for path in [self.dir / name, *self.dir.glob(f".{name}.*")]:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
 
     def check_free_space(self, needed_bytes: int) -> None:
         """Fail before training when the folder's file system cannot hold the run's files."""
-        free = shutil.disk_usage(self.dir).free
+        existing = nearest_existing(self.dir)
+        free = shutil.disk_usage(existing).free
         if free < needed_bytes:
             raise OutputError(f"the output folder {self.dir} has {free / 2**20:.1f} MiB free; "
                               f"this run writes about {needed_bytes / 2**20:.1f} MiB "
                               "(checkpoints, adapters, reports): free some space or choose "
                               "another output.dir")
 
+    def write_data(self, data: dict) -> None:
+        """``data.json``: what each client holds (``reporting.data_report``)."""
+        atomic_write(self.dir / "data.json", json.dumps(data, indent=1))
+
     def write_round(self, result) -> None:
         payload = {"algorithm": result.config.federation.algorithm, "metric": result.metric,
                    "tasks": result.tasks, "rounds": result.history}
         atomic_write(self.dir / "metrics.json", json.dumps(payload, indent=1))
+        atomic_write(self.dir / CSV_FILE, metrics_csv(result.history, result.tasks))
+        if self.tensorboard and result.history:
+            self.tensorboard.log_round(result.history[-1])
         if result.report:
             atomic_write(self.dir / "clustering.json", json.dumps(result.report, indent=1))
 
-    def finish(self, result, client_models: dict[str, tuple[dict, dict]]) -> None:
+    def write_tensors(self, name: str, tensors: dict, layout: dict | None = None) -> None:
+        """``OUT/<name>`` (e.g. ``adapters/<client>.safetensors``), the layout in its metadata."""
+        path = self.dir / name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot create {path.parent}: {err.strerror or err}") from None
+        metadata = None if layout is None else {"layout": json.dumps(layout)}
+        atomic_write_bytes(path, save_tensors({k: v.contiguous() for k, v in tensors.items()},
+                                              metadata=metadata))
+
+    def finish(self, result, client_models: dict[str, tuple[dict, dict]],
+               description: dict | None = None) -> None:
+        """The final reports and each client's model; ``description`` (``run.json``, see
+        ``fedlease.saved_models``) is written last, once the files it names exist."""
         from fedlease.reporting.plots import plot_run
         from fedlease.reporting.summary import summary_table
 
         self.write_round(result)
         atomic_write(self.dir / "summary.txt", summary_table(result) + "\n")
-        adapters = self.dir / "adapters"
-        try:
-            adapters.mkdir(exist_ok=True)
-        except OSError as err:
-            raise OutputError(f"cannot create {adapters}: {err.strerror or err}") from None
         for cid, (tensors, layout) in client_models.items():
-            tensors = {k: v.contiguous() for k, v in tensors.items()}
-            atomic_write_bytes(adapters / f"{cid}.safetensors",
-                               save_tensors(tensors, metadata={"layout": json.dumps(layout)}))
+            self.write_tensors(f"adapters/{cid}.safetensors", tensors, layout)
         plot_run(result, self.dir / "plots")
+        if description is not None:
+            atomic_write(self.dir / "run.json", json.dumps(description, indent=1))
+        if self.tensorboard:
+            self.tensorboard.close()

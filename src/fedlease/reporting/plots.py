@@ -27,23 +27,34 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, png.getvalue())
 
 
-def plot_dendrogram(distance: np.ndarray, names: list[str], path: Path) -> None:
+# federation.allocation -> (what the clients are clustered by, the distance's name)
+SIGNAL_LABELS = {
+    "lora-b": ("their warm-up LoRA B matrices", "1 - cos(B_i, B_j)"),
+    "embedding": ("their mean frozen-model representations", "1 - cos(e_i, e_j)"),
+    "hybrid": ("B matrices and representations (hybrid)", "B and embedding distance, scaled"),
+}
+
+
+def plot_dendrogram(distance: np.ndarray, names: list[str], path: Path,
+                    signal: str = "lora-b") -> None:
+    what, distance_name = SIGNAL_LABELS[signal]
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 4))
     condensed = squareform(np.asarray(distance), checks=False)
     dendrogram(linkage(condensed, method="average"), labels=names, ax=ax, leaf_rotation=90)
-    ax.set_ylabel("1 - cos(B_i, B_j)  (average linkage)")
-    ax.set_title("Clients clustered by their warm-up LoRA B matrices")
+    ax.set_ylabel(f"{distance_name}  (average linkage)")
+    ax.set_title(f"Clients clustered by {what}")
     _save(fig, path)
 
 
-def plot_distance_heatmap(distance: np.ndarray, names: list[str], path: Path) -> None:
+def plot_distance_heatmap(distance: np.ndarray, names: list[str], path: Path,
+                          signal: str = "lora-b") -> None:
     size = max(5, 0.4 * len(names))
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(distance, cmap="viridis")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
-    fig.colorbar(im, ax=ax, label="B-matrix cosine distance")
-    ax.set_title("Distance between clients")
+    fig.colorbar(im, ax=ax, label=SIGNAL_LABELS[signal][1])
+    ax.set_title(f"Distance between clients by {SIGNAL_LABELS[signal][0]}")
     _save(fig, path)
 
 
@@ -80,6 +91,34 @@ def plot_accuracy(curves: dict[str, list[float]], path: Path, title: str,
     _save(fig, path)
 
 
+def plot_label_histogram(data: dict, path: Path) -> None:
+    """One bar per client: its training examples, stacked by label (``task: label`` when the
+    federation has several tasks); clients without labels (generation) show train and test."""
+    clients = data["clients"]
+    names = list(clients)
+    several_tasks = len({c["task"] for c in clients.values()}) > 1
+    stacks: dict[str, list[int]] = {}  # stack name -> count per client
+    for i, summary in enumerate(clients.values()):
+        parts = summary.get("train_labels") or {"train": summary["train"],
+                                                "test": summary["test"]}
+        for label, count in parts.items():
+            key = f"{summary['task']}: {label}" if several_tasks and "train_labels" in summary \
+                else label
+            stacks.setdefault(key, [0] * len(names))[i] = count
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names) + 2), 4))
+    colors = plt.get_cmap("tab20" if len(stacks) > 10 else "tab10")
+    bottom = np.zeros(len(names))
+    for k, (label, counts) in enumerate(stacks.items()):
+        ax.bar(range(len(names)), counts, bottom=bottom, label=label, color=colors(k % 20))
+        bottom += counts
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_ylabel("training examples" if any("train_labels" in c for c in clients.values())
+                  else "examples")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title("Examples per client, by label")
+    _save(fig, path)
+
+
 def accuracy_curves(result) -> dict[str, list[float]]:
     """Mean primary metric (accuracy, ROUGE-L) per task per round, and the mean over tasks as
     ``overall``."""
@@ -104,12 +143,15 @@ def plot_run(result, folder: Path) -> None:
     metric = result.metric
     plot_accuracy(accuracy_curves(result), folder / f"{metric}_per_round.png",
                   f"{result.config.federation.algorithm}: {metric} per round", metric)
+    if result.data:
+        plot_label_histogram(result.data, folder / "label_histogram.png")
     report = result.report
     if "distance" in report:
         names = [f"{c} ({report['assignment'][c]})" for c in report["clients"]]
         distance = np.array(report["distance"])
-        plot_dendrogram(distance, names, folder / "dendrogram.png")
-        plot_distance_heatmap(distance, names, folder / "distance_heatmap.png")
+        signal = report.get("signal", "lora-b")
+        plot_dendrogram(distance, names, folder / "dendrogram.png", signal)
+        plot_distance_heatmap(distance, names, folder / "distance_heatmap.png", signal)
         if report["silhouette"]:
             scores = {int(k): v for k, v in report["silhouette"].items()}
             plot_silhouette(scores, report["num_experts"], folder / "silhouette.png")

@@ -12,11 +12,16 @@ safetensors file, the rest to JSON; nothing is pickled. The tensor files of a ro
 first, ``checkpoint.json`` naming them is swapped in last (temp file, fsync, rename), and only
 then are the previous round's files removed: a run killed at any moment leaves one complete
 checkpoint.
+
+``checkpoint.json`` records the SHA-256 of each tensor file and of its own content; a resume
+verifies them, refuses NaN or infinite tensor values, and checks the structure, so a damaged
+checkpoint is a ``CheckpointError`` naming the file, never a run that trains on garbage.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import random
@@ -30,11 +35,13 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from fedlease.algorithms.base import Algorithm, Tensors
-from fedlease.config import RunConfig, config_to_dict
+from fedlease.config import RunConfig, changed_fields, config_to_dict
+from fedlease.model.model import ADAPTER_PREFIX, HEAD_PREFIX
 from fedlease.reporting.outputs import atomic_write, atomic_write_bytes
 
 CHECKPOINT_DIR = "checkpoint"
 MANIFEST = "checkpoint.json"
+FORMAT = 2  # 2: content hashes recorded
 # fields that may differ between the interrupted run and its resumption
 RESUMABLE_CHANGES = {("output", "dir"), ("train", "device")}
 
@@ -50,6 +57,7 @@ class Checkpoint:
     local_states: dict[str, Tensors]  # client id -> local state
     history: list[dict]  # the run's per-round records so far
     rng: dict
+    data_sha256: str = ""  # of the clients' examples (``data_fingerprint``): same data on resume
 
 
 # -- plain encoding of the server state ---------------------------------------------------
@@ -144,6 +152,15 @@ def checkpoint_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR
 
 
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest_digest(body: dict) -> str:
+    """The hash of the manifest's content, independent of how the JSON is spaced."""
+    return sha256(json.dumps(body, sort_keys=True).encode("utf-8"))
+
+
 def save_checkpoint(out_dir: str | Path, checkpoint: Checkpoint, config: RunConfig) -> None:
     folder = checkpoint_dir(out_dir)
     folder.mkdir(exist_ok=True)
@@ -157,11 +174,16 @@ def save_checkpoint(out_dir: str | Path, checkpoint: Checkpoint, config: RunConf
                       for key, value in checkpoint.local_states[cid].items()}
     files = {"server": f"server-{checkpoint.round:05d}.safetensors",
              "clients": f"clients-{checkpoint.round:05d}.safetensors"}
-    atomic_write_bytes(folder / files["server"], save_tensors(server_tensors))
-    atomic_write_bytes(folder / files["clients"], save_tensors(client_tensors))
-    manifest = {"round": checkpoint.round, "files": files, "clients": client_ids,
-                "state": plain, "history": checkpoint.history, "config": config_to_dict(config)}
-    atomic_write(folder / MANIFEST, json.dumps(manifest))
+    hashes = {}
+    for part, tensors in (("server", server_tensors), ("clients", client_tensors)):
+        data = save_tensors(tensors)
+        hashes[part] = sha256(data)
+        atomic_write_bytes(folder / files[part], data)
+    body = {"format": FORMAT, "round": checkpoint.round, "files": files, "sha256": hashes,
+            "clients": client_ids, "state": plain, "history": checkpoint.history,
+            "config": config_to_dict(config), "data_sha256": checkpoint.data_sha256}
+    body = json.loads(json.dumps(body))  # the digest is of what a load reads back
+    atomic_write(folder / MANIFEST, json.dumps({**body, "manifest_sha256": _manifest_digest(body)}))
     for old in folder.glob("*.safetensors"):
         if old.name not in files.values():
             old.unlink()
@@ -169,31 +191,173 @@ def save_checkpoint(out_dir: str | Path, checkpoint: Checkpoint, config: RunConf
 
 def load_checkpoint(out_dir: str | Path, config: RunConfig) -> Checkpoint:
     """The last complete checkpoint in ``out_dir``; it must come from the same configuration
-    (up to ``RESUMABLE_CHANGES``)."""
+    (up to ``RESUMABLE_CHANGES``), be intact (hashes) and hold finite values only."""
     folder = checkpoint_dir(out_dir)
     path = folder / MANIFEST
     if not path.exists():
         raise CheckpointError(f"{out_dir}: no checkpoint ({path} is missing); the run was "
                               "killed before its first round ended, or never started: run it "
                               "again without --resume")
-    try:
-        manifest = json.loads(path.read_text())
-        server_tensors = load_tensors((folder / manifest["files"]["server"]).read_bytes())
-        client_tensors = load_tensors((folder / manifest["files"]["clients"]).read_bytes())
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
-        raise CheckpointError(f"{folder}: damaged checkpoint ({err})") from None
-    saved, current = manifest["config"], config_to_dict(config)
-    changed = [f"{section}.{key}" for section, values in current.items()
-               for key, value in values.items()
-               if (section, key) not in RESUMABLE_CHANGES
-               and saved.get(section, {}).get(key) != value]
+    manifest = _read_manifest(path)
+    changed = changed_fields(manifest["config"], config_to_dict(config), RESUMABLE_CHANGES)
     if changed:
         raise CheckpointError(f"{out_dir}: the configuration differs from the checkpoint's in "
                               f"{changed}; a run resumes only with the configuration it began with")
-    plain = _decode(manifest["state"], server_tensors)
-    local_states: dict[str, Tensors] = {cid: {} for cid in manifest["clients"]}
-    for name, value in client_tensors.items():
-        index, _, key = name.partition("/")
-        local_states[manifest["clients"][int(index)]][key] = value
-    return Checkpoint(manifest["round"], plain["server"], local_states, manifest["history"],
-                      plain["rng"])
+    server_tensors, client_tensors = (
+        _read_tensors(folder / manifest["files"][part], manifest["sha256"][part])
+        for part in ("server", "clients"))
+    try:
+        plain = _decode(manifest["state"], server_tensors)
+        server_state, rng = plain["server"], plain["rng"]
+        if not isinstance(server_state, dict) or not isinstance(rng, dict):
+            raise TypeError("the server and RNG states must be dicts")
+        for key in ("python", "numpy", "torch"):
+            rng[key]  # noqa: B018 (a KeyError here names the missing RNG state)
+        local_states: dict[str, Tensors] = {cid: {} for cid in manifest["clients"]}
+        for name, value in client_tensors.items():
+            index, _, key = name.partition("/")
+            local_states[manifest["clients"][int(index)]][key] = value
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: damaged checkpoint: its state does not match "
+                              f"{manifest['files']['server']} / {manifest['files']['clients']} "
+                              f"({type(err).__name__}: {err})") from None
+    _check_finite(folder / manifest["files"]["server"], server_tensors)
+    for cid, state in local_states.items():
+        _check_finite(folder / manifest["files"]["clients"], state, f"client {cid!r}: ")
+    return Checkpoint(manifest["round"], server_state, local_states, manifest["history"], rng,
+                      manifest["data_sha256"])
+
+
+def data_fingerprint(clients) -> str:
+    """SHA-256 of every client's id, task and examples (dataclasses), in order."""
+    digest = hashlib.sha256()
+    for client in clients:
+        for part in (client.client_id, client.task, client.train, client.test):
+            value = [dataclasses.astuple(ex) for ex in part] if isinstance(part, list) else part
+            digest.update(json.dumps(value).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def check_fits_model(checkpoint: Checkpoint, model, rank: int, where: Path) -> None:
+    """Every adapter tensor of the checkpoint (server state and client states) has the shape
+    the model's adapted layers need (``lora_A [E, rank, d_in]``, ``lora_B [E, d_out, rank]``,
+    ``router [slots, d_in]``), every client state that holds adapters holds both LoRA parts of
+    every layer, and heads read the model's hidden size: a checkpoint of another model or
+    rank is refused here, not with a shape error in the middle of a round."""
+    shapes = model.adapter_shapes()
+    hidden = getattr(model, "hidden_size", None)
+
+    def fail(label: str, problem: str):
+        raise CheckpointError(f"{where}: {label}: {problem}; the checkpoint does not fit the "
+                              "model (model.path changed since it was saved?)")
+
+    def check(label: str, key: str, value: torch.Tensor) -> None:
+        layer, _, part = key[len(ADAPTER_PREFIX):].rpartition(".")
+        if layer not in shapes:
+            fail(label, f"{key} names a layer the model does not adapt")
+        d_in, d_out = shapes[layer]
+        expected = {"lora_A": (3, {1: rank, 2: d_in}), "lora_B": (3, {1: d_out, 2: rank}),
+                    "router": (2, {1: d_in})}.get(part)
+        if expected is None or value.dim() != expected[0] or any(
+                value.shape[axis] != size for axis, size in expected[1].items()):
+            fail(label, f"{key} has shape {tuple(value.shape)}")
+
+    def visit(value, label: str) -> None:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and key.startswith(ADAPTER_PREFIX):
+                    if not isinstance(item, torch.Tensor):
+                        fail(label, f"{key} is a {type(item).__name__}, not a tensor")
+                    check(label, key, item)
+                else:
+                    visit(item, f"{label}.{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f"{label}[{i}]")
+
+    visit(checkpoint.server_state, "server state")
+    for cid, state in checkpoint.local_states.items():
+        label = f"client {cid!r}"
+        visit(state, label)
+        if any(key.startswith(ADAPTER_PREFIX) for key in state):
+            missing = [f"{ADAPTER_PREFIX}{layer}.{part}" for layer in shapes
+                       for part in ("lora_A", "lora_B")
+                       if f"{ADAPTER_PREFIX}{layer}.{part}" not in state]
+            if missing:
+                fail(label, f"lacks {missing[:3]}" + (" ..." if len(missing) > 3 else ""))
+        weight, bias = state.get(HEAD_PREFIX + "weight"), state.get(HEAD_PREFIX + "bias")
+        if weight is not None and (hidden is not None and (weight.dim() != 2
+                                                           or weight.shape[1] != hidden)
+                                   or bias is None or tuple(bias.shape) != weight.shape[:1]):
+            fail(label, f"head of shape {tuple(weight.shape)} / "
+                        f"{None if bias is None else tuple(bias.shape)}, expected "
+                        f"[labels, {hidden}] / [labels]")
+
+
+# what a manifest must hold, and the type of each entry
+MANIFEST_FIELDS = {"format": int, "round": int, "files": dict, "sha256": dict, "clients": list,
+                   "state": dict, "history": list, "config": dict, "data_sha256": str,
+                   "manifest_sha256": str}
+
+
+def _read_manifest(path: Path) -> dict:
+    """``checkpoint.json``, checked: readable, complete, well typed, its hash matching."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: damaged checkpoint: not readable JSON ({err})") \
+            from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path}: damaged checkpoint: expected a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {manifest.get('format')!r}, expected "
+                              f"{FORMAT} (written by another fedlease version); run it again "
+                              "without --resume")
+    problems = [f"{key!r} {'missing' if key not in manifest else 'is not a ' + kind.__name__}"
+                for key, kind in MANIFEST_FIELDS.items()
+                if not isinstance(manifest.get(key), kind) or isinstance(manifest[key], bool)]
+    for key in ("files", "sha256"):
+        if isinstance(manifest.get(key), dict) and not all(
+                isinstance(manifest[key].get(part), str) for part in ("server", "clients")):
+            problems.append(f"{key!r} lacks the server or clients entry")
+    if problems:
+        raise CheckpointError(f"{path}: damaged checkpoint: {', '.join(problems)}")
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    if _manifest_digest(body) != manifest["manifest_sha256"]:
+        raise CheckpointError(f"{path}: damaged checkpoint: its content does not match its "
+                              "SHA-256 (the file was changed or corrupted after it was saved)")
+    if any(Path(name).name != name for name in manifest["files"].values()):
+        raise CheckpointError(f"{path}: damaged checkpoint: file names {manifest['files']} "
+                              "must name files in the checkpoint folder")
+    if not all(isinstance(cid, str) for cid in manifest["clients"]):
+        raise CheckpointError(f"{path}: damaged checkpoint: 'clients' must list client ids")
+    return manifest
+
+
+def _read_tensors(path: Path, expected_sha256: str) -> Tensors:
+    """A tensor file of the checkpoint, verified against its recorded SHA-256 and finite."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path}: damaged checkpoint: cannot read it "
+                              f"({err.strerror or err})") from None
+    if sha256(data) != expected_sha256:
+        raise CheckpointError(f"{path}: damaged checkpoint: its content does not match the "
+                              f"SHA-256 recorded in {MANIFEST} (truncated, or changed after it "
+                              "was saved)")
+    try:
+        tensors = load_tensors(data)
+    except (SafetensorError, ValueError) as err:
+        raise CheckpointError(f"{path}: damaged checkpoint: not a safetensors file ({err})") \
+            from None
+    return tensors
+
+
+def _check_finite(path: Path, tensors: Tensors, owner: str = "") -> None:
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: {owner}tensor {name!r} holds NaN or infinite values; "
+                                  "a run does not resume from them (the training diverged: "
+                                  "start again, e.g. with a lower train.lr)")

@@ -1,8 +1,10 @@
 """The Flower ClientApp: one node = one client of the federation.
 
 The node's data: ``node_config["data-path"]`` (a folder of per-client JSONL files on that
-machine, see ``load_jsonl_folder``) if given, else the run's own ``[data]`` config; in both,
-``partition-id`` (0 if absent) picks the client. What the client keeps between rounds (its head,
+machine, see ``load_jsonl_folder``) if given, else the run's own ``[data]`` config (e.g. local
+tables partitioned by Flower Datasets partitioners, ``data.source = "datasets"``: every node
+computes the same partitions from the seed and keeps its own); in both, ``partition-id`` (0 if
+absent) picks the client. What the client keeps between rounds (its head,
 the LoRA parts it does not upload, the last download) lives in Flower's ``context.state`` as an
 ``ArrayRecord``, never in server memory. The base model and the tokenized data are loaded once
 per process: a Ray actor of the simulation engine keeps them across rounds; a SuperNode starts a
@@ -22,6 +24,7 @@ from fedlease.config import RunConfig, config_to_dict
 from fedlease.data.federation import ClientData, DataError
 from fedlease.data.instructions import load_instruction_jsonl
 from fedlease.data.sources import load_jsonl_folder
+from fedlease.reporting.data_report import client_data_summary
 from fedlease.runners.flower.records import (
     from_array_record,
     metric_record,
@@ -39,6 +42,7 @@ app = ClientApp()
 
 _models: dict[str, tuple] = {}  # base model and tokenizer, by the config parts that build them
 _clients: dict[str, tuple[ClientData, int, LocalTrainer]] = {}
+_federations: dict[str, list] = {}  # every client of the run's [data], by what defines them
 
 
 def node_clients(config: RunConfig, node_config: dict) -> tuple[list[ClientData], str]:
@@ -48,7 +52,11 @@ def node_clients(config: RunConfig, node_config: dict) -> tuple[list[ClientData]
         load_folder = (load_instruction_jsonl if config.model.task == "generation"
                        else load_jsonl_folder)
         return load_folder(Path(path)), f"node_config data-path = {path!r}"
-    return load_clients(config), f"the run's [data] (source = {config.data.source!r})"
+    parts = config_to_dict(config)
+    key = json.dumps([parts["data"], parts["model"]["task"], parts["federation"]["seed"]])
+    if key not in _federations:  # the virtual clients of one Ray actor read the data once
+        _federations[key] = load_clients(config)
+    return _federations[key], f"the run's [data] (source = {config.data.source!r})"
 
 
 def node_client(config: RunConfig, node_config: dict) -> tuple[ClientData, int, LocalTrainer]:
@@ -81,6 +89,8 @@ def describe(msg: Message, context: Context) -> Message:
         "order": int(context.node_config.get("partition-id", 0)),
         "federation-size": federation_size,
         "adapter-shapes": json.dumps(trainer.model.adapter_shapes()),
+        "representation-dim": trainer.model.representation_dim,
+        "data": json.dumps(client_data_summary(client)),
     })
     metrics = MetricRecord({"num-examples": trainer.num_train})
     return Message(content=RecordDict({"info": info, "metrics": metrics}), reply_to=msg)
@@ -96,6 +106,14 @@ def _instruction(msg: Message, context: Context):
     local = (from_array_record(context.state[LOCAL_STATE])
              if LOCAL_STATE in context.state else {})
     return ALGORITHMS[config.federation.algorithm], ins, local, trainer
+
+
+@app.query("profile")
+def profile(msg: Message, context: Context) -> Message:
+    """What the algorithm asks of this client once, before training (FedLEASE's embedding)."""
+    algorithm_cls, ins, _, trainer = _instruction(msg, context)
+    return Message(content=reply_content(algorithm_cls.client_profile(ins, trainer)),
+                   reply_to=msg)
 
 
 @app.train()

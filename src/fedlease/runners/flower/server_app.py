@@ -2,12 +2,14 @@
 messages.
 
 One explicit exchange per step: a query round learns who the clients are (id, task, number of
-training examples, adapter shapes); then per round ``configure_fit`` -> one train message per
-sampled client (each its own tensors and layout, as FedLEASE needs) -> ``aggregate_fit`` on the
-replies that arrived -> ``configure_evaluate`` -> evaluate messages. A client that errors or does
-not answer within ``round-timeout`` is left out of that step; the run goes on with the rest.
-Results go to ``output.dir`` like the in-process simulator's (config, metrics.json,
-clustering.json, summary, plots); the clients' final adapters and heads stay on their nodes.
+training examples, adapter shapes); a ``query.profile`` round collects what the algorithm asks
+of every client before training (FedLEASE's embeddings), if anything; then per round
+``configure_fit`` -> one train message per sampled client (each its own tensors and layout, as
+FedLEASE needs) -> ``aggregate_fit`` on the replies that arrived -> ``configure_evaluate`` ->
+evaluate messages. A client that errors or does not answer within ``round-timeout`` is left out
+of that step; the run goes on with the rest. Results go to ``output.dir`` like the in-process
+simulator's (config, metrics.json, clustering.json, summary, plots); the clients' final adapters
+and heads stay on their nodes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from fedlease.runners.flower.settings import FlowerSettings, read_run_config
 from fedlease.runners.simulator import RunResult, round_entry
 
 app = ServerApp()
+PROFILE_MESSAGE = f"{MessageType.QUERY}.profile"  # handled by the ClientApp's profile()
 
 
 @app.main()
@@ -73,7 +76,7 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
                        settings.round_timeout)
     described = sorted(replies.items(), key=lambda item: (int(item[1]["info"]["order"]),
                                                           str(item[1]["info"]["client-id"])))
-    node_of, infos, tasks, shapes = {}, [], {}, set()
+    node_of, infos, tasks, shapes, dims, data = {}, [], {}, set(), set(), {}
     for node, content in described:
         info = content["info"]
         cid = str(info["client-id"])
@@ -83,18 +86,20 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
         node_of[cid] = node
         infos.append(ClientInfo(cid, int(content["metrics"]["num-examples"])))
         tasks[cid] = str(info["task"])
+        data[cid] = json.loads(str(info["data"]))
         shapes.add(str(info["adapter-shapes"]))
+        dims.add(int(info["representation-dim"]))
         size = int(info["federation-size"])
     if not infos:
         raise RuntimeError("no node described its client; see the warnings above")
-    if len(shapes) > 1:
+    if len(shapes) > 1 or len(dims) > 1:
         raise RuntimeError("the nodes load different models (adapter shapes differ); give "
                            "them the same [model] and [lora] config")
     if len(infos) < size:
         log(WARNING, "the data config defines %s clients but only %s nodes answered; the "
             "federation is these %s", size, len(infos), len(infos))
     adapter_shapes = {k: tuple(v) for k, v in json.loads(shapes.pop()).items()}
-    return node_of, infos, tasks, adapter_shapes
+    return node_of, infos, tasks, adapter_shapes, dims.pop(), {"clients": data}
 
 
 def sample(ids: list[str], fraction: float, minimum: int, rng: random.Random) -> list[str]:
@@ -108,12 +113,14 @@ def run_federation(grid: Grid, config: RunConfig, settings: FlowerSettings) -> R
     start = time.perf_counter()
     writer = RunWriter(config.output.dir)
     writer.start(config)
-    node_of, infos, tasks, adapter_shapes = query_clients(
+    node_of, infos, tasks, adapter_shapes, representation_dim, data = query_clients(
         grid, wait_for_nodes(grid, settings), settings)
+    writer.write_data(data)
     log(INFO, "federation: %s clients on %s nodes", len(infos), len(node_of))
-    algorithm = ALGORITHMS[config.federation.algorithm](config, infos, adapter_shapes)
+    algorithm = ALGORITHMS[config.federation.algorithm](config, infos, adapter_shapes,
+                                                        representation_dim)
     order = [c.client_id for c in infos]
-    result = RunResult(config, tasks)
+    result = RunResult(config, tasks, data=data)
     rng = random.Random(config.federation.seed)
     trained: set[str] = set()
 
@@ -125,6 +132,15 @@ def run_federation(grid: Grid, config: RunConfig, settings: FlowerSettings) -> R
         # in the algorithm's client order, whatever the arrival order: sums stay reproducible
         by_client = {client_of[node]: content for node, content in received.items()}
         return {cid: by_client[cid] for cid in order if cid in by_client}
+
+    profile = algorithm.configure_profile()
+    if profile:
+        online = set(grid.get_node_ids())
+        asked = {cid: ins for cid, ins in profile.items() if node_of[cid] in online}
+        replies = {cid: read_reply(content)
+                   for cid, content in send(PROFILE_MESSAGE, asked).items()}
+        accepted, _ = accept_replies(algorithm, 0, profile, replies)
+        algorithm.aggregate_profile(accepted)
 
     for rnd in range(1, config.federation.rounds + 1):
         round_start = time.perf_counter()

@@ -1,0 +1,63 @@
+"""Per-round metrics for experiment trackers: ``metrics.csv`` always, TensorBoard when asked.
+
+``metrics.csv`` has one row per round and client (``round, client, task``, then every numeric
+metric the clients reported, e.g. ``accuracy, loss, train_loss, upload_bytes``), rewritten
+after every round from the run's history. With ``output.tensorboard = true`` (or
+``fedlease run --tensorboard``), every round also goes to TensorBoard event files in
+``OUT/tensorboard/``, one tag per metric and client (``accuracy/sentiment-0``) and one per mean
+(``mean/accuracy``), so ``tensorboard --logdir runs/`` shows every run under its folder name
+(``latest/tensorboard``).
+TensorBoard is an optional extra: ``pip install fedlease[tensorboard]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import numbers
+from pathlib import Path
+
+CSV_FILE = "metrics.csv"
+TB_DIR = "tensorboard"  # the event files' folder in the run folder
+
+
+def metrics_csv(history: list[dict], tasks: dict[str, str]) -> str:
+    """The history as CSV text: a row per (round, client), a column per numeric metric."""
+    columns = sorted({name for entry in history for metrics in entry["clients"].values()
+                      for name, value in metrics.items() if _is_number(value)})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["round", "client", "task", *columns])
+    for entry in history:
+        for cid, metrics in entry["clients"].items():
+            writer.writerow([entry["round"], cid, tasks.get(cid, ""),
+                             *(metrics.get(name, "") for name in columns)])
+    return out.getvalue()
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class TensorBoardLog:
+    """Scalars of every round in TensorBoard event files in ``folder``."""
+
+    def __init__(self, folder: Path):
+        # the config checks that tensorboard is installed (RunConfig.validate)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def log_round(self, entry: dict) -> None:
+        step = entry["round"]
+        for name, value in entry.items():
+            if name.startswith("mean_") and _is_number(value):
+                self.writer.add_scalar(f"mean/{name.removeprefix('mean_')}", value, step)
+        for cid, metrics in entry["clients"].items():
+            for name, value in metrics.items():
+                if _is_number(value):
+                    self.writer.add_scalar(f"{name}/{cid}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
