@@ -139,6 +139,8 @@ def report(args, timing: dict | None, memory: list[dict]) -> str:
             lines.append(f"{m['clients']:>7}{m['peak_rss_mib']:>14.0f}{m['num_experts']:>4}"
                          f"{m['wall']:>9.1f}")
         first, last = memory[0], memory[-1]
+        if last["clients"] == first["clients"]:  # one client count: no growth to show
+            return "\n".join(lines)
         growth = (last["peak_rss_mib"] - first["peak_rss_mib"]) / (last["clients"]
                                                                     - first["clients"])
         config = bench_config(args, TASKS, 2, 1, 2)

