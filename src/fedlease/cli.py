@@ -10,11 +10,8 @@ import time
 import traceback
 from pathlib import Path
 
-from fedlease.config import PRECISIONS, ConfigError, load_config
-from fedlease.data.federation import DataError
-from fedlease.reporting.outputs import OutputError
-from fedlease.runners.checkpoint import CheckpointError
-from fedlease.saved_models import ModelFileError
+from fedlease.config import PRECISIONS, load_config
+from fedlease.errors import CheckpointError, ConfigError, DataError, ModelFileError, OutputError
 
 # what to install when an optional package is missing (by the top-level module name)
 INSTALL_HINTS = {
