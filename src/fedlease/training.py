@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from fedlease.config import PRECISIONS
+from fedlease.config.schema import PRECISIONS
 from fedlease.data.federation import ClientData, Example
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import FederatedClassifier

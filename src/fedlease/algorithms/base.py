@@ -30,7 +30,7 @@ from fedlease.model.lora import AdapterLayout, init_lora
 from fedlease.model.model import ADAPTER_PREFIX, HEAD_PREFIX
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
-    from fedlease.config import RunConfig
+    from fedlease.config.schema import RunConfig
 
 Tensors = dict[str, torch.Tensor]
 

@@ -23,7 +23,7 @@ from fedlease.data.sources import load_federation, read_jsonl_clients
 from fedlease.errors import DataError
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
-    from fedlease.config import DataConfig, DatasetConfig
+    from fedlease.config.schema import DataConfig, DatasetConfig
 
 
 @dataclass(frozen=True)

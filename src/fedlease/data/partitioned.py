@@ -19,7 +19,7 @@ from fedlease.data.partitioners import partition_rows
 from fedlease.errors import DataError
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
-    from fedlease.config import DataConfig, DatasetConfig
+    from fedlease.config.schema import DataConfig, DatasetConfig
 
 
 def load_partitioned(data: DataConfig, seed: int) -> list[ClientData]:

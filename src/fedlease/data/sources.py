@@ -19,7 +19,7 @@ from fedlease.data.partitioned import load_partitioned
 from fedlease.errors import DataError
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
-    from fedlease.config import DataConfig
+    from fedlease.config.schema import DataConfig
 
 BUILTIN_TASKS = ("sentiment", "news", "spam", "uncertainty")
 
