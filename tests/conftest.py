@@ -50,28 +50,39 @@ def classification_row(task: str, text: str, cue: str) -> dict:
     return {"text": text, "label": cue}
 
 
-def write_federation(folder, clients_per_task=2, train=24, test=8, seed=0,
-                     make_row=classification_row):
+def write_clients(folder, cues_by_task, clients_per_task, train, test, sentence,
+                  make_row=classification_row):
     """``<task>-<i>.jsonl`` per client, lines with a split field; the task named in a manifest.
-    ``make_row(task, text, cue)``: the fields of a line (default: text and label)."""
-    rng = random.Random(seed)
+    Example ``j`` of a split has cue ``cues[j % 2]`` (its label); ``sentence(task, cue)``: its
+    words; ``make_row(task, text, cue)``: the fields of a line (default: text and label)."""
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {}
-    for task, cues in TASK_WORDS.items():
+    for task, cues in cues_by_task.items():
         for i in range(clients_per_task):
             name = f"{task}-{i}"
             manifest[name] = task
             lines = []
             for split, n in (("train", train), ("test", test)):
                 for j in range(n):
-                    label = j % 2
-                    words = rng.choices(FILLER, k=6) + [cues[label]]
-                    rng.shuffle(words)
-                    lines.append({**make_row(task, " ".join(words), cues[label]),
-                                  "split": split})
+                    cue = cues[j % 2]
+                    text = " ".join(sentence(task, cue))
+                    lines.append({**make_row(task, text, cue), "split": split})
             (folder / f"{name}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     (folder / "manifest.json").write_text(json.dumps({"clients": manifest}))
     return folder
+
+
+def write_federation(folder, clients_per_task=2, train=24, test=8, seed=0,
+                     make_row=classification_row):
+    """The two planted tasks: six random filler words and the cue, shuffled."""
+    rng = random.Random(seed)
+
+    def sentence(task, cue):
+        words = rng.choices(FILLER, k=6) + [cue]
+        rng.shuffle(words)
+        return words
+
+    return write_clients(folder, TASK_WORDS, clients_per_task, train, test, sentence, make_row)
 
 
 @pytest.fixture
@@ -189,29 +200,20 @@ PLANTED_FILLERS = {"colors": "the a of and to in is it".split(),
 
 def write_planted_federation(folder, clients_per_task=4, train=8, test=16, seed=0,
                              fillers_per_example=2, distractor=False):
-    """``<task>-<i>.jsonl`` per client: short sentences of the task's fillers and one of its
-    two cue words, which is the label; with ``distractor``, also a random cue word of the other
-    task (a word that decides the label there and is noise here)."""
+    """Short sentences of the task's own fillers and one of its two cue words, which is the
+    label; with ``distractor``, also a random cue word of the other task (a word that decides
+    the label there and is noise here)."""
     rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = {}
-    for task, cues in PLANTED_CUES.items():
+
+    def sentence(task, cue):
         others = [w for t, ws in PLANTED_CUES.items() if t != task for w in ws]
-        for i in range(clients_per_task):
-            name = f"{task}-{i}"
-            manifest[name] = task
-            lines = []
-            for split, n in (("train", train), ("test", test)):
-                for j in range(n):
-                    cue = cues[j % 2]
-                    words = rng.choices(PLANTED_FILLERS[task], k=fillers_per_example) + [cue]
-                    if distractor:
-                        words.append(rng.choice(others))
-                    rng.shuffle(words)
-                    lines.append({"text": " ".join(words), "label": cue, "split": split})
-            (folder / f"{name}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    (folder / "manifest.json").write_text(json.dumps({"clients": manifest}))
-    return folder
+        words = rng.choices(PLANTED_FILLERS[task], k=fillers_per_example) + [cue]
+        if distractor:
+            words.append(rng.choice(others))
+        rng.shuffle(words)
+        return words
+
+    return write_clients(folder, PLANTED_CUES, clients_per_task, train, test, sentence)
 
 
 @pytest.fixture(scope="session")

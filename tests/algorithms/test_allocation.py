@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
-from fedlease.algorithms.base import EMBEDDING_KEY, Instruction, client_embedding
+from fedlease.algorithms.base import EMBEDDING_KEY, Instruction, UploadSpec, client_embedding
 from fedlease.algorithms.clustering import (
     embedding_distance_matrix,
     hybrid_distance,
@@ -65,7 +65,7 @@ def test_embedding_groups_clients_before_training_and_experts_start_from_the_ini
     server = make_server()
     profile = server.configure_profile()
     assert set(profile) == {"c0", "c1", "c2", "c3"}
-    assert all(ins.config["upload"]["parts"] == ["embedding"] for ins in profile.values())
+    assert all(list(ins.upload.parts) == ["embedding"] for ins in profile.values())
     server.aggregate_profile({"c0": embedding_reply(0, 0.1), "c1": embedding_reply(1, 0.1),
                               "c2": embedding_reply(0, 0.2), "c3": embedding_reply(1)})
     assert server.cluster_of == {"c0": 0, "c1": 1, "c2": 0, "c3": 1}
@@ -73,9 +73,9 @@ def test_embedding_groups_clients_before_training_and_experts_start_from_the_ini
     for key, init in server.initial_lora.items():  # both experts: the common init
         assert torch.equal(server.experts[key], torch.cat([init, init]))
     fit = server.configure_fit(1)  # round 1 already trains the experts
-    assert fit["c1"].config["layout"]["router_slots"] == [0, 1, 1]
-    assert fit["c1"].config["upload"] == {"experts": [1],
-                                          "parts": ["lora_A", "lora_B", "router"]}
+    assert fit["c1"].layout.to_config()["router_slots"] == [0, 1, 1]
+    assert fit["c1"].upload == UploadSpec((1,),
+                                          ("lora_A", "lora_B", "router"))
 
 
 def test_identical_embeddings_make_one_expert():
@@ -120,13 +120,13 @@ def test_a_late_client_uploads_its_embedding_and_joins_the_nearest_cluster():
                               "c2": embedding_reply(0, 0.3)})  # c3 missed the profile
     assert "c3" not in server.cluster_of
     fit = server.configure_fit(1, first_time=["c3"])
-    assert fit["c3"].config["upload"]["parts"] == ["lora_A", "lora_B", "embedding"]
-    assert fit["c3"].config["layout"]["router_slots"] is None  # trains a warm-up LoRA
+    assert list(fit["c3"].upload.parts) == ["lora_A", "lora_B", "embedding"]
+    assert fit["c3"].layout.to_config()["router_slots"] is None  # trains a warm-up LoRA
     late = lora_reply(1.0)
     late.arrays[EMBEDDING_KEY] = embedding_reply(1, 0.2).arrays[EMBEDDING_KEY]
     server.aggregate_fit(1, {"c3": late})
     assert server.cluster_of["c3"] == server.cluster_of["c1"]
-    assert server.configure_fit(2)["c3"].config["upload"]["parts"] == [
+    assert list(server.configure_fit(2)["c3"].upload.parts) == [
         "lora_A", "lora_B", "router"]
 
 
@@ -168,10 +168,13 @@ class FakeTrainer:
 
 def test_client_embedding_is_unit_length_plus_seeded_noise_of_the_chosen_scale():
     trainer = FakeTrainer(torch.arange(1.0, 401.0))
-    clean = client_embedding(trainer, Instruction({}, {"seed": 3}))
+    def ask(noise):
+        return Instruction({}, upload=UploadSpec((), ("embedding",), noise), seed=3)
+
+    clean = client_embedding(trainer, ask(0.0))
     assert clean.norm() == pytest.approx(1.0)
-    noisy = client_embedding(trainer, Instruction({}, {"seed": 3, "embedding_noise": 0.05}))
-    again = client_embedding(trainer, Instruction({}, {"seed": 3, "embedding_noise": 0.05}))
+    noisy = client_embedding(trainer, ask(0.05))
+    again = client_embedding(trainer, ask(0.05))
     assert torch.equal(noisy, again)
     assert (noisy - clean).std().item() == pytest.approx(0.05, rel=0.15)
 

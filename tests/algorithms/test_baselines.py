@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
-from fedlease.algorithms.base import select_upload
-from fedlease.algorithms.ifca_lora import pick_lowest
+from fedlease.algorithms.base import UploadSpec, select_upload
+from fedlease.algorithms.ifca_lora import ChosenCluster, pick_lowest
 from fedlease.config import load_config
 from fedlease.errors import ConfigError
 
@@ -32,12 +32,12 @@ def train_round(server, rnd, values, local_states=None):
     fit = server.configure_fit(rnd)
     replies, states = {}, {}
     for cid, ins in fit.items():
-        state = type(server).install(ins, (local_states or {}).get(cid, {}))
+        state = server.client.install(ins, (local_states or {}).get(cid, {}))
         trained = {k: torch.stack([torch.full_like(v[e], values[cid] + e)
                                    for e in range(v.shape[0])]) for k, v in state.items()}
         states[cid] = trained
         n = server.clients[server.client_index[cid]].num_examples
-        replies[cid] = Reply(select_upload(trained, ins.config["upload"]), n)
+        replies[cid] = Reply(select_upload(trained, ins.upload), n)
     server.aggregate_fit(rnd, replies)
     return replies, states
 
@@ -45,13 +45,13 @@ def train_round(server, rnd, values, local_states=None):
 def test_local_uploads_and_receives_nothing_after_the_common_init():
     server = make_server("local")
     first = server.configure_fit(1)
-    assert all(ins.config["upload"] is None for ins in first.values())
+    assert all(ins.upload is None for ins in first.values())
     assert torch.equal(first["c0"].arrays[A_KEY], first["c1"].arrays[A_KEY])
     replies, states = train_round(server, 1, {"c0": 1.0, "c1": 2.0})
     assert all(r.arrays == {} for r in replies.values())
     second = server.configure_fit(2)
     assert second["c0"].arrays == {}
-    assert torch.equal(type(server).install(second["c0"], states["c0"])[A_KEY],
+    assert torch.equal(server.client.install(second["c0"], states["c0"])[A_KEY],
                        states["c0"][A_KEY])
 
 
@@ -66,8 +66,8 @@ def test_fedit_averages_A_and_B_weighted_by_examples():
 def test_ffa_lora_freezes_A_and_shares_only_B():
     server = make_server("ffa-lora")
     first = server.configure_fit(1)
-    assert first["c0"].config["layout"]["train_A"] is False
-    assert first["c0"].config["upload"] == {"experts": [0], "parts": ["lora_B"]}
+    assert first["c0"].layout.to_config()["train_A"] is False
+    assert first["c0"].upload == UploadSpec((0,), ("lora_B",))
     init_A = first["c0"].arrays[A_KEY].clone()
     replies, states = train_round(server, 1, {"c0": 1.0, "c1": 3.0})
     assert all(B_KEY in r.arrays and A_KEY not in r.arrays for r in replies.values())
@@ -75,7 +75,7 @@ def test_ffa_lora_freezes_A_and_shares_only_B():
     assert set(second["c0"].arrays) == {k for k in first["c0"].arrays if k.endswith("lora_B")}
     # the A the client kept is never replaced (a real training step leaving it unchanged is
     # checked in tests/test_training.py)
-    installed = type(server).install(second["c0"], states["c0"])
+    installed = server.client.install(second["c0"], states["c0"])
     assert torch.equal(installed[A_KEY], states["c0"][A_KEY])
     assert not torch.equal(installed[A_KEY], init_A)  # the stand-in trainer did change it
     assert torch.allclose(installed[B_KEY], torch.full((1, 5, 4), 2.5))
@@ -87,7 +87,7 @@ def test_fedsa_lora_averages_A_and_never_receives_B():
     assert all(not any(k.endswith("lora_B") for k in r.arrays) for r in replies.values())
     down = server.configure_fit(2)["c1"]
     assert not any(k.endswith("lora_B") for k in down.arrays)
-    installed = type(server).install(down, states["c1"])
+    installed = server.client.install(down, states["c1"])
     assert torch.allclose(installed[A_KEY], torch.full((1, 4, 6), 2.5))
     assert torch.equal(installed[B_KEY], states["c1"][B_KEY])  # B stays the client's own
 
@@ -95,14 +95,14 @@ def test_fedsa_lora_averages_A_and_never_receives_B():
 def test_feddpa_shares_the_global_expert_and_keeps_the_personal_one():
     server = make_server("feddpa")
     first = server.configure_fit(1)["c0"]
-    assert first.config["layout"]["num_experts"] == 2
-    assert first.config["layout"]["trainable"] == [0, 1]
-    assert first.config["layout"]["router_slots"] is None  # the two adapters are summed
-    assert first.config["upload"] == {"experts": [0], "parts": ["lora_A", "lora_B"]}
+    assert first.layout.to_config()["num_experts"] == 2
+    assert first.layout.to_config()["trainable"] == [0, 1]
+    assert first.layout.to_config()["router_slots"] is None  # the two adapters are summed
+    assert first.upload == UploadSpec((0,), ("lora_A", "lora_B"))
     assert first.arrays[A_KEY].shape == (2, 4, 6)
     replies, states = train_round(server, 1, {"c0": 1.0, "c1": 5.0})
     assert replies["c0"].arrays[A_KEY].shape == (1, 4, 6)
-    installed = type(server).install(server.configure_fit(2)["c0"], states["c0"])
+    installed = server.client.install(server.configure_fit(2)["c0"], states["c0"])
     assert torch.allclose(installed[A_KEY][0], torch.full((4, 6), 4.0))  # global: averaged
     assert torch.equal(installed[A_KEY][1], states["c0"][A_KEY][1])  # personal: kept
 
@@ -116,7 +116,7 @@ def test_ifca_aggregates_per_cluster_picked():
     for cid, value, cluster in (("c0", 1.0, 2), ("c1", 3.0, 2), ("c2", 7.0, 0)):
         lora = {k: torch.full_like(v[:1], value) for k, v in down[cid].arrays.items()}
         n = server.clients[server.client_index[cid]].num_examples
-        replies[cid] = Reply(lora, n, {"cluster": cluster})
+        replies[cid] = Reply(lora, n, extra=ChosenCluster(cluster))
     server.aggregate_fit(1, replies)
     A = server.clusters[A_KEY]
     assert torch.allclose(A[2], torch.full((4, 6), 2.5))
@@ -126,7 +126,7 @@ def test_ifca_aggregates_per_cluster_picked():
     evaluate = server.configure_evaluate(1)
     # each client is evaluated with the cluster LoRA it picked, cluster 2 for c0 and c1
     for cid, cluster in (("c0", 2), ("c1", 2), ("c2", 0)):
-        installed = type(server).install(evaluate[cid], {})
+        installed = server.client.install(evaluate[cid], {})
         assert torch.equal(installed[A_KEY], A[cluster : cluster + 1])
         assert torch.equal(installed[B_KEY], server.clusters[B_KEY][cluster : cluster + 1])
 
@@ -151,8 +151,8 @@ def test_ifca_client_trains_and_uploads_the_lowest_loss_cluster():
     server = make_server("ifca-lora")
     server.clusters[B_KEY] = torch.stack([torch.full((5, 4), v) for v in (0.5, -2.0, 1.0)])
     ins = server.configure_fit(2)["c0"]
-    reply, state = type(server).client_fit(ins, {}, LossByB())
-    assert reply.metrics["cluster"] == 1 and reply.metrics["cluster_loss"] == -2.0
+    reply, state = server.client.fit(ins, {}, LossByB())
+    assert reply.extra == ChosenCluster(1) and reply.metrics["cluster_loss"] == -2.0
     assert torch.allclose(reply.arrays[B_KEY], torch.full((1, 5, 4), -1.0))
     assert "head.weight" in state and "head.weight" not in reply.arrays
 
@@ -184,8 +184,8 @@ def test_fixed_top_m_router_has_one_slot_per_expert():
     server.aggregate_fit(1, warmup_replies(sizes))
     assert server.num_experts == 2
     ins = server.configure_fit(2)["c1"]
-    assert ins.config["layout"]["router_slots"] == [0, 1]
-    assert ins.config["layout"]["top_k"] == 2
+    assert ins.layout.to_config()["router_slots"] == [0, 1]
+    assert ins.layout.to_config()["top_k"] == 2
     assert ins.arrays["adapter.l0.query.router"].shape == (2, 6)
 
 

@@ -3,7 +3,7 @@
 import torch
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
-from fedlease.algorithms.base import select_upload
+from fedlease.algorithms.base import UploadSpec, select_upload
 from fedlease.config import load_config
 
 SHAPES = {"l0.query": (6, 5), "l0.value": (6, 5)}
@@ -32,9 +32,9 @@ def test_warmup_sends_common_init_then_nothing_and_uploads_only_at_the_end():
     inits = [ins.arrays for ins in first.values()]
     assert all(torch.equal(a["adapter.l0.query.lora_A"], inits[0]["adapter.l0.query.lora_A"])
                for a in inits)
-    assert all(ins.config["upload"] is None for ins in first.values())
+    assert all(ins.upload is None for ins in first.values())
     assert all(ins.arrays == {} for ins in second.values())
-    assert all(ins.config["upload"]["parts"] == ["lora_A", "lora_B"] for ins in second.values())
+    assert all(list(ins.upload.parts) == ["lora_A", "lora_B"] for ins in second.values())
 
 
 def test_experts_start_as_weighted_mean_of_their_cluster():
@@ -49,9 +49,9 @@ def test_experts_start_as_weighted_mean_of_their_cluster():
     assert torch.allclose(A[0], torch.full((4, 6), 2.0))  # (1*10 + 3*10) / 20
     assert torch.allclose(A[1], torch.full((4, 6), 2.5))  # (2*30 + 4*10) / 40
     ins = server.configure_fit(2)
-    assert ins["c2"].config["layout"]["router_slots"] == [0, 1, 1]
-    assert ins["c2"].config["upload"] == {"experts": [1],
-                                          "parts": ["lora_A", "lora_B", "router"]}
+    assert ins["c2"].layout.to_config()["router_slots"] == [0, 1, 1]
+    assert ins["c2"].upload == UploadSpec((1,),
+                                          ("lora_A", "lora_B", "router"))
     assert ins["c0"].arrays["adapter.l0.query.router"].shape == (3, 6)
 
 
@@ -66,7 +66,7 @@ def test_phase3_aggregation_touches_only_each_cluster_expert():
         state = {k: v.clone() for k, v in down[cid].arrays.items()}
         state["adapter.l0.query.lora_A"][0] = value
         state["adapter.l0.query.router"] = torch.full((3, 6), value)
-        replies[cid] = Reply(select_upload(state, down[cid].config["upload"]), 10)
+        replies[cid] = Reply(select_upload(state, down[cid].upload), 10)
     server.aggregate_fit(2, replies)
     A = server.experts["adapter.l0.query.lora_A"]
     assert torch.allclose(A[0], torch.full((4, 6), 8.0))
@@ -90,7 +90,7 @@ def test_phase3_means_are_weighted_by_client_sizes_inside_a_cluster():
         state["adapter.l0.query.lora_A"][0] = value
         state["adapter.l0.query.lora_B"][0] = -value
         state["adapter.l0.query.router"] = torch.full((3, 6), value)
-        replies[cid] = Reply(select_upload(state, down[cid].config["upload"]), n)
+        replies[cid] = Reply(select_upload(state, down[cid].upload), n)
     server.aggregate_fit(2, replies)
     assert torch.allclose(server.experts["adapter.l0.query.lora_A"][0], torch.full((4, 6), 4.0))
     assert torch.allclose(server.experts["adapter.l0.query.lora_B"][0], torch.full((5, 4), -4.0))
@@ -105,15 +105,15 @@ def test_client_missing_at_allocation_joins_the_nearest_cluster_later():
     assert server.report()["clients"] == ["c0", "c1", "c2"]
     down = server.configure_fit(2)
     # c3 keeps training its own warm-up LoRA and uploads it; the others get the experts
-    assert down["c3"].arrays == {} and down["c3"].config["layout"]["num_experts"] == 1
-    assert down["c3"].config["upload"] == {"experts": [0], "parts": ["lora_A", "lora_B"]}
+    assert down["c3"].arrays == {} and down["c3"].layout.to_config()["num_experts"] == 1
+    assert down["c3"].upload == UploadSpec((0,), ("lora_A", "lora_B"))
     experts_before = {k: v.clone() for k, v in server.experts.items()}
     server.aggregate_fit(2, {"c3": lora_reply(-5.0, 3.0, 30)})
     assert server.cluster_of["c3"] == server.cluster_of["c2"]
     # a late warm-up LoRA is not averaged into the experts
     assert all(torch.equal(server.experts[k], v) for k, v in experts_before.items())
     down = server.configure_fit(3)
-    assert down["c3"].config["layout"]["router_slots"] == [0, 1, 1]
+    assert down["c3"].layout.to_config()["router_slots"] == [0, 1, 1]
     assert down["c3"].arrays["adapter.l0.query.lora_A"].shape == (2, 4, 6)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
-from fedlease.algorithms.base import select_upload
+from fedlease.algorithms.base import UploadSpec, select_upload
 from fedlease.algorithms.validation import accept_replies
 from fedlease.config import load_config
 
@@ -31,15 +31,15 @@ def honest_replies(server, rnd, scale=1.0):
         state = {}
         for name, (d_in, d_out) in SHAPES.items():
             group = i // 2  # c0, c1 and c2, c3 share the direction of their B
-            E = ins.config["layout"]["num_experts"]
+            E = ins.layout.to_config()["num_experts"]
             B = torch.full((E, d_out, 4), 0.1 * scale)
             B[:, :, group] = 1.0 + i * 0.01
             state[f"adapter.{name}.lora_A"] = torch.full((E, 4, d_in), 0.2 * scale + i * 0.01)
             state[f"adapter.{name}.lora_B"] = B
-            if ins.config["layout"]["router_slots"] is not None:
-                slots = len(ins.config["layout"]["router_slots"])
+            if ins.layout.to_config()["router_slots"] is not None:
+                slots = len(ins.layout.to_config()["router_slots"])
                 state[f"adapter.{name}.router"] = torch.full((slots, d_in), 0.3 + i * 0.01)
-        upload = select_upload(state, ins.config["upload"])
+        upload = select_upload(state, ins.upload)
         replies[cid] = Reply(upload, SIZES[i], {"train_loss": 0.5})
     return replies
 
@@ -145,7 +145,7 @@ def test_bad_warmup_upload_leaves_client_out_until_a_good_one_arrives():
 def test_upload_when_none_was_asked_and_unknown_client_are_rejected():
     server = make_server()
     fit = server.configure_fit(1)  # warm-up round 1 of 1 uploads; make it a pure warm-up round
-    fit["c0"].config["upload"] = None
+    fit["c0"].upload = None
     replies = honest_replies(server, 1)
     replies["intruder"] = replies["c2"]
     accepted, rejected = accept_replies(server, 1, fit, replies)
@@ -161,10 +161,14 @@ def test_norm_bound_comes_from_the_config():
     assert all("federation.max_update_norm = 0.5" in r for r in rejected.values())
 
 
-@pytest.mark.parametrize("cluster", [None, 3, -1, 1.5, True])
-def test_ifca_reply_without_a_valid_cluster_is_rejected_on_arrival(cluster):
+@pytest.mark.parametrize("extra", [None, {}, {"cluster": 3}, {"cluster": -1},
+                                   {"cluster": 1.5}, {"cluster": True}, {"cluster": "1"},
+                                   {"cluster": 1, "loss": 0.0}])
+def test_ifca_reply_without_a_valid_cluster_is_rejected_on_arrival(extra):
     # IFCA's aggregation reads which cluster the client trained: a reply without it, or with
     # one that does not exist, is rejected with the tensors, not a crash in aggregation
+    from fedlease.algorithms.ifca_lora import ChosenCluster
+
     config = load_config(overrides={"federation": {"algorithm": "ifca-lora", "rounds": 2,
                                                    "max_experts": 3}})
     clients = [ClientInfo(f"c{i}", n) for i, n in enumerate(SIZES)]
@@ -173,32 +177,47 @@ def test_ifca_reply_without_a_valid_cluster_is_rejected_on_arrival(cluster):
     replies = {}
     for (cid, ins), n in zip(fit.items(), SIZES, strict=True):
         state = {key: value[:1] + 0.01 for key, value in ins.arrays.items()}
-        replies[cid] = Reply(select_upload(state, ins.config["upload"]), n, {"cluster": 1})
-    replies["c2"].metrics["cluster"] = 2.0  # an integral float (as a MetricRecord may hold)
-    if cluster is None:
-        del replies["c0"].metrics["cluster"]
-    else:
-        replies["c0"].metrics["cluster"] = cluster
+        replies[cid] = Reply(select_upload(state, ins.upload), n, extra=ChosenCluster(1))
+    replies["c2"].extra = {"cluster": 2}  # the wire form, as it arrives over Flower
+    replies["c0"].extra = extra
     accepted, rejected = accept_replies(server, 1, fit, replies)
     assert sorted(accepted) == ["c1", "c2", "c3"]
-    assert 'metrics["cluster"]' in rejected["c0"] and "0..2" in rejected["c0"]
+    assert "cluster" in rejected["c0"]
     server.aggregate_fit(1, accepted)
     assert server.cluster_of == {"c1": 1, "c2": 2, "c3": 1}
 
 
+def test_algorithm_fields_round_trip_and_are_type_checked():
+    from fedlease.algorithms.base import Instruction, read_fields
+    from fedlease.algorithms.ifca_lora import AssignedCluster
+    from fedlease.errors import ProtocolError
+    from fedlease.model.lora import AdapterLayout
+
+    ins = Instruction({}, AdapterLayout.fedlease(2, 1), UploadSpec((1,), ("lora_B",), 0.5),
+                      seed=7, head_seed=3, extra=AssignedCluster(None))
+    assert Instruction.from_config({}, ins.to_config(), AssignedCluster) == ins
+    assert read_fields(AssignedCluster, {"cluster": 2}, "x") == AssignedCluster(2)
+    for bad in ({"cluster": 2.0}, {"cluster": "2"}, {}, [2]):
+        with pytest.raises(ProtocolError, match="x"):
+            read_fields(AssignedCluster, bad, "x")
+    with pytest.raises(ProtocolError, match="unexpected"):
+        read_fields(None, {"cluster": 2}, "x")
+    with pytest.raises(ProtocolError, match="keys"):
+        Instruction.from_config({}, {"layout": None}, None)
+
+
 def test_upload_spec_round_trips_and_a_malformed_one_is_named():
-    from fedlease.algorithms.base import UploadSpec
     from fedlease.errors import ProtocolError
 
     spec = UploadSpec((1,), ("lora_A", "lora_B", "router"))
     assert UploadSpec.from_config(spec.to_config()) == spec and not spec.embedding
     assert UploadSpec.from_config(None) is None
-    assert UploadSpec.from_config({"experts": [], "parts": ["embedding"]}).embedding
+    assert UploadSpec.from_config({"experts": [], "parts": ["embedding"],
+                                   "embedding_noise": 0}).embedding
     for bad, field in (({"experts": [0]}, "upload spec"),
-                       ({"experts": [-1], "parts": []}, "experts"),
-                       ({"experts": [True], "parts": []}, "experts"),
-                       ({"experts": [0], "parts": ["lora_C"]}, "parts")):
+                       ({"experts": [-1], "parts": [], "embedding_noise": 0}, "experts"),
+                       ({"experts": [True], "parts": [], "embedding_noise": 0}, "experts"),
+                       ({"experts": [0], "parts": ["lora_C"], "embedding_noise": 0}, "parts"),
+                       ({"experts": [0], "parts": [], "embedding_noise": -1}, "noise")):
         with pytest.raises(ProtocolError, match=field):
             UploadSpec.from_config(bad)
-        with pytest.raises(ProtocolError):
-            select_upload({}, bad)

@@ -120,13 +120,50 @@ def test_unfinished_pair_is_run_again(compared, monkeypatch):
     ran = []
     original = compare.run_simulation
 
-    def counting(cfg, folder, progress, overwrite):
+    def counting(cfg, folder, progress, **kwargs):
         ran.append((cfg.federation.algorithm, cfg.federation.seed))
-        return original(cfg, folder, progress=progress, overwrite=overwrite)
+        return original(cfg, folder, progress=progress, **kwargs)
 
     monkeypatch.setattr(compare, "run_simulation", counting)
     run_comparison(config, ["local", "fedit"], [0], out, progress=False)
     assert ran == [("local", 0)]
+
+
+def test_a_pair_interrupted_mid_run_continues_from_its_checkpoint(compared, tmp_path,
+                                                                   monkeypatch):
+    """Killed after round 1 of 2, the pair resumes at round 2 and ends with the metrics of the
+    uninterrupted run."""
+    from fedlease.runners import engine
+
+    config, out, _ = compared
+    saved = engine.save_checkpoint
+
+    def save_then_die(folder, checkpoint, cfg):
+        saved(folder, checkpoint, cfg)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_comparison(config, ["fedlease"], [0], tmp_path, progress=False)
+    monkeypatch.setattr(engine, "save_checkpoint", saved)
+    resumed = []
+    original = compare.run_simulation
+
+    def recording(cfg, folder, progress, **kwargs):
+        resumed.append(kwargs.get("resume", False))
+        return original(cfg, folder, progress=progress, **kwargs)
+
+    monkeypatch.setattr(compare, "run_simulation", recording)
+    run_comparison(config, ["fedlease"], [0], tmp_path, progress=False)
+    assert resumed == [True]
+    metrics = [json.loads((folder / "fedlease" / "seed-0" / "metrics.json").read_text())
+               for folder in (out, tmp_path)]
+    for uninterrupted, continued in zip(*(m["rounds"] for m in metrics), strict=True):
+        for cid, values in uninterrupted["clients"].items():
+            assert continued["clients"][cid]["accuracy"] == values["accuracy"]
+            assert continued["clients"][cid]["loss"] == values["loss"]
+    result = json.loads((tmp_path / "fedlease" / "seed-0" / "result.json").read_text())
+    assert result["wall_seconds"] >= sum(r["seconds"] for r in metrics[1]["rounds"])
 
 
 def test_algorithm_list_is_checked():

@@ -69,17 +69,17 @@ def test_unwritable_output_folder_fails_before_training(tiny_config, tmp_path):
 def test_a_bad_upload_is_rejected_and_the_run_goes_on(tiny_config, tmp_path, monkeypatch):
     """colors-1 uploads NaN in round 2: the round aggregates the others, records the rejection,
     and every expert stays finite."""
-    from fedlease.algorithms.fedlease import FedLEASE
+    from fedlease.algorithms.base import AlgorithmClient
 
-    honest = FedLEASE.client_fit.__func__
+    honest = AlgorithmClient.fit.__func__
 
     def poisoned(cls, ins, local_state, trainer):
         reply, state = honest(cls, ins, local_state, trainer)
-        if trainer.data.client_id == "colors-1" and ins.config["upload"]:
+        if trainer.data.client_id == "colors-1" and ins.upload:
             reply.arrays = {k: torch.full_like(v, float("nan")) for k, v in reply.arrays.items()}
         return reply, state
 
-    monkeypatch.setattr(FedLEASE, "client_fit", classmethod(poisoned))
+    monkeypatch.setattr(AlgorithmClient, "fit", classmethod(poisoned))
     tiny_config.federation.rounds = 2
     result = run_simulation(tiny_config, tmp_path / "run", progress=False)
     assert [list(r["rejected"]) for r in result.history] == [["colors-1"], ["colors-1"]]

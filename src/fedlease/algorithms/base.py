@@ -2,26 +2,34 @@
 
 The message flow of one round, whatever drives it (the simulator or Flower):
 
-1. server: ``configure_fit(rnd)`` -> one ``Instruction`` per client
+1. server: ``Algorithm.configure_fit(rnd)`` -> one ``Instruction`` per client
    (tensors to install, the adapter layout to train, what to upload);
-2. client: ``client_fit(instruction, local_state, trainer)`` -> ``Reply`` + new local state;
-3. server: ``aggregate_fit(rnd, replies)``;
-4. server: ``configure_evaluate(rnd)``, client: ``client_evaluate(...)`` -> metrics.
+2. client: ``AlgorithmClient.fit(instruction, local_state, trainer)`` -> ``Reply`` + new local
+   state;
+3. server: ``accept_replies`` (validation.py) checks every reply, then ``aggregate_fit(rnd,
+   replies)``;
+4. server: ``configure_evaluate(rnd)``, client: ``AlgorithmClient.evaluate(...)`` -> metrics.
 
 Before round 1 an algorithm may ask each client for a profile (``configure_profile`` ->
-``client_profile`` -> ``aggregate_profile``): FedLEASE's ``embedding`` allocation asks for the
-client's mean representation, one vector under ``EMBEDDING_KEY``.
+``AlgorithmClient.profile`` -> ``aggregate_profile``): FedLEASE's ``embedding`` allocation asks
+for the client's mean representation, one vector under ``EMBEDDING_KEY``.
 
-Tensors travel as ``dict[str, Tensor]`` keyed by state name (see ``fedlease.model.model``);
-everything else as plain values in ``config``. The client keeps whatever it does not upload
-(its head, local LoRA parts) in its local state between rounds; the server never sees it.
+Tensors travel as ``dict[str, Tensor]`` keyed by state name (see ``fedlease.model.model``); the
+rest of a message is typed fields (the layout, the upload spec, seeds) and, for an algorithm
+that needs more, a dataclass of its own (``Algorithm.instruction_fields`` / ``reply_fields``:
+IFCA's cluster). The client keeps whatever it does not upload (its head, local LoRA parts) in
+its local state between rounds; the server never sees it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+from abc import ABC, abstractmethod
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -41,15 +49,73 @@ EMBEDDING_KEY = "profile.embedding"
 UPLOAD_PARTS = ("lora_A", "lora_B", "router", EMBEDDING_PART)
 
 
+@dataclass(frozen=True)
+class UploadSpec:
+    """What a client uploads after its local step: the ``parts`` of the ``experts`` (indices
+    into its layout's experts; a router is uploaded whole); the part ``"embedding"`` is its
+    representation vector, with Gaussian noise of std ``embedding_noise`` per coordinate."""
+
+    experts: tuple[int, ...] = ()
+    parts: tuple[str, ...] = ()
+    embedding_noise: float = 0.0
+
+    def to_config(self) -> dict:
+        return {"experts": list(self.experts), "parts": list(self.parts),
+                "embedding_noise": self.embedding_noise}
+
+    @classmethod
+    def from_config(cls, value) -> UploadSpec | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict) or set(value) != {"experts", "parts", "embedding_noise"}:
+            raise ProtocolError(f"upload spec {value!r}: expected {{'experts': [...], "
+                                "'parts': [...], 'embedding_noise': std}} or None")
+        experts, parts, noise = value["experts"], value["parts"], value["embedding_noise"]
+        if not isinstance(experts, (list, tuple)) or not all(
+                isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in experts):
+            raise ProtocolError(f"upload spec experts = {experts!r}: expected a list of "
+                                "expert indices (integers >= 0)")
+        if not isinstance(parts, (list, tuple)) or not set(parts) <= set(UPLOAD_PARTS):
+            raise ProtocolError(f"upload spec parts = {parts!r}: expected a list of "
+                                f"{', '.join(UPLOAD_PARTS)}")
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
+            raise ProtocolError(f"upload spec embedding_noise = {noise!r}: expected a number "
+                                ">= 0")
+        return cls(tuple(experts), tuple(parts), float(noise))
+
+    @property
+    def embedding(self) -> bool:
+        """Whether the client's representation vector is asked for."""
+        return EMBEDDING_PART in self.parts
+
+
 @dataclass
 class Instruction:
-    """Server -> client. ``config["layout"]`` is an ``AdapterLayout.to_config()``;
-    ``config["upload"]`` is an ``UploadSpec.to_config()`` or None (nothing); the part
-    ``"embedding"`` asks for the client's representation vector, with Gaussian noise of std
-    ``config["embedding_noise"]``."""
+    """Server -> client: tensors to install over the client's local state, and what to do."""
 
     arrays: Tensors
-    config: dict = field(default_factory=dict)
+    layout: AdapterLayout | None = None  # the adapters to train / evaluate; None: a profile
+    upload: UploadSpec | None = None  # what to send back after training; None: nothing
+    seed: int = 0  # the client's seed for this step: dropout, batch order, embedding noise
+    head_seed: int = 0  # a new task head's init: the same for every client
+    extra: object = None  # the algorithm's own fields: an ``instruction_fields`` instance
+
+    def to_config(self) -> dict:
+        """Everything but the tensors, as JSON-able values (Flower sends it as one string)."""
+        return {"layout": None if self.layout is None else self.layout.to_config(),
+                "upload": None if self.upload is None else self.upload.to_config(),
+                "seed": self.seed, "head_seed": self.head_seed,
+                "extra": None if self.extra is None else dataclasses.asdict(self.extra)}
+
+    @classmethod
+    def from_config(cls, arrays: Tensors, value: dict, extra_type: type | None) -> Instruction:
+        """The inverse of ``to_config``; ``extra_type``: the algorithm's ``instruction_fields``."""
+        keys = {"layout", "upload", "seed", "head_seed", "extra"}
+        if not isinstance(value, dict) or set(value) != keys:
+            raise ProtocolError(f"instruction {value!r}: expected the keys {sorted(keys)}")
+        layout = None if value["layout"] is None else AdapterLayout.from_config(value["layout"])
+        return cls(arrays, layout, UploadSpec.from_config(value["upload"]), int(value["seed"]),
+                   int(value["head_seed"]), read_fields(extra_type, value["extra"], "instruction"))
 
 
 @dataclass
@@ -59,6 +125,35 @@ class Reply:
     arrays: Tensors
     num_examples: int
     metrics: dict = field(default_factory=dict)
+    # the algorithm's own fields: a ``reply_fields`` instance (its wire form, a dict, until the
+    # server's validation reads it); None for an algorithm that declares none
+    extra: object = None
+
+
+def read_fields(cls: type | None, value, what: str):
+    """An algorithm's own message fields: ``value`` (an instance of the dataclass ``cls`` or
+    its ``asdict`` form) checked against ``cls``'s field types (int, float, str, or one of
+    them or None); None when ``cls`` is None. Raises ``ProtocolError``."""
+    if cls is None:
+        if value is not None:
+            raise ProtocolError(f"{what}: unexpected algorithm fields {value!r}")
+        return None
+    if isinstance(value, cls):
+        value = dataclasses.asdict(value)
+    names = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(value, dict) or set(value) != names:
+        raise ProtocolError(f"{what}: fields {value!r}, expected {cls.__name__} with "
+                            f"{sorted(names)}")
+    for name, hint in typing.get_type_hints(cls).items():
+        allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        item = value[name]
+        ok = any(item is None if kind is type(None)
+                 else isinstance(item, int) and not isinstance(item, bool) if kind is int
+                 else isinstance(item, (int, float)) and not isinstance(item, bool)
+                 if kind is float else isinstance(item, kind) for kind in allowed)
+        if not ok:
+            raise ProtocolError(f"{what}: {name} = {item!r}, expected {hint}")
+    return cls(**value)
 
 
 @dataclass(frozen=True)
@@ -73,46 +168,8 @@ def tensor_bytes(arrays: Tensors) -> int:
     return sum(t.numel() * t.element_size() for t in arrays.values())
 
 
-@dataclass(frozen=True)
-class UploadSpec:
-    """What a client uploads after its local step: the ``parts`` of the ``experts`` (indices
-    into its layout's experts; a router is uploaded whole). On the wire it is
-    ``Instruction.config["upload"]`` (``to_config``; None: nothing), read back and checked by
-    ``from_config`` wherever it is interpreted."""
-
-    experts: tuple[int, ...] = ()
-    parts: tuple[str, ...] = ()
-
-    def to_config(self) -> dict:
-        return {"experts": list(self.experts), "parts": list(self.parts)}
-
-    @classmethod
-    def from_config(cls, value) -> UploadSpec | None:
-        if not value:
-            return None
-        if not isinstance(value, dict) or set(value) != {"experts", "parts"}:
-            raise ProtocolError(f"upload spec {value!r}: expected {{'experts': [...], "
-                                "'parts': [...]}} or None")
-        experts, parts = value["experts"], value["parts"]
-        if not isinstance(experts, (list, tuple)) or not all(
-                isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in experts):
-            raise ProtocolError(f"upload spec experts = {experts!r}: expected a list of "
-                                "expert indices (integers >= 0)")
-        if not isinstance(parts, (list, tuple)) or not set(parts) <= set(UPLOAD_PARTS):
-            raise ProtocolError(f"upload spec parts = {parts!r}: expected a list of "
-                                f"{', '.join(UPLOAD_PARTS)}")
-        return cls(tuple(experts), tuple(parts))
-
-    @property
-    def embedding(self) -> bool:
-        """Whether the client's representation vector is asked for."""
-        return EMBEDDING_PART in self.parts
-
-
-def select_upload(state: Tensors, spec: dict | None) -> Tensors:
-    """The part of a client's state it sends: the listed parts, of the listed experts only
-    (``spec``: an ``UploadSpec.to_config()``)."""
-    spec = UploadSpec.from_config(spec)
+def select_upload(state: Tensors, spec: UploadSpec | None) -> Tensors:
+    """The part of a client's state it sends: the listed parts, of the listed experts only."""
     if spec is None:
         return {}
     experts = torch.tensor(spec.experts, dtype=torch.long)
@@ -137,10 +194,51 @@ def fedavg(replies: list[Reply]) -> Tensors:
             for key in replies[0].arrays}
 
 
-class Algorithm:
-    """Server side of a federated algorithm; client side as overridable class methods."""
+class AlgorithmClient:
+    """The client side of an algorithm: what a client does with an ``Instruction``. Class
+    methods without state of their own: the client's local state goes in and comes out (the
+    simulator keeps it per client, a Flower node in its ``Context``)."""
+
+    @classmethod
+    def install(cls, ins: Instruction, local_state: Tensors) -> Tensors:
+        """The client's state once what came down is installed over what it kept."""
+        return {**local_state, **ins.arrays}
+
+    @classmethod
+    def fit(cls, ins: Instruction, local_state: Tensors, trainer) -> tuple[Reply, Tensors]:
+        """Install what came down over the local state, train, upload what was asked."""
+        return cls.train_and_upload(with_head(cls.install(ins, local_state), ins, trainer),
+                                    ins, trainer)
+
+    @classmethod
+    def train_and_upload(cls, state: Tensors, ins: Instruction, trainer) -> tuple[Reply, Tensors]:
+        state, metrics = trainer.train(state, ins.layout, seed=ins.seed)
+        upload = select_upload(state, ins.upload)
+        if ins.upload is not None and ins.upload.embedding:
+            upload[EMBEDDING_KEY] = client_embedding(trainer, ins)
+        metrics["upload_bytes"] = tensor_bytes(upload)
+        return Reply(upload, trainer.num_train, metrics), state
+
+    @classmethod
+    def profile(cls, ins: Instruction, trainer) -> Reply:
+        """Compute and upload what ``configure_profile`` asked for, before any training."""
+        upload = {EMBEDDING_KEY: client_embedding(trainer, ins)}
+        return Reply(upload, trainer.num_train, {"upload_bytes": tensor_bytes(upload)})
+
+    @classmethod
+    def evaluate(cls, ins: Instruction, local_state: Tensors, trainer) -> dict:
+        return trainer.evaluate(cls.install(ins, local_state), ins.layout)
+
+
+class Algorithm(ABC):
+    """The server side of a federated algorithm; its client side is ``client``."""
 
     name = ""
+    client: ClassVar[type[AlgorithmClient]] = AlgorithmClient
+    # dataclasses of the fields this algorithm adds to its messages (None: none); a reply's
+    # are checked on arrival (``read_fields``, then ``check_reply_fields``)
+    instruction_fields: ClassVar[type | None] = None
+    reply_fields: ClassVar[type | None] = None
     # names of the attributes holding the server's mutable state (tensors, numbers, strings, or
     # nested dicts/lists of those): what a checkpoint must save to resume the run
     state_fields: tuple[str, ...] = ()
@@ -159,22 +257,23 @@ class Algorithm:
 
     # -- server side: what each algorithm defines ------------------------------------------
 
+    @abstractmethod
     def download(self, after_round: int) -> dict[str, Instruction]:
         """Per client: the tensors and layout it holds once round ``after_round`` is aggregated
         (``after_round = 0``: before training starts)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def upload_spec(self, rnd: int, client_id: str) -> UploadSpec | None:
         """What the client uploads after training in round ``rnd`` (None: nothing)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
-        raise NotImplementedError
+        """Take the accepted replies of round ``rnd`` into the server's state."""
 
-    def check_reply_fields(self, ins: Instruction, reply: Reply) -> None:
-        """Raise ``RejectedUpload`` unless ``reply`` carries, besides the tensors the upload
-        spec asked for, what this algorithm's aggregation reads of it (e.g. IFCA's cluster
-        choice); checked on arrival with the tensors. The default reads nothing more."""
+    def check_reply_fields(self, ins: Instruction, reply: Reply) -> None:  # noqa: B027 optional
+        """Raise ``RejectedUpload`` unless ``reply.extra`` (already of type ``reply_fields``)
+        holds values this algorithm's aggregation can use (e.g. IFCA's cluster in range);
+        checked on arrival with the tensors. The default checks nothing more."""
 
     def report(self) -> dict:
         """Extra results for the run summary (e.g. the clustering); JSON-serialisable."""
@@ -190,7 +289,7 @@ class Algorithm:
         """What each client computes and uploads once, before round 1 (default: nothing)."""
         return {}
 
-    def aggregate_profile(self, replies: dict[str, Reply]) -> None:
+    def aggregate_profile(self, replies: dict[str, Reply]) -> None:  # noqa: B027 optional
         """Take the accepted profile replies (called only when ``configure_profile`` asked)."""
 
     def client_layout_bound(self) -> AdapterLayout:
@@ -208,12 +307,11 @@ class Algorithm:
             for cid in first_time:
                 instructions[cid].arrays = {**initial[cid].arrays, **instructions[cid].arrays}
         for cid, ins in instructions.items():
-            spec = self.upload_spec(rnd, cid)
-            ins.config["upload"] = spec.to_config() if spec else None
-            ins.config["seed"] = self.client_seed(rnd, cid)
+            ins.upload = self.upload_spec(rnd, cid)
+            ins.seed = self.client_seed(rnd, cid)
             # a common head init, like the common LoRA init: with per-client random heads the
             # warm-up B matrices would mostly reflect the random head, not the client's data
-            ins.config["head_seed"] = self.config.federation.seed
+            ins.head_seed = self.config.federation.seed
         return instructions
 
     def configure_evaluate(self, rnd: int) -> dict[str, Instruction]:
@@ -234,51 +332,16 @@ class Algorithm:
             state[f"{ADAPTER_PREFIX}{name}.lora_B"] = B
         return state
 
-    # -- client side --------------------------------------------------------------------
-
-    @classmethod
-    def install(cls, ins: Instruction, local_state: Tensors) -> Tensors:
-        """The client's state once what came down is installed over what it kept."""
-        return {**local_state, **ins.arrays}
-
-    @classmethod
-    def client_fit(cls, ins: Instruction, local_state: Tensors, trainer) -> tuple[Reply, Tensors]:
-        """Install what came down over the local state, train, upload what was asked."""
-        return cls.train_and_upload(with_head(cls.install(ins, local_state), ins, trainer),
-                                    ins, trainer)
-
-    @classmethod
-    def train_and_upload(cls, state: Tensors, ins: Instruction, trainer) -> tuple[Reply, Tensors]:
-        layout = AdapterLayout.from_config(ins.config["layout"])
-        state, metrics = trainer.train(state, layout, seed=ins.config["seed"])
-        spec = ins.config.get("upload")
-        upload = select_upload(state, spec)
-        if spec and UploadSpec.from_config(spec).embedding:
-            upload[EMBEDDING_KEY] = client_embedding(trainer, ins)
-        metrics["upload_bytes"] = tensor_bytes(upload)
-        return Reply(upload, trainer.num_train, metrics), state
-
-    @classmethod
-    def client_profile(cls, ins: Instruction, trainer) -> Reply:
-        """Compute and upload what ``configure_profile`` asked for, before any training."""
-        upload = {EMBEDDING_KEY: client_embedding(trainer, ins)}
-        return Reply(upload, trainer.num_train, {"upload_bytes": tensor_bytes(upload)})
-
-    @classmethod
-    def client_evaluate(cls, ins: Instruction, local_state: Tensors, trainer) -> dict:
-        state = cls.install(ins, local_state)
-        return trainer.evaluate(state, AdapterLayout.from_config(ins.config["layout"]))
-
 
 def client_embedding(trainer, ins: Instruction) -> torch.Tensor:
     """The client's mean representation scaled to unit length (cosine distance ignores the
     length, so it reveals nothing the server needs), plus Gaussian noise of std
-    ``ins.config["embedding_noise"]`` per coordinate, seeded by the instruction."""
+    ``ins.upload.embedding_noise`` per coordinate, seeded by the instruction."""
     vector = trainer.mean_representation()
     vector = vector / vector.norm().clamp(min=1e-12)
-    noise = float(ins.config.get("embedding_noise", 0.0))
+    noise = ins.upload.embedding_noise if ins.upload is not None else 0.0
     if noise > 0:
-        gen = torch.Generator().manual_seed(int(ins.config["seed"]))
+        gen = torch.Generator().manual_seed(ins.seed)
         vector = vector + noise * torch.randn(vector.shape, generator=gen)
     return vector
 
@@ -287,4 +350,4 @@ def with_head(state: Tensors, ins: Instruction, trainer) -> Tensors:
     """The state with a task head: the client's own, or a new one from the common head seed."""
     if HEAD_PREFIX + "weight" in state:
         return state
-    return {**state, **trainer.new_head(ins.config["head_seed"])}
+    return {**state, **trainer.new_head(ins.head_seed)}

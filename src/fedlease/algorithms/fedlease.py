@@ -85,16 +85,15 @@ class FedLEASE(Algorithm):
         return clustering.labels
 
     def download(self, after_round: int) -> dict[str, Instruction]:
-        warmup_layout = AdapterLayout().to_config()
         if after_round < self.warmup_rounds:
             arrays = self.initial_lora if after_round == 0 else {}
-            return {c.client_id: Instruction(dict(arrays), {"layout": warmup_layout})
+            return {c.client_id: Instruction(dict(arrays), AdapterLayout())
                     for c in self.clients}
         return {
             c.client_id: Instruction(
                 {**self.experts, **self.routers[self.cluster_of[c.client_id]]},
-                {"layout": self.layout_for(c.client_id).to_config()},
-            ) if c.client_id in self.cluster_of else Instruction({}, {"layout": warmup_layout})
+                self.layout_for(c.client_id),
+            ) if c.client_id in self.cluster_of else Instruction({}, AdapterLayout())
             for c in self.clients
         }
 
@@ -106,11 +105,10 @@ class FedLEASE(Algorithm):
         """With an embedding signal: every client's representation vector, before round 1."""
         if not self.uses_embedding:
             return {}
-        return {c.client_id: Instruction({}, {
-            "upload": UploadSpec((), (EMBEDDING_PART,)).to_config(),
-            "seed": self.client_seed(0, c.client_id),
-            "embedding_noise": self.config.federation.embedding_noise,
-        }) for c in self.clients}
+        noise = self.config.federation.embedding_noise
+        return {c.client_id: Instruction({}, upload=UploadSpec((), (EMBEDDING_PART,), noise),
+                                         seed=self.client_seed(0, c.client_id))
+                for c in self.clients}
 
     def aggregate_profile(self, replies: dict[str, Reply]) -> None:
         self.embeddings.update({cid: r.arrays[EMBEDDING_KEY] for cid, r in replies.items()})
@@ -123,16 +121,9 @@ class FedLEASE(Algorithm):
         if client_id not in self.cluster_of:  # the allocation round, or a late client
             missing_embedding = self.uses_embedding and client_id not in self.embeddings
             return UploadSpec((0,), tuple(LORA_PARTS)
-                              + ((EMBEDDING_PART,) if missing_embedding else ()))
+                              + ((EMBEDDING_PART,) if missing_embedding else ()),
+                              self.config.federation.embedding_noise)
         return UploadSpec((self.cluster_of[client_id],), (*LORA_PARTS, "router"))
-
-    def configure_fit(self, rnd, first_time=()):
-        instructions = super().configure_fit(rnd, first_time)
-        for ins in instructions.values():
-            spec = UploadSpec.from_config(ins.config["upload"])
-            if spec and spec.embedding:
-                ins.config["embedding_noise"] = self.config.federation.embedding_noise
-        return instructions
 
     def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
         for cid, reply in replies.items():  # late clients' embeddings

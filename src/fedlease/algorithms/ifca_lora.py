@@ -12,12 +12,13 @@ the same role).
 
 from __future__ import annotations
 
-import numbers
+from dataclasses import dataclass
 
 import torch
 
 from fedlease.algorithms.base import (
     Algorithm,
+    AlgorithmClient,
     Instruction,
     Reply,
     Tensors,
@@ -32,8 +33,51 @@ from fedlease.model.model import ADAPTER_PREFIX
 LORA_PARTS = ["lora_A", "lora_B"]
 
 
+@dataclass(frozen=True)
+class AssignedCluster:
+    """Instruction field: the cluster the client picked in its latest round, the one it is
+    evaluated with (None before it has trained)."""
+
+    cluster: int | None
+
+
+@dataclass(frozen=True)
+class ChosenCluster:
+    """Reply field: the cluster whose LoRA the client trained and uploads."""
+
+    cluster: int
+
+
+class IFCALoRAClient(AlgorithmClient):
+    @staticmethod
+    def cluster_lora(arrays: Tensors, cluster: int) -> Tensors:
+        """Cluster ``cluster``'s LoRA out of the stacked download, as a one-expert state."""
+        return {key: value[cluster : cluster + 1] for key, value in arrays.items()
+                if key.startswith(ADAPTER_PREFIX)}
+
+    @classmethod
+    def install(cls, ins: Instruction, local_state: Tensors) -> Tensors:
+        return {**local_state, **cls.cluster_lora(ins.arrays, ins.extra.cluster)}
+
+    @classmethod
+    def fit(cls, ins: Instruction, local_state: Tensors, trainer) -> tuple[Reply, Tensors]:
+        """Every cluster's loss on the training data, then train and upload the lowest."""
+        state = with_head(local_state, ins, trainer)
+        num_clusters = next(iter(ins.arrays.values())).shape[0]
+        candidates = [{**state, **cls.cluster_lora(ins.arrays, c)} for c in range(num_clusters)]
+        losses = [trainer.evaluate(s, ins.layout, on="train")["loss"] for s in candidates]
+        best = pick_lowest(losses, torch.Generator().manual_seed(ins.seed))
+        reply, new_state = cls.train_and_upload(candidates[best], ins, trainer)
+        reply.extra = ChosenCluster(best)
+        reply.metrics["cluster_loss"] = losses[best]
+        return reply, new_state
+
+
 class IFCALoRA(Algorithm):
     name = "ifca-lora"
+    client = IFCALoRAClient
+    instruction_fields = AssignedCluster
+    reply_fields = ChosenCluster
     state_fields = ("clusters", "cluster_of")
 
     def __init__(self, config, clients, adapter_shapes, representation_dim: int = 0):
@@ -46,27 +90,22 @@ class IFCALoRA(Algorithm):
         self.cluster_of: dict[str, int] = {}
 
     def download(self, after_round: int) -> dict[str, Instruction]:
-        layout = AdapterLayout().to_config()
-        return {
-            c.client_id: Instruction(dict(self.clusters), {
-                "layout": layout, "cluster": self.cluster_of.get(c.client_id)})
-            for c in self.clients
-        }
+        return {c.client_id: Instruction(dict(self.clusters), AdapterLayout(),
+                                         extra=AssignedCluster(self.cluster_of.get(c.client_id)))
+                for c in self.clients}
 
     def upload_spec(self, rnd: int, client_id: str) -> UploadSpec | None:
         return UploadSpec((0,), tuple(LORA_PARTS))
 
     def check_reply_fields(self, ins: Instruction, reply: Reply) -> None:
-        """The cluster the client trained: an integer in 0..K-1 (``metrics["cluster"]``)."""
-        cluster = reply.metrics.get("cluster")
-        if not (isinstance(cluster, numbers.Real) and not isinstance(cluster, bool)
-                and float(cluster).is_integer() and 0 <= cluster < self.num_clusters):
-            raise RejectedUpload(f"metrics[\"cluster\"] = {cluster!r}: expected the cluster it "
+        """The cluster the client trained: one of the K."""
+        if not 0 <= reply.extra.cluster < self.num_clusters:
+            raise RejectedUpload(f"cluster = {reply.extra.cluster}: expected the cluster it "
                                  f"trained, an integer in 0..{self.num_clusters - 1}")
 
     def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
         for cid, reply in replies.items():
-            self.cluster_of[cid] = int(reply.metrics["cluster"])
+            self.cluster_of[cid] = reply.extra.cluster
         for c in range(self.num_clusters):
             group = [reply for cid, reply in replies.items() if self.cluster_of[cid] == c]
             if not group:
@@ -83,31 +122,6 @@ class IFCALoRA(Algorithm):
             return {}
         return {"clients": [c.client_id for c in self.clients], "assignment": self.cluster_of,
                 "num_experts": self.num_clusters}
-
-    # -- client side --------------------------------------------------------------------
-
-    @staticmethod
-    def cluster_lora(arrays: Tensors, cluster: int) -> Tensors:
-        """Cluster ``cluster``'s LoRA out of the stacked download, as a one-expert state."""
-        return {key: value[cluster : cluster + 1] for key, value in arrays.items()
-                if key.startswith(ADAPTER_PREFIX)}
-
-    @classmethod
-    def install(cls, ins: Instruction, local_state: Tensors) -> Tensors:
-        return {**local_state, **cls.cluster_lora(ins.arrays, ins.config["cluster"])}
-
-    @classmethod
-    def client_fit(cls, ins: Instruction, local_state: Tensors, trainer) -> tuple[Reply, Tensors]:
-        state = with_head(local_state, ins, trainer)
-        layout = AdapterLayout.from_config(ins.config["layout"])
-        num_clusters = next(iter(ins.arrays.values())).shape[0]
-        candidates = [{**state, **cls.cluster_lora(ins.arrays, c)} for c in range(num_clusters)]
-        losses = [trainer.evaluate(s, layout, on="train")["loss"] for s in candidates]
-        best = pick_lowest(losses, torch.Generator().manual_seed(ins.config["seed"]))
-        reply, new_state = cls.train_and_upload(candidates[best], ins, trainer)
-        reply.metrics["cluster"] = best
-        reply.metrics["cluster_loss"] = losses[best]
-        return reply, new_state
 
 
 def pick_lowest(losses: list[float], generator: torch.Generator) -> int:

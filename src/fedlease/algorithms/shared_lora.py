@@ -13,11 +13,34 @@ from __future__ import annotations
 
 import torch
 
-from fedlease.algorithms.base import Algorithm, Instruction, Reply, Tensors, UploadSpec, fedavg
+from fedlease.algorithms.base import (
+    Algorithm,
+    AlgorithmClient,
+    Instruction,
+    Reply,
+    Tensors,
+    UploadSpec,
+    fedavg,
+)
 from fedlease.model.lora import AdapterLayout
 
 
+class SharedLoRAClient(AlgorithmClient):
+    shared_experts: tuple[int, ...] = (0,)  # set per algorithm: its ``shared_experts``
+
+    @classmethod
+    def install(cls, ins: Instruction, local_state: Tensors) -> Tensors:
+        """A tensor the client has not got yet is taken whole (the initial LoRAs); one it has
+        gets the shared experts replaced by the server's average, the rest kept."""
+        state = dict(local_state)
+        experts = torch.tensor(cls.shared_experts, dtype=torch.long)
+        for key, value in ins.arrays.items():
+            state[key] = value if key not in state else state[key].index_copy(0, experts, value)
+        return state
+
+
 class SharedLoRA(Algorithm):
+    client = SharedLoRAClient
     num_experts = 1  # LoRAs per adapted layer, summed
     shared_experts: tuple[int, ...] = (0,)  # the experts whose shared parts are averaged
     shared_parts: tuple[str, ...] = ()  # "lora_A", "lora_B": what is averaged
@@ -30,6 +53,12 @@ class SharedLoRA(Algorithm):
                                     self.train_A)
         self.shared: Tensors = {}  # the latest averages, [len(shared_experts), ...] per key
 
+    def __init_subclass__(cls, **kwargs):
+        """Each algorithm's client splices the averages into the experts its server averages."""
+        super().__init_subclass__(**kwargs)
+        cls.client = type(f"{cls.__name__}Client", (SharedLoRAClient,),
+                          {"shared_experts": cls.shared_experts})
+
     def client_layout_bound(self) -> AdapterLayout:
         return self.layout
 
@@ -40,8 +69,7 @@ class SharedLoRA(Algorithm):
 
     def download(self, after_round: int) -> dict[str, Instruction]:
         arrays = self.initial_state() if after_round == 0 else self.shared
-        config = {"layout": self.layout.to_config()}
-        return {c.client_id: Instruction(dict(arrays), dict(config)) for c in self.clients}
+        return {c.client_id: Instruction(dict(arrays), self.layout) for c in self.clients}
 
     def configure_fit(self, rnd, first_time=()):
         """A client training for the first time after round 1 gets the initial LoRAs with the
@@ -50,7 +78,7 @@ class SharedLoRA(Algorithm):
         instructions = super().configure_fit(rnd, first_time)
         if rnd > 1:
             for cid in first_time:
-                instructions[cid].arrays = self.install(Instruction(dict(self.shared)),
+                instructions[cid].arrays = self.client.install(Instruction(dict(self.shared)),
                                                         self.initial_state())
         return instructions
 
@@ -66,13 +94,3 @@ class SharedLoRA(Algorithm):
     def server_experts(self) -> Tensors:
         """The global LoRA(s), when whole LoRAs are averaged (FedIT, FedDPA's global one)."""
         return dict(self.shared) if set(self.shared_parts) == {"lora_A", "lora_B"} else {}
-
-    @classmethod
-    def install(cls, ins: Instruction, local_state: Tensors) -> Tensors:
-        """A tensor the client has not got yet is taken whole (the initial LoRAs); one it has
-        gets the shared experts replaced by the server's average, the rest kept."""
-        state = dict(local_state)
-        experts = torch.tensor(cls.shared_experts, dtype=torch.long)
-        for key, value in ins.arrays.items():
-            state[key] = value if key not in state else state[key].index_copy(0, experts, value)
-        return state

@@ -1,7 +1,7 @@
 """The server's check of every client upload before it is aggregated.
 
 A client is not trusted: whatever it sends is compared with what the server asked for in the
-round's ``Instruction`` (``config["upload"]``, see ``select_upload``) and with the adapter shapes
+round's ``Instruction`` (its ``upload`` spec, see ``select_upload``) and with the adapter shapes
 the server knows. A reply that fails any check is left out of the round and logged with the
 client id and the reason; the other replies are aggregated as usual, so a bad upload never
 touches the server's state.
@@ -23,10 +23,9 @@ from fedlease.algorithms.base import (
     Algorithm,
     Instruction,
     Reply,
-    UploadSpec,
+    read_fields,
 )
-from fedlease.errors import RejectedUpload
-from fedlease.model.lora import AdapterLayout
+from fedlease.errors import ProtocolError, RejectedUpload
 from fedlease.model.model import ADAPTER_PREFIX
 
 log = logging.getLogger(__name__)
@@ -40,15 +39,14 @@ MAX_NUM_EXAMPLES = 10**9
 def expected_upload_shapes(instruction: Instruction, adapter_shapes: dict[str, tuple[int, int]],
                            rank: int, representation_dim: int = 0) -> dict[str, tuple[int, ...]]:
     """Key -> shape of every tensor the client was asked to upload."""
-    spec = UploadSpec.from_config(instruction.config.get("upload"))
+    spec, layout = instruction.upload, instruction.layout
     if spec is None:
         return {}
     shapes = {}
     if spec.embedding:
         shapes[EMBEDDING_KEY] = (representation_dim,)
-    if "layout" not in instruction.config:  # a profile request: the embedding alone
+    if layout is None:  # a profile request: the embedding alone
         return shapes
-    layout = AdapterLayout.from_config(instruction.config["layout"])
     num = len(spec.experts)
     for name, (d_in, d_out) in adapter_shapes.items():
         part_shapes = {"lora_A": (num, rank, d_in), "lora_B": (num, d_out, rank)}
@@ -122,6 +120,10 @@ def accept_replies(algorithm: Algorithm, rnd: int, instructions: dict[str, Instr
                                               algorithm.config.lora.rank,
                                               algorithm.representation_dim)
             check_reply(reply, expected, max_norm, declared.get(cid, 0))
+            try:
+                reply.extra = read_fields(algorithm.reply_fields, reply.extra, "reply")
+            except ProtocolError as err:
+                raise RejectedUpload(str(err)) from None
             algorithm.check_reply_fields(instructions[cid], reply)
         except RejectedUpload as err:
             rejected[cid] = str(err)

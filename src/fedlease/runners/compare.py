@@ -9,15 +9,18 @@ the algorithm ``NAME`` with settings changed, e.g. ``fedlease+allocation=embeddi
 The variant's name is its row in the table and its folder.
 
 A pair whose folder holds ``result.json`` (written after the run's other files) is finished and
-is not run again, so an interrupted comparison resumes where it stopped; a half-written pair is
-run again from the start. A finished pair is reused only if its ``config.toml`` (read with
-``load_config``, so keys added since fill in with their defaults) equals the configuration asked
-for, but for ``REUSABLE_CHANGES``; otherwise the comparison stops before running anything and
-names the differences, unless ``rerun_stale`` asks to run those pairs again.
+is not run again, so an interrupted comparison resumes where it stopped; a pair interrupted
+mid-run continues from its last checkpoint (one of another configuration, or damaged, is
+reported and the pair runs again from the start). A finished pair is reused only if its
+``config.toml`` (read with ``load_config``, so keys added since fill in with their defaults)
+equals the configuration asked for, but for ``REUSABLE_CHANGES``; otherwise the comparison
+stops before running anything and names the differences, unless ``rerun_stale`` asks to run
+those pairs again.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS
 from fedlease.config import RunConfig, changed_fields, config_to_dict, load_config, with_overrides
-from fedlease.errors import ConfigError
+from fedlease.errors import CheckpointError, ConfigError
 from fedlease.reporting.comparison import (
     is_finished,
     load_run,
@@ -33,6 +36,7 @@ from fedlease.reporting.comparison import (
     run_folder,
     write_comparison,
 )
+from fedlease.runners.checkpoint import MANIFEST, checkpoint_dir
 from fedlease.runners.simulator import run_simulation
 
 if sys.version_info >= (3, 11):
@@ -102,6 +106,22 @@ def stale_reason(folder: Path, config: RunConfig) -> str | None:
                      for name in changed for s, k in [name.split(".", 1)])
 
 
+def continue_pair(config: RunConfig, folder: Path, progress: bool) -> float | None:
+    """Finish a pair interrupted after a checkpoint; its wall time: the rounds run before plus
+    this run. None if there is no checkpoint to continue from."""
+    manifest = checkpoint_dir(folder) / MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        done = json.loads(manifest.read_text(encoding="utf-8"))["round"]
+        result = run_simulation(config, folder, progress=progress, resume=True)
+    except (CheckpointError, OSError, ValueError, KeyError, TypeError) as err:
+        print(f"fedlease compare: {folder}: cannot continue from its checkpoint ({err}); "
+              "running it again from the start", file=sys.stderr)
+        return None
+    return result.wall_seconds + sum(r["seconds"] for r in result.history[:done])
+
+
 def run_comparison(config: RunConfig, algorithms: list[str], seeds: list[int],
                    out_dir: str | Path, progress: bool = True,
                    rerun_stale: bool = False) -> list[dict]:
@@ -126,8 +146,11 @@ def run_comparison(config: RunConfig, algorithms: list[str], seeds: list[int],
             bar.set_postfix_str(f"{algorithm} seed {seed}: done before")
             continue
         bar.set_postfix_str(f"{algorithm} seed {seed}")
-        # an unfinished or stale pair starts over: its folder's old outputs are replaced
-        result = run_simulation(configs[algorithm, seed], folder, progress=progress,
-                                overwrite=True)
-        mark_finished(folder, algorithm, seed, result.wall_seconds)
+        wall_seconds = None
+        if (algorithm, seed) not in stale:
+            wall_seconds = continue_pair(configs[algorithm, seed], folder, progress)
+        if wall_seconds is None:  # a new or stale pair: its folder's old outputs are replaced
+            wall_seconds = run_simulation(configs[algorithm, seed], folder, progress=progress,
+                                          overwrite=True).wall_seconds
+        mark_finished(folder, algorithm, seed, wall_seconds)
     return write_comparison([load_run(run_folder(out_dir, *pair)) for pair in pairs], out_dir)

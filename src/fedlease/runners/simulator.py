@@ -47,7 +47,7 @@ class InProcessTransport:
     def __init__(self, config: RunConfig, clients, trainers: dict[str, LocalTrainer],
                  progress: bool):
         self.config, self.clients, self.trainers = config, clients, trainers
-        self.algorithm_cls = ALGORITHMS[config.federation.algorithm]
+        self.client_side = ALGORITHMS[config.federation.algorithm].client
         self.local_states: dict[str, dict] = {c.client_id: {} for c in clients}
         self.progress = progress
         self._fingerprint: str | None = None
@@ -70,18 +70,18 @@ class InProcessTransport:
         return tqdm(ids, desc=desc, leave=False, disable=not self.progress)
 
     def profile(self, instructions: dict[str, Instruction]) -> dict[str, Reply]:
-        return {cid: self.algorithm_cls.client_profile(instructions[cid], self.trainers[cid])
+        return {cid: self.client_side.profile(instructions[cid], self.trainers[cid])
                 for cid in self._bar(instructions, "profile")}
 
     def fit(self, rnd: int, instructions: dict[str, Instruction]) -> dict[str, Reply]:
         replies = {}
         for cid in self._bar(instructions, f"round {rnd} train"):
-            replies[cid], self.local_states[cid] = self.algorithm_cls.client_fit(
+            replies[cid], self.local_states[cid] = self.client_side.fit(
                 instructions[cid], self.local_states[cid], self.trainers[cid])
         return replies
 
     def evaluate(self, rnd: int, instructions: dict[str, Instruction]) -> dict[str, dict]:
-        return {cid: self.algorithm_cls.client_evaluate(instructions[cid],
+        return {cid: self.client_side.evaluate(instructions[cid],
                                                         self.local_states[cid],
                                                         self.trainers[cid])
                 for cid in self._bar(instructions, f"round {rnd} eval")}
@@ -108,11 +108,11 @@ class InProcessTransport:
         description = describe_run(
             config, base_model_path(config),
             {cid: {"task": result.tasks[cid], "labels": labels[cid],
-                   "layout": ins.config["layout"]} for cid, ins in final.items()},
+                   "layout": ins.layout.to_config()} for cid, ins in final.items()},
             server_experts=len(next(iter(experts.values()))) if experts else 0,
             warmup=algorithm.uses_warmup and config.federation.warmup_rounds > 0)
-        writer.finish(result, {cid: (type(algorithm).install(ins, self.local_states[cid]),
-                                     ins.config["layout"])
+        writer.finish(result, {cid: (algorithm.client.install(ins, self.local_states[cid]),
+                                     ins.layout.to_config())
                                for cid, ins in final.items()}, description)
 
 

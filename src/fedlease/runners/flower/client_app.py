@@ -101,34 +101,35 @@ def describe(msg: Message, context: Context) -> Message:
 def _instruction(msg: Message, context: Context):
     config, _ = read_run_config(context.run_config)
     client, _, trainer = node_client(config, context.node_config)
-    client_id, ins = read_instruction(msg.content)
+    algorithm_cls = ALGORITHMS[config.federation.algorithm]
+    client_id, ins = read_instruction(msg.content, algorithm_cls.instruction_fields)
     if client_id != client.client_id:
         raise RuntimeError(f"node {context.node_id} holds client {client.client_id!r} but got "
                            f"the instruction for {client_id!r}")
     local = (from_array_record(context.state[LOCAL_STATE])
              if LOCAL_STATE in context.state else {})
-    return ALGORITHMS[config.federation.algorithm], ins, local, trainer
+    return algorithm_cls.client, ins, local, trainer
 
 
 @app.query("profile")
 def profile(msg: Message, context: Context) -> Message:
     """What the algorithm asks of this client once, before training (FedLEASE's embedding)."""
-    algorithm_cls, ins, _, trainer = _instruction(msg, context)
-    return Message(content=reply_content(algorithm_cls.client_profile(ins, trainer)),
+    client_side, ins, _, trainer = _instruction(msg, context)
+    return Message(content=reply_content(client_side.profile(ins, trainer)),
                    reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    algorithm_cls, ins, local, trainer = _instruction(msg, context)
-    reply, local = algorithm_cls.client_fit(ins, local, trainer)
+    client_side, ins, local, trainer = _instruction(msg, context)
+    reply, local = client_side.fit(ins, local, trainer)
     context.state[LOCAL_STATE] = to_array_record(local)
     return Message(content=reply_content(reply), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    algorithm_cls, ins, local, trainer = _instruction(msg, context)
-    metrics = algorithm_cls.client_evaluate(ins, local, trainer)
+    client_side, ins, local, trainer = _instruction(msg, context)
+    metrics = client_side.evaluate(ins, local, trainer)
     record = metric_record(metrics, trainer.num_test)
     return Message(content=RecordDict({"metrics": record}), reply_to=msg)

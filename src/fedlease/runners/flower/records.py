@@ -1,9 +1,11 @@
 """The library's messages as Flower records: tensors as ``ArrayRecord`` (NumPy ``.npy`` bytes,
-never pickles), the instruction config as one JSON string in a ``ConfigRecord`` (a
-``ConfigRecord`` holds no nested dicts or None), metrics as a ``MetricRecord``."""
+never pickles), the rest of an instruction (``Instruction.to_config``) and a reply's algorithm
+fields as JSON strings in a ``ConfigRecord`` (which holds no nested dicts or None), metrics as a
+``MetricRecord``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -28,15 +30,17 @@ def from_array_record(record: ArrayRecord) -> Tensors:
 def instruction_content(client_id: str, ins: Instruction) -> RecordDict:
     return RecordDict({
         "arrays": to_array_record(ins.arrays),
-        "config": ConfigRecord({"client-id": client_id, "instruction": json.dumps(ins.config)}),
+        "config": ConfigRecord({"client-id": client_id,
+                                "instruction": json.dumps(ins.to_config())}),
     })
 
 
-def read_instruction(content: RecordDict) -> tuple[str, Instruction]:
+def read_instruction(content: RecordDict, extra_type: type | None) -> tuple[str, Instruction]:
+    """``extra_type``: the algorithm's ``instruction_fields``."""
     config = content["config"]
     return (str(config["client-id"]),
-            Instruction(from_array_record(content["arrays"]),
-                        json.loads(str(config["instruction"]))))
+            Instruction.from_config(from_array_record(content["arrays"]),
+                                    json.loads(str(config["instruction"])), extra_type))
 
 
 def metric_record(metrics: dict, num_examples: int) -> MetricRecord:
@@ -48,14 +52,19 @@ def metric_record(metrics: dict, num_examples: int) -> MetricRecord:
 
 
 def reply_content(reply: Reply) -> RecordDict:
+    extra = None if reply.extra is None else dataclasses.asdict(reply.extra)
     return RecordDict({"arrays": to_array_record(reply.arrays),
-                       "metrics": metric_record(reply.metrics, reply.num_examples)})
+                       "metrics": metric_record(reply.metrics, reply.num_examples),
+                       "extra": ConfigRecord({"fields": json.dumps(extra)})})
 
 
 def read_reply(content: RecordDict) -> Reply:
+    """The reply as it arrived; its ``extra`` stays the wire dict until the server's
+    validation reads it (``accept_replies``), so a malformed one is a rejected upload."""
     metrics = dict(content["metrics"])
     num_examples = int(metrics.pop(NUM_EXAMPLES))
-    return Reply(from_array_record(content["arrays"]), num_examples, metrics)
+    extra = json.loads(str(content["extra"]["fields"])) if "extra" in content else None
+    return Reply(from_array_record(content["arrays"]), num_examples, metrics, extra)
 
 
 def read_metrics(content: RecordDict) -> dict:
