@@ -24,7 +24,7 @@ import torch
 
 from fedlease.config import PRECISIONS, load_config
 from fedlease.runners.simulator import run_simulation
-from fedlease.training import collate, tokenize
+from fedlease.tasks.classification import collate, tokenize
 
 TASKS = 4  # the built-in federation's tasks
 

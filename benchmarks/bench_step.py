@@ -1,7 +1,7 @@
 """One local training step: FedLEASE's mixture of LoRA experts against a plain peft LoRA.
 
-Every variant runs the same step as ``fedlease.training.ClientTrainer.train`` (mean-pooled encoder,
-linear head, cross-entropy, AdamW) on the same model shape, batch and device:
+Every variant runs the same step as ``ClassificationTrainer.train`` (``fedlease.tasks``: mean-pooled
+encoder, linear head, cross-entropy, AdamW) on the same model shape, batch and device:
 
 * ``frozen_forward``  the frozen encoder's forward alone, no gradients (the floor);
 * ``peft_lora``       peft LoRA on the target modules (the yardstick every ratio divides by);
@@ -146,7 +146,7 @@ def build_variant(name: str, backbone: nn.Module, args, device) -> nn.Module:
 # -- one step -------------------------------------------------------------------------------
 
 class Runner:
-    """One variant's model, optimizer and step, exactly as ``ClientTrainer.train`` steps."""
+    """One variant's model, optimizer and step, exactly as ``LocalTrainer.train`` steps (classification)."""
 
     def __init__(self, name, model, device, dtype):
         self.name, self.model, self.device, self.dtype = name, model, device, dtype

@@ -2,6 +2,7 @@ import pytest
 
 from fedlease.config import dump_toml, load_config
 from fedlease.errors import ConfigError
+from fedlease.tasks import task_of
 
 
 def test_defaults_are_valid_and_round_trip(tmp_path):
@@ -51,8 +52,8 @@ def test_generation_task_has_its_own_defaults_and_metric():
     config = load_config(overrides={"model": {"task": "generation"}})
     assert config.model.target_modules == ["q_proj", "v_proj"]
     assert config.model.max_length == 128
-    assert config.model.metric == "rouge_l"
-    assert load_config().model.metric == "accuracy"
+    assert task_of(config).metric == "rouge_l"
+    assert task_of(load_config()).metric == "accuracy"
     assert load_config().model.target_modules == ["query", "value"]
 
 

@@ -88,6 +88,7 @@ def cmd_run(args) -> int:
 
 def cmd_compare(args) -> int:
     from fedlease.runners.compare import parse_algorithms, run_comparison
+    from fedlease.tasks import task_of
 
     config = load_config(args.config, _overrides(args))
     algorithms = parse_algorithms(args.algorithms)
@@ -102,7 +103,7 @@ def cmd_compare(args) -> int:
                    rerun_stale=args.rerun_stale)
     print((Path(out) / "results.md").read_text())
     print(f"table: {out}/results.md, {out}/results.csv; "
-          f"plot: {out}/{config.model.metric}_per_round.png")
+          f"plot: {out}/{task_of(config).metric}_per_round.png")
     return 0
 
 

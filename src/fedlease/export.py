@@ -29,6 +29,7 @@ from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import ADAPTER_PREFIX, HEAD_PREFIX, load_pretrained
 from fedlease.reporting.files import atomic_write, atomic_write_bytes
 from fedlease.saved_models import MODEL_FILE, MODEL_WEIGHTS, SavedModel, describe_model
+from fedlease.tasks import task_of
 
 FORMATS = ("peft", "merged", "fedlease")
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
@@ -74,7 +75,8 @@ def export_model(model: SavedModel, fmt: str, out_dir: str | Path) -> Path:
         raise ModelFileError(f"--out {out}: exists and is not an empty folder; choose a new one")
     writer = {"peft": write_peft, "merged": write_merged, "fedlease": write_fedlease}[fmt]
     loras = single_lora(model) if fmt != "fedlease" else None  # refused before any file
-    if fmt == "fedlease" and model.is_classifier and HEAD_PREFIX + "weight" not in model.state:
+    if (fmt == "fedlease" and task_of(model.config).has_head
+            and HEAD_PREFIX + "weight" not in model.state):
         raise ModelFileError(f"{model.name}: a server expert has no client head to classify "
                              "with; export it with --format peft or merged")
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +89,7 @@ def write_peft(model: SavedModel, out: Path, loras) -> None:
     scaling = model.config.lora.alpha / model.config.lora.rank
     config = {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM" if model.config.model.task == "generation" else None,
+        "task_type": task_of(model.config).peft_task_type,
         "base_model_name_or_path": model.config.model.path,
         "r": rank,
         "lora_alpha": scaling * rank,  # peft scales by lora_alpha / r
@@ -113,8 +115,7 @@ def write_peft(model: SavedModel, out: Path, loras) -> None:
 
 @torch.no_grad()
 def write_merged(model: SavedModel, out: Path, loras) -> None:
-    auto_class = "AutoModelForCausalLM" if model.config.model.task == "generation" else "AutoModel"
-    base, tokenizer = load_pretrained(model.config.model.path, auto_class)
+    base, tokenizer = load_pretrained(model.config.model.path, task_of(model.config).auto_class)
     scaling = model.config.lora.alpha / model.config.lora.rank
     for module, (A, B) in loras.items():
         weight = base.get_submodule(module).weight

@@ -51,10 +51,6 @@ class SavedModel:
     task: str = ""  # the client's task name (sentiment, ...)
     labels: list[str] = field(default_factory=list)  # label names by index (classification)
 
-    @property
-    def is_classifier(self) -> bool:
-        return self.config.model.task == "classification"
-
 
 def model_config(config: RunConfig, model_path: str) -> dict:
     """The sections of ``config`` a saved model needs, with the base model's absolute path."""

@@ -1,55 +1,22 @@
-"""A client's local work on the shared model: train the trainable part of its state, evaluate.
+"""The local update every task shares, and the interface of a client's trainer.
 
-This is the engine-agnostic client update: state (``dict[str, Tensor]``) and an
-``AdapterLayout`` in, state and metrics out. The simulator and the Flower ClientApp both call it.
-Examples are tokenized once per client and padded per batch, never to a fixed length.
+A trainer is one client's data (encoded once) over the shared model: state (``dict[str,
+Tensor]``) and an ``AdapterLayout`` in, state and metrics out. The algorithms' client side calls
+it (``train``, ``evaluate``, ``new_head``, ``mean_representation``, ``num_train``); the simulator
+and the Flower ClientApp build one per client through the run's task (``fedlease.tasks``), which
+subclasses ``LocalTrainer`` with its batches, loss and evaluation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
 
 import torch
-from torch.nn import functional as F
 
-from fedlease.config.schema import PRECISIONS
-from fedlease.data.federation import ClientData, Example
+from fedlease.config.schema import PRECISIONS, RunConfig
 from fedlease.model.lora import AdapterLayout
-from fedlease.model.model import FederatedClassifier
-
-
-@dataclass
-class TokenizedSplit:
-    features: list[dict[str, list[int]]]
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-
-def tokenize(tokenizer, examples: list[Example], max_length: int) -> TokenizedSplit:
-    if not examples:  # a split to predict on has no training part (the tokenizer rejects [])
-        return TokenizedSplit([], torch.empty(0, dtype=torch.long))
-    texts = [ex.text for ex in examples]
-    pairs = [ex.text_pair for ex in examples]
-    has_pairs = any(p is not None for p in pairs)
-    enc = tokenizer(texts, pairs if has_pairs else None, truncation=True, max_length=max_length)
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-    features = [{k: enc[k][i] for k in keys} for i in range(len(examples))]
-    return TokenizedSplit(features, torch.tensor([ex.label for ex in examples]))
-
-
-def collate(features: list[dict[str, list[int]]], pad_id: int, device) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence of this batch."""
-    width = max(len(f["input_ids"]) for f in features)
-    batch = {}
-    for key in features[0]:
-        fill = pad_id if key == "input_ids" else 0
-        rows = [f[key] + [fill] * (width - len(f[key])) for f in features]
-        batch[key] = torch.tensor(rows, device=device)
-    return batch
 
 
 def autocast_dtype(device: str, precision: str = "auto") -> torch.dtype | None:
@@ -70,11 +37,13 @@ def autocast_dtype(device: str, precision: str = "auto") -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-class LocalTrainer:
+class LocalTrainer(ABC):
     """The local update every task shares: AdamW on the layout's trainable tensors (and the
     head, if any), ``local_epochs`` passes over shuffled mini-batches of the client's data.
 
-    A task says how a batch is built (``batches``) and what its loss is (``loss``)."""
+    A task's trainer says how its data is counted (``num_train``, ``num_test``), batched
+    (``batches``) and represented (``representations``), what its loss is (``loss``), what a
+    new client's own head is (``new_head``) and how it is evaluated (``evaluate``)."""
 
     def __init__(self, model, *, batch_size: int, local_epochs: int, lr: float,
                  weight_decay: float, autocast_dtype: torch.dtype | None = None):
@@ -86,29 +55,42 @@ class LocalTrainer:
         self.autocast_dtype = autocast_dtype
 
     @property
+    @abstractmethod
     def num_train(self) -> int:
-        raise NotImplementedError
+        """Training examples: the weight of the client's upload in an average."""
 
     @property
+    @abstractmethod
     def num_test(self) -> int:
-        raise NotImplementedError
+        """Test examples: the weight of the client's evaluation metrics."""
 
+    @abstractmethod
+    def new_head(self, seed: int) -> dict[str, torch.Tensor]:
+        """A new client's own (never uploaded) head tensors, seeded; ``{}`` for none."""
+
+    @abstractmethod
     def batches(self, on: str, order: torch.Tensor):
         """``(inputs, targets)`` per mini-batch of split ``on`` ("train"/"test") in ``order``;
         ``inputs`` holds an ``attention_mask``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The mean loss of a batch (under ``autocast``), what ``train`` minimises."""
+
+    @abstractmethod
+    def evaluate(self, state: dict[str, torch.Tensor], layout: AdapterLayout,
+                 on: str = "test") -> dict[str, float]:
+        """The task's metrics (its ``Task.columns`` and ``eval_seconds``) of ``state`` under
+        ``layout`` on split ``on`` ("test", or "train")."""
 
     def representation_batches(self):
         """The model inputs of every training example, in batches."""
         for inputs, _ in self.batches("train", torch.arange(self.num_train)):
             yield inputs
 
+    @abstractmethod
     def representations(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``[batch, hidden]``: one pooled hidden-state vector per example of the batch."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def mean_representation(self) -> torch.Tensor:
@@ -162,61 +144,8 @@ class LocalTrainer:
         return self.model.state(), metrics
 
 
-class ClientTrainer(LocalTrainer):
-    """One client's classification data, tokenized once, and the shared model it trains on."""
-
-    def __init__(self, model: FederatedClassifier, tokenizer, data: ClientData, *,
-                 max_length: int, batch_size: int, local_epochs: int, lr: float,
-                 weight_decay: float, autocast_dtype: torch.dtype | None = None):
-        super().__init__(model, batch_size=batch_size, local_epochs=local_epochs, lr=lr,
-                         weight_decay=weight_decay, autocast_dtype=autocast_dtype)
-        self.data = data
-        self.pad_id = tokenizer.pad_token_id or 0
-        self.train_split = tokenize(tokenizer, data.train, max_length)
-        self.test_split = tokenize(tokenizer, data.test, max_length)
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train_split)
-
-    @property
-    def num_test(self) -> int:
-        return len(self.test_split)
-
-    def new_head(self, seed: int) -> dict[str, torch.Tensor]:
-        return self.model.new_head(self.data.num_labels, torch.Generator().manual_seed(seed))
-
-    def batches(self, on: str, order: torch.Tensor):
-        split = self.test_split if on == "test" else self.train_split
-        device = self.model.device
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            batch = collate([split.features[i] for i in idx.tolist()], self.pad_id, device)
-            yield batch, split.labels[idx].to(device)
-
-    def representations(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model.pooled(**inputs)
-
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with self.autocast():
-            return self.model(**batch).float()
-
-    def loss(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.logits(inputs), targets)
-
-    @torch.no_grad()
-    def evaluate(self, state: dict[str, torch.Tensor], layout: AdapterLayout,
-                 on: str = "test") -> dict[str, float]:
-        """Accuracy and mean loss on this client's test (or train) split."""
-        split = self.test_split if on == "test" else self.train_split
-        self.model.load_state(state, layout)
-        self.model.eval()
-        start = time.perf_counter()
-        correct, loss_sum = 0, 0.0
-        for batch, labels in self.batches(on, torch.arange(len(split))):
-            logits = self.logits(batch)
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct += int((logits.argmax(-1) == labels).sum())
-        n = max(len(split), 1)
-        return {"accuracy": correct / n, "loss": loss_sum / n,
-                "eval_seconds": time.perf_counter() - start}
+def local_update_options(config: RunConfig) -> dict:
+    """``LocalTrainer``'s keyword arguments from the run's config."""
+    return {"batch_size": config.train.batch_size, "local_epochs": config.train.local_epochs,
+            "lr": config.train.lr, "weight_decay": config.train.weight_decay,
+            "autocast_dtype": autocast_dtype(config.train.device, config.train.precision)}

@@ -74,7 +74,7 @@ def test_ffa_lora_freezes_A_and_shares_only_B():
     second = server.configure_fit(2)
     assert set(second["c0"].arrays) == {k for k in first["c0"].arrays if k.endswith("lora_B")}
     # the A the client kept is never replaced (a real training step leaving it unchanged is
-    # checked in tests/test_training.py)
+    # checked in tests/tasks/test_classification.py)
     installed = server.client.install(second["c0"], states["c0"])
     assert torch.equal(installed[A_KEY], states["c0"][A_KEY])
     assert not torch.equal(installed[A_KEY], init_A)  # the stand-in trainer did change it

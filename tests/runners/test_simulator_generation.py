@@ -16,12 +16,15 @@ def test_fedlease_generation_runs_end_to_end_and_reports_rouge_l(tiny_generation
     assert set(result.final) == {"colors-0", "colors-1", "animals-0", "animals-1"}
     for m in result.final.values():
         assert 0.0 <= m["exact_match"] <= m["rouge_l"] <= 1.0
+        assert "accuracy" not in m
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["metric"] == "rouge_l"
     last = metrics["rounds"][-1]
     assert last["mean_rouge_l"] == pytest.approx(
         sum(m["rouge_l"] for m in last["clients"].values()) / 4)
-    assert "mean_accuracy" in last
+    assert last["mean_exact_match"] == pytest.approx(
+        sum(m["exact_match"] for m in last["clients"].values()) / 4)
+    assert "mean_accuracy" not in last
     clustering = json.loads((out / "clustering.json").read_text())
     K = clustering["num_experts"]
     tensors = load_file(out / "adapters" / "colors-0.safetensors")

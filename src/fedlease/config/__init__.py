@@ -11,6 +11,7 @@ from fedlease.config.loading import (
     with_overrides,
 )
 from fedlease.config.schema import (
+    MAX_SEED,
     PRECISIONS,
     DataConfig,
     DatasetConfig,
@@ -23,7 +24,7 @@ from fedlease.config.schema import (
 )
 
 __all__ = [
-    "PRECISIONS", "DataConfig", "DatasetConfig", "FederationConfig", "LoRAConfig", "ModelConfig",
-    "OutputConfig", "RunConfig", "TrainConfig", "changed_fields", "config_to_dict", "dump_toml",
-    "load_config", "validate", "with_overrides",
+    "MAX_SEED", "PRECISIONS", "DataConfig", "DatasetConfig", "FederationConfig", "LoRAConfig",
+    "ModelConfig", "OutputConfig", "RunConfig", "TrainConfig", "changed_fields", "config_to_dict",
+    "dump_toml", "load_config", "validate", "with_overrides",
 ]

@@ -14,8 +14,6 @@ from fedlease.config.schema import (
     ALLOCATIONS,
     MAX_SEED,
     PRECISIONS,
-    TASK_DEFAULTS,
-    TASKS,
     DataConfig,
     RunConfig,
 )
@@ -38,6 +36,8 @@ def validate(config: RunConfig) -> RunConfig:
     need(config.lora.rank >= 1, "lora.rank", "an integer >= 1", config.lora.rank)
     need(0 < config.lora.alpha < math.inf, "lora.alpha", "a number > 0", config.lora.alpha)
     need(0 <= config.lora.dropout < 1, "lora.dropout", "a number in [0, 1)", config.lora.dropout)
+    from fedlease.tasks import TASKS
+
     need(config.model.task in TASKS, "model.task", "one of " + ", ".join(TASKS),
          config.model.task)
     need(config.model.max_new_tokens >= 1, "model.max_new_tokens", "an integer >= 1",
@@ -229,9 +229,12 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] must be a table, got {type(table).__name__}")
         table.update(values)
+    from fedlease.tasks import TASKS
+
     model_table = data.get("model")
     task = model_table.get("task") if isinstance(model_table, dict) else None
-    for section, values in TASK_DEFAULTS.get(task, {}).items() if isinstance(task, str) else ():
+    defaults = TASKS[task].defaults if isinstance(task, str) and task in TASKS else {}
+    for section, values in defaults.items():
         table = data.setdefault(section, {})
         if isinstance(table, dict):  # a non-table is reported by _build
             for key, value in values.items():

@@ -2,7 +2,7 @@
 
 A leaf module, so every part of the package can name these types; reading, checking and writing
 a config file is ``fedlease.config.loading``, which knows the registries (algorithms, data
-sources, tasks) the names in a config must come from.
+sources, tasks) the names in a config must come from, and each task's own defaults.
 """
 
 from __future__ import annotations
@@ -10,24 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TASKS = ("classification", "generation")
 # seeds are numpy's range; offsets added to it (per client, per expert) stay far below 2**64
 MAX_SEED = 2**32 - 1
 # train.precision: autocast dtype of the training step (see training.autocast_dtype)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # federation.allocation: the signal FedLEASE clusters clients by (algorithms/clustering.py)
 ALLOCATIONS = ("lora-b", "embedding", "hybrid")
-# what each task is scored by; the run summary and comparisons rank by it
-PRIMARY_METRIC = {"classification": "accuracy", "generation": "rouge_l"}
-# defaults that differ by task; a value in the file or an override wins
-TASK_DEFAULTS = {
-    "generation": {"model": {"target_modules": ["q_proj", "v_proj"], "max_length": 128}},
-}
 
 
 @dataclass
 class ModelConfig:
-    # classification: a sequence encoder + a per-client head; generation: a causal LM
+    # a name of fedlease.tasks.TASKS: classification (a sequence encoder + a per-client
+    # head) or generation (a causal LM); a task may change the defaults below (Task.defaults)
     task: str = "classification"
     # local Hugging Face model directory; "" = the default model of the task
     # (all-MiniLM-L6-v2 for classification, SmolLM2-135M-Instruct for generation)
@@ -35,11 +29,6 @@ class ModelConfig:
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
     max_length: int = 64  # tokens per example / per prompt (longer inputs are truncated)
     max_new_tokens: int = 16  # generation: answer tokens learned and generated
-
-    @property
-    def metric(self) -> str:
-        """The task's primary metric: a key of every client's evaluation metrics."""
-        return PRIMARY_METRIC[self.task]
 
 
 @dataclass

@@ -17,6 +17,7 @@ from scipy.spatial.distance import squareform  # noqa: E402
 
 from fedlease.errors import OutputError
 from fedlease.reporting.files import atomic_write_bytes
+from fedlease.tasks import METRIC_LABELS
 
 
 def _save(fig, path: Path) -> None:
@@ -71,9 +72,6 @@ def plot_silhouette(scores: dict[int, float], chosen: int, path: Path) -> None:
     ax.set_ylabel("silhouette score")
     ax.set_title("Choosing the number of experts")
     _save(fig, path)
-
-
-METRIC_LABELS = {"accuracy": "test accuracy", "rouge_l": "test ROUGE-L"}
 
 
 def plot_accuracy(curves: dict[str, list[float]], path: Path, title: str,

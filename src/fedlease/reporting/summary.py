@@ -26,14 +26,10 @@ def clustering_ari(tasks: dict[str, str], assignment: dict[str, int]) -> float:
     return float(adjusted_rand_score([tasks[c] for c in ids], [assignment[c] for c in ids]))
 
 
-# the columns of the table per primary metric: that metric first
-TABLE_METRICS = {"accuracy": ("accuracy",), "rouge_l": ("rouge_l", "exact_match")}
-
-
 def summary_table(result) -> str:
     final = result.final
     assignment = result.report.get("assignment", {})
-    columns = TABLE_METRICS[result.metric]
+    columns = result.columns  # the task's metrics, its primary one first
     lines = [f"{'client':<16} {'task':<14} {'expert':>6}"
              + "".join(f" {name:>11}" for name in columns)]
     for cid, task in result.tasks.items():

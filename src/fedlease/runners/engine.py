@@ -37,6 +37,7 @@ from fedlease.runners.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from fedlease.tasks import task_of
 
 
 @dataclass
@@ -55,7 +56,12 @@ class RunResult:
     @property
     def metric(self) -> str:
         """The primary metric (``accuracy``, ``rouge_l``): a key of every client's metrics."""
-        return self.config.model.metric
+        return task_of(self.config).metric
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The metrics of the summary table and of each round's means, the primary first."""
+        return task_of(self.config).columns
 
 
 @dataclass
@@ -111,14 +117,14 @@ class Transport(Protocol):
 
 
 def round_entry(rnd: int, seconds: float, replies: dict[str, Reply],
-                evaluated: dict[str, dict], metric: str = "accuracy") -> dict:
+                evaluated: dict[str, dict], columns: tuple[str, ...] = ("accuracy",)) -> dict:
     """One round of the history: per client its training metrics (if it trained) and its
-    evaluation metrics, and the means over the evaluated clients of the accuracy (exact match
-    for generation) and of the task's primary ``metric``."""
+    evaluation metrics, and the means over the evaluated clients of the task's ``columns``
+    (``mean_accuracy``; ``mean_rouge_l`` and ``mean_exact_match`` for generation)."""
     per_client = {cid: {**replies[cid].metrics, **metrics} if cid in replies else metrics
                   for cid, metrics in evaluated.items()}
     means = {f"mean_{name}": sum(m[name] for m in per_client.values()) / len(per_client)
-             for name in dict.fromkeys(("accuracy", metric))}
+             for name in columns}
     return {"round": rnd, "seconds": seconds, **means, "clients": per_client}
 
 
@@ -219,7 +225,7 @@ def run_rounds(config: RunConfig, federation: Federation, transport: Transport,
         if not evaluated:
             raise RuntimeError(f"round {rnd}: no client answered; see the warnings above")
         entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated,
-                            result.metric)
+                            result.columns)
         entry["rejected"] = rejected
         result.history.append(entry)
         result.report = algorithm.report()

@@ -22,8 +22,6 @@ from flwr.clientapp import ClientApp
 from fedlease.algorithms import ALGORITHMS
 from fedlease.config import RunConfig, config_to_dict
 from fedlease.data.federation import ClientData
-from fedlease.data.instructions import load_instruction_jsonl
-from fedlease.data.sources import load_jsonl_folder
 from fedlease.errors import DataError
 from fedlease.reporting.data_report import client_data_summary
 from fedlease.runners.clients import client_trainer, load_base_model, load_clients
@@ -35,6 +33,7 @@ from fedlease.runners.flower.records import (
     to_array_record,
 )
 from fedlease.runners.flower.settings import read_run_config
+from fedlease.tasks import task_of
 from fedlease.training import LocalTrainer
 
 LOCAL_STATE = "fedlease-local-state"
@@ -50,9 +49,7 @@ def node_clients(config: RunConfig, node_config: dict) -> tuple[list[ClientData]
     """The clients this node may be, and where they come from (for error messages)."""
     if "data-path" in node_config:
         path = str(node_config["data-path"])
-        load_folder = (load_instruction_jsonl if config.model.task == "generation"
-                       else load_jsonl_folder)
-        return load_folder(Path(path)), f"node_config data-path = {path!r}"
+        return task_of(config).load_folder(Path(path)), f"node_config data-path = {path!r}"
     parts = config_to_dict(config)
     key = json.dumps([parts["data"], parts["model"]["task"], parts["federation"]["seed"]])
     if key not in _federations:  # the virtual clients of one Ray actor read the data once

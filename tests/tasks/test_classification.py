@@ -6,7 +6,8 @@ import torch
 from fedlease.data.sources import load_federation
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import load_classifier
-from fedlease.training import ClientTrainer, autocast_dtype
+from fedlease.tasks.classification import ClassificationTrainer
+from fedlease.training import autocast_dtype
 
 
 @pytest.mark.parametrize("bf16_ok,precision,expected", [
@@ -43,8 +44,8 @@ def test_mixed_precision_training_steps_update_the_state(tiny_config, dtype):
     model, tokenizer = load_classifier(config.model.path, config.model.target_modules,
                                        config.lora.rank, config.lora.alpha, config.lora.dropout)
     client = load_federation(config.data, seed=0)[0]
-    trainer = ClientTrainer(model, tokenizer, client, max_length=16, batch_size=8,
-                            local_epochs=1, lr=1e-2, weight_decay=0.0, autocast_dtype=dtype)
+    trainer = ClassificationTrainer(model, tokenizer, client, max_length=16, batch_size=8,
+                                    local_epochs=1, lr=1e-2, weight_decay=0.0, autocast_dtype=dtype)
     layout = AdapterLayout.fedlease(2, own_expert=1)
     gen = torch.Generator().manual_seed(0)
     state = dict(trainer.new_head(0))
@@ -69,8 +70,8 @@ def test_frozen_A_comes_back_from_training_unchanged(tiny_config):
     model, tokenizer = load_classifier(config.model.path, config.model.target_modules,
                                        config.lora.rank, config.lora.alpha, config.lora.dropout)
     client = load_federation(config.data, seed=0)[0]
-    trainer = ClientTrainer(model, tokenizer, client, max_length=16, batch_size=8,
-                            local_epochs=1, lr=1e-2, weight_decay=0.05)
+    trainer = ClassificationTrainer(model, tokenizer, client, max_length=16, batch_size=8,
+                                    local_epochs=1, lr=1e-2, weight_decay=0.05)
     gen = torch.Generator().manual_seed(0)
     state = dict(trainer.new_head(0))
     for name, (d_in, d_out) in model.adapter_shapes().items():

@@ -1,11 +1,11 @@
-"""A client's local work for instruction generation: train on the answer tokens, evaluate by
-greedy generation scored with ROUGE-L and exact match.
+"""Instruction generation: a causal LM answers instructions; trained on the answer tokens,
+scored by greedy generation with ROUGE-L and exact match.
 
-Same interface as ``ClientTrainer`` (``train``/``evaluate``/``num_train``/``new_head``), same
-local-update loop (``LocalTrainer``); only the batches and the loss differ. Each example is
-encoded once: the prompt (the tokenizer's chat template if it has one, else a plain
-Instruction/Input/Response layout) with its *input* cut so the prompt fits ``max_length``
-tokens, then the answer tokens and end-of-sequence, at most ``max_new_tokens`` of them.
+Same local-update loop as every task (``LocalTrainer``); only the batches and the loss differ.
+Each example is encoded once: the prompt (the tokenizer's chat template if it has one, else a
+plain Instruction/Input/Response layout) with its *input* cut so the prompt fits ``max_length``
+tokens, then the answer tokens and end-of-sequence, at most ``max_new_tokens`` of them. The
+model has no head: the LM's own (frozen, shared) output layer answers.
 """
 
 from __future__ import annotations
@@ -15,18 +15,91 @@ import re
 import string
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from fedlease.data.instructions import InstructionClientData, InstructionExample
+from fedlease.config.schema import DataConfig, ModelConfig, RunConfig
+from fedlease.data.instructions import (
+    InstructionClientData,
+    InstructionExample,
+    check_instruction_row,
+    load_instruction_federation,
+    load_instruction_jsonl,
+)
 from fedlease.errors import ConfigError
-from fedlease.model.causal_lm import FederatedCausalLM
+from fedlease.model.causal_lm import (
+    FederatedCausalLM,
+    default_generation_model_path,
+    load_causal_lm,
+)
 from fedlease.model.lora import AdapterLayout
-from fedlease.training import LocalTrainer
+from fedlease.tasks.base import Task
+from fedlease.training import LocalTrainer, local_update_options
 
 IGNORE = -100  # target of a position the loss skips
 INPUT_MARK = "\u241fFEDLEASE-INPUT\u241f"  # where the input goes in a rendered prompt
+
+
+class GenerationTask(Task):
+    name = "generation"
+    metric = "rouge_l"
+    columns = ("rouge_l", "exact_match")
+    metric_label = "test ROUGE-L"
+    defaults = {"model": {"target_modules": ["q_proj", "v_proj"], "max_length": 128}}
+    has_head = False
+    peft_task_type = "CAUSAL_LM"
+    auto_class = "AutoModelForCausalLM"
+
+    def default_model_path(self) -> str:
+        return default_generation_model_path()
+
+    def load_model(self, path: str, config: RunConfig):
+        return load_causal_lm(path, config.model.target_modules, config.lora.rank,
+                              config.lora.alpha, config.lora.dropout, config.train.device)
+
+    def longest_input(self, model: ModelConfig) -> tuple[int, str]:
+        return (model.max_length + model.max_new_tokens,
+                "model.max_length + model.max_new_tokens")
+
+    def load_clients(self, data: DataConfig, seed: int) -> list[InstructionClientData]:
+        return load_instruction_federation(data, seed)
+
+    def load_folder(self, folder: Path) -> list[InstructionClientData]:
+        return load_instruction_jsonl(folder)
+
+    def trainer(self, config: RunConfig, model, tokenizer,
+                client: InstructionClientData) -> GenerationTrainer:
+        return GenerationTrainer(model, tokenizer, client, max_length=config.model.max_length,
+                                 max_new_tokens=config.model.max_new_tokens,
+                                 **local_update_options(config))
+
+    def client_data(self, client_id: str, task: str, labels: list[str],
+                    examples: list[InstructionExample]) -> InstructionClientData:
+        return InstructionClientData(client_id, task, [], list(examples))
+
+    def records(self, trainer: GenerationTrainer, expected: list) -> list[dict]:
+        """``{"answer": text}`` (+ the expected answer)."""
+        return [{"answer": a} if e is None else {"answer": a, "expected": e}
+                for a, e in zip(trainer.answers(), expected, strict=True)]
+
+    def score(self, records: list[dict]) -> dict[str, float]:
+        return scores([(r["expected"], r["answer"]) for r in records])
+
+    def text_example(self, text: str) -> InstructionExample:
+        return InstructionExample(text, "", "")
+
+    def check_input_row(self, where: str, row: dict) -> None:
+        check_instruction_row(where, row, output_required=False)
+
+    def input_examples(self, rows: list[tuple[str, dict]], labels: list[str],
+                       client_id: str) -> tuple[list[InstructionExample], list[str | None]]:
+        return ([InstructionExample(r["instruction"], r.get("input", ""), r.get("output", ""))
+                 for _, r in rows], [r.get("output") for _, r in rows])
+
+    def expected(self, example: InstructionExample) -> str:
+        return example.output
 
 
 def prompt_text(tokenizer, instruction: str, input_text: str) -> str:
@@ -82,6 +155,13 @@ def _rouge_scorer():
 def rouge_l(reference: str, prediction: str) -> float:
     """ROUGE-L F-measure (the ``rouge-score`` package, no stemming)."""
     return _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
+
+
+def scores(pairs: list[tuple[str, str]]) -> dict[str, float]:
+    """Mean ROUGE-L and exact match of ``(reference, answer)`` pairs."""
+    n = max(len(pairs), 1)
+    return {"rouge_l": sum(rouge_l(r, a) for r, a in pairs) / n,
+            "exact_match": sum(normalize_answer(r) == normalize_answer(a) for r, a in pairs) / n}
 
 
 class GenerationTrainer(LocalTrainer):
@@ -164,20 +244,20 @@ class GenerationTrainer(LocalTrainer):
                                                                      skip_special_tokens=True)]
 
     @torch.no_grad()
+    def answers(self, on: str = "test") -> list[str]:
+        """Greedy answers to the prompts of split ``on`` (under the loaded state)."""
+        split = self.splits[on]
+        return [answer for first in range(0, len(split), self.batch_size)
+                for answer in self.predict(split[first : first + self.batch_size])]
+
+    @torch.no_grad()
     def evaluate(self, state: dict[str, torch.Tensor], layout: AdapterLayout,
                  on: str = "test") -> dict[str, float]:
-        """ROUGE-L and exact match of greedy answers; ``accuracy`` is the exact match, for code
-        that reads accuracy. (No teacher-forced loss: it would cost another forward pass per
-        example, and ``train_loss`` already tracks the fit.)"""
-        split = self.splits[on]
+        """ROUGE-L and exact match of greedy answers. (No teacher-forced loss: it would cost
+        another forward pass per example, and ``train_loss`` already tracks the fit.)"""
         self.model.load_state(state, layout)
         self.model.eval()
         start = time.perf_counter()
-        predictions = []
-        for first in range(0, len(split), self.batch_size):
-            predictions += self.predict(split[first : first + self.batch_size])
-        pairs = list(zip([it.reference for it in split], predictions, strict=True))
-        n = max(len(pairs), 1)
-        exact = sum(normalize_answer(r) == normalize_answer(p) for r, p in pairs) / n
-        return {"rouge_l": sum(rouge_l(r, p) for r, p in pairs) / n, "exact_match": exact,
-                "accuracy": exact, "eval_seconds": time.perf_counter() - start}
+        answers = self.answers(on)
+        pairs = list(zip([it.reference for it in self.splits[on]], answers, strict=True))
+        return {**scores(pairs), "eval_seconds": time.perf_counter() - start}

@@ -5,9 +5,9 @@ import torch
 from transformers import AutoTokenizer
 
 from fedlease.data.instructions import InstructionClientData, InstructionExample
-from fedlease.generation import GenerationTrainer, encode, normalize_answer, rouge_l
 from fedlease.model.causal_lm import load_causal_lm
 from fedlease.model.lora import AdapterLayout, init_lora
+from fedlease.tasks.generation import GenerationTrainer, encode, normalize_answer, rouge_l
 
 CHAT = ("{% for m in messages %}user : {{ m['content'] }} {% endfor %}"
         "{% if add_generation_prompt %}assistant : {% endif %}")
@@ -145,8 +145,7 @@ def test_training_fits_the_answers_and_evaluation_scores_them(tiny_llama_dir, to
     before = time.perf_counter()
     result = trainer.evaluate(trained, layout, on="train")
     assert 0 <= result["eval_seconds"] <= time.perf_counter() - before
-    assert set(result) == {"rouge_l", "exact_match", "accuracy", "eval_seconds"}
-    assert result["accuracy"] == result["exact_match"]
+    assert set(result) == {"rouge_l", "exact_match", "eval_seconds"}  # no exact match as accuracy
     assert 0.0 <= result["exact_match"] <= result["rouge_l"] <= 1.0
 
 
