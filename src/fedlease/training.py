@@ -83,6 +83,17 @@ class LocalTrainer(ABC):
         """The task's metrics (its ``Task.columns`` and ``eval_seconds``) of ``state`` under
         ``layout`` on split ``on`` ("test", or "train")."""
 
+    @torch.no_grad()
+    def train_loss(self, state: dict[str, torch.Tensor], layout: AdapterLayout) -> float:
+        """The mean loss of ``state`` under ``layout`` over the training split (each batch's
+        mean weighted by its size): what IFCA picks a client's cluster by."""
+        self.model.load_state(state, layout)
+        self.model.eval()
+        total = 0.0
+        for inputs, targets in self.batches("train", torch.arange(self.num_train)):
+            total += float(self.loss(inputs, targets)) * len(targets)
+        return total / max(self.num_train, 1)
+
     def representation_batches(self):
         """The model inputs of every training example, in batches."""
         for inputs, _ in self.batches("train", torch.arange(self.num_train)):

@@ -1,8 +1,10 @@
+import dataclasses
 import json
 
 import pytest
 from safetensors.torch import load_file
 
+from fedlease.algorithms import ALGORITHMS
 from fedlease.config import load_config
 from fedlease.reporting.summary import summary_table
 from fedlease.runners.simulator import run_simulation
@@ -69,3 +71,15 @@ def test_compare_ranks_generation_runs_by_rouge_l(tiny_generation_config, tmp_pa
     text = (out / "results.md").read_text()
     assert "Final-round test ROUGE-L (%)" in text
     assert (out / "rouge_l_per_round.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_every_algorithm_runs_on_the_generation_task(tiny_generation_config, tmp_path,
+                                                     algorithm):
+    """The algorithms' client side calls only the declared trainer interface (IFCA's cluster
+    choice reads ``train_loss``, which a generation trainer computes from its answer loss)."""
+    config = dataclasses.replace(tiny_generation_config, federation=dataclasses.replace(
+        tiny_generation_config.federation, algorithm=algorithm, rounds=2))
+    result = run_simulation(config, tmp_path / "run", progress=False)
+    assert len(result.history) == 2
+    assert all(0.0 <= m["rouge_l"] <= 1.0 for m in result.final.values())

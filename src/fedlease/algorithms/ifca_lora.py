@@ -65,7 +65,7 @@ class IFCALoRAClient(AlgorithmClient):
         state = with_head(local_state, ins, trainer)
         num_clusters = next(iter(ins.arrays.values())).shape[0]
         candidates = [{**state, **cls.cluster_lora(ins.arrays, c)} for c in range(num_clusters)]
-        losses = [trainer.evaluate(s, ins.layout, on="train")["loss"] for s in candidates]
+        losses = [trainer.train_loss(s, ins.layout) for s in candidates]
         best = pick_lowest(losses, torch.Generator().manual_seed(ins.seed))
         reply, new_state = cls.train_and_upload(candidates[best], ins, trainer)
         reply.extra = ChosenCluster(best)

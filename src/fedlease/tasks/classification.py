@@ -170,6 +170,10 @@ class ClassificationTrainer(LocalTrainer):
         return F.cross_entropy(self.logits(inputs), targets)
 
     @torch.no_grad()
+    def train_loss(self, state: dict[str, torch.Tensor], layout: AdapterLayout) -> float:
+        """The loss its evaluation reports on the training split (summed per example)."""
+        return self.evaluate(state, layout, on="train")["loss"]
+
     def probabilities(self, on: str = "test") -> torch.Tensor:
         """``[examples, labels]`` class probabilities of split ``on`` (under the loaded state)."""
         split = self.test_split if on == "test" else self.train_split
