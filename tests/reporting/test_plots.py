@@ -6,15 +6,15 @@ import pytest
 
 from fedlease.cli import main
 from fedlease.errors import OutputError
-from fedlease.reporting.plots import plot_accuracy
+from fedlease.reporting.plots import plot_metric_curves
 
 
 def test_unwritable_plot_names_the_file(tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     with pytest.raises(OutputError, match="not-a-folder/acc.png"):
-        plot_accuracy({"overall": [0.5, 0.6]}, blocker / "acc.png", "t")
-    plot_accuracy({"overall": [0.5, 0.6]}, tmp_path / "acc.png", "t")
+        plot_metric_curves({"overall": [0.5, 0.6]}, blocker / "acc.png", "t")
+    plot_metric_curves({"overall": [0.5, 0.6]}, tmp_path / "acc.png", "t")
     assert (tmp_path / "acc.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -21,7 +21,7 @@ from statistics import mean, stdev
 
 from fedlease.errors import ConfigError
 from fedlease.reporting.files import atomic_write
-from fedlease.reporting.plots import METRIC_LABELS, accuracy_curves, plot_accuracy
+from fedlease.reporting.plots import METRIC_LABELS, plot_metric_curves, task_metric_curves
 from fedlease.reporting.summary import task_means
 
 RESULT_FILE = "result.json"  # written last: its presence marks a finished run
@@ -148,7 +148,7 @@ def mean_score_curves(runs: list[FinishedRun]) -> dict[str, list[float]]:
     """Per algorithm: the average primary metric over tasks per round, averaged over seeds."""
     per_algorithm: dict[str, list[list[float]]] = {}
     for run in runs:
-        per_algorithm.setdefault(run.algorithm, []).append(accuracy_curves(run)["overall"])
+        per_algorithm.setdefault(run.algorithm, []).append(task_metric_curves(run)["overall"])
     return {alg: [mean(values) for values in zip(*curves, strict=True)]
             for alg, curves in per_algorithm.items()}
 
@@ -170,6 +170,6 @@ def write_comparison(runs: list[FinishedRun], out_dir: Path) -> list[dict]:
             f"{markdown_table(rows)}\n" + (f"\n{note}\n" if note else ""))
     atomic_write(out_dir / "results.md", text)
     atomic_write(out_dir / "results.csv", csv_table(rows))
-    plot_accuracy(mean_score_curves(runs), out_dir / f"{metric}_per_round.png",
+    plot_metric_curves(mean_score_curves(runs), out_dir / f"{metric}_per_round.png",
                   f"average {label} per round (mean over {len(seeds)} seed(s))", metric)
     return rows

@@ -74,8 +74,8 @@ def plot_silhouette(scores: dict[int, float], chosen: int, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_accuracy(curves: dict[str, list[float]], path: Path, title: str,
-                  metric: str = "accuracy") -> None:
+def plot_metric_curves(curves: dict[str, list[float]], path: Path, title: str,
+                       metric: str = "accuracy") -> None:
     """One line per curve name (a task, an algorithm...), the metric against round."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, values in curves.items():
@@ -118,7 +118,7 @@ def plot_label_histogram(data: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def accuracy_curves(result) -> dict[str, list[float]]:
+def task_metric_curves(result) -> dict[str, list[float]]:
     """Mean primary metric (accuracy, ROUGE-L) per task per round, and the mean over tasks as
     ``overall``."""
     curves: dict[str, list[float]] = defaultdict(list)
@@ -140,7 +140,7 @@ def plot_run(result, folder: Path) -> None:
         raise OutputError(f"cannot create the plot folder {folder}: {err.strerror or err}") \
             from None
     metric = result.metric
-    plot_accuracy(accuracy_curves(result), folder / f"{metric}_per_round.png",
+    plot_metric_curves(task_metric_curves(result), folder / f"{metric}_per_round.png",
                   f"{result.config.federation.algorithm}: {metric} per round", metric)
     if result.data:
         plot_label_histogram(result.data, folder / "label_histogram.png")
