@@ -180,11 +180,34 @@ def test_ranking_note_names_the_gap_to_the_best_other_algorithm():
         return {"algorithm": name, "rank": rank, "score": {"overall": (acc, 0.0)}}
 
     rows = [row("fedit", 0.80, 1), row("fedlease", 0.75, 2), row("local", 0.70, 3)]
-    assert ranking_note(rows, "accuracy") == (
+    assert ranking_note(rows, "accuracy").startswith(
         "fedlease ranks 2 of 3 by average test accuracy, 5.0 points below the best other "
         "algorithm (fedit).")
     rows = [row("fedlease", 0.80, 1), row("fedit", 0.80, 2)]
     assert "level with the best other algorithm (fedit)" in ranking_note(rows, "accuracy")
+
+
+def test_ranking_note_weighs_the_lead_over_the_best_baseline_against_the_seed_spread():
+    from fedlease.reporting.comparison import ranking_note
+
+    def row(name, by_seed, rank):
+        values = list(by_seed.values())
+        return {"algorithm": name, "rank": rank, "overall_by_seed": by_seed,
+                "score": {"overall": (sum(values) / len(values), 0.0)}}
+
+    steady = [row("fedlease-no-cluster", {0: 0.84, 1: 0.86, 2: 0.85}, 1),
+              row("fedlease", {0: 0.83, 1: 0.85, 2: 0.84}, 2),
+              row("fedit", {0: 0.80, 1: 0.82, 2: 0.81}, 3)]
+    note = ranking_note(steady, "accuracy")
+    assert "1.0 points below the best other algorithm (fedlease-no-cluster)" in note
+    assert "3.0 points above the best baseline (fedit)" in note
+    assert "+3.0 ± 0.0 points over 3 seeds: larger than the seed spread" in note
+    noisy = [row("fedlease", {0: 0.90, 1: 0.80, 2: 0.85}, 1),
+             row("fedit", {0: 0.80, 1: 0.86, 2: 0.84}, 2)]
+    assert "+1.7 ± 8.0 points over 3 seeds: within the seed spread" in ranking_note(
+        noisy, "accuracy")
+    one = [row("fedlease", {0: 0.9}, 1), row("fedit", {0: 0.8}, 2)]
+    assert "not measured" in ranking_note(one, "accuracy")
 
 
 def test_runs_of_different_metrics_are_not_mixed_in_one_table(tmp_path):

@@ -86,6 +86,7 @@ def comparison_rows(runs: list[FinishedRun]) -> list[dict]:
             "algorithm": algorithm,
             "seeds": len(group),
             "score": {key: _spread([a[key] for a in scores]) for key in scores[0]},
+            "overall_by_seed": {run.seed: run.scores["overall"] for run in group},
             "upload_bytes": mean(run.upload_bytes for run in group),
             "trainable_params": mean(run.trainable_params for run in group),
             "wall_seconds": mean(run.wall_seconds for run in group),
@@ -131,17 +132,43 @@ def csv_table(rows: list[dict]) -> str:
 
 
 def ranking_note(rows: list[dict], metric: str, focus: str = "fedlease") -> str:
-    """Where ``focus`` ranks by average ``metric`` and its gap to the best other algorithm."""
+    """Where ``focus`` ranks by average ``metric``, its gap to the best other algorithm and to
+    the best baseline (an algorithm not of its family: no name starting with ``focus``), and
+    whether that lead exceeds the seed spread."""
     row = next((r for r in rows if r["algorithm"] == focus), None)
     others = [r for r in rows if r["algorithm"] != focus]
     if row is None or not others:
         return ""
-    best = others[0]
-    gap = 100 * (row["score"]["overall"][0] - best["score"]["overall"][0])
-    where = ("level with" if round(gap, 1) == 0
-             else f"{abs(gap):.1f} points {'above' if gap > 0 else 'below'}")
-    return (f"{focus} ranks {row['rank']} of {len(rows)} by average {METRIC_LABELS[metric]}, "
-            f"{where} the best other algorithm ({best['algorithm']}).")
+    notes = [f"{focus} ranks {row['rank']} of {len(rows)} by average {METRIC_LABELS[metric]}, "
+             f"{_gap(row, others[0])} the best other algorithm ({others[0]['algorithm']})."]
+    baselines = [r for r in others if not r["algorithm"].startswith(focus)]
+    if baselines and baselines[0] is not others[0]:
+        notes.append(f"It is {_gap(row, baselines[0])} the best baseline "
+                     f"({baselines[0]['algorithm']}).")
+    if baselines:
+        notes.append(seed_spread_note(row, baselines[0]))
+    return " ".join(note for note in notes if note)
+
+
+def _gap(row: dict, other: dict) -> str:
+    gap = 100 * (row["score"]["overall"][0] - other["score"]["overall"][0])
+    return ("level with" if round(gap, 1) == 0
+            else f"{abs(gap):.1f} points {'above' if gap > 0 else 'below'}")
+
+
+def seed_spread_note(row: dict, other: dict) -> str:
+    """The per-seed difference of the two rows' averages (paired: a seed gives every algorithm
+    the same data), mean ± sample std, and whether it stands clear of that spread."""
+    seeds = sorted(set(row.get("overall_by_seed", {})) & set(other.get("overall_by_seed", {})))
+    if len(seeds) < 2:
+        return (f"With {len(seeds)} seed in common with {other['algorithm']}, the seed spread "
+                "of the difference is not measured.")
+    diffs = [100 * (row["overall_by_seed"][s] - other["overall_by_seed"][s]) for s in seeds]
+    gap, spread = mean(diffs), stdev(diffs)
+    verdict = ("larger than" if abs(gap) > spread else "within")
+    return (f"Seed by seed (same data per seed) the difference to {other['algorithm']} is "
+            f"{gap:+.1f} ± {spread:.1f} points over {len(seeds)} seeds: {verdict} the seed "
+            "spread.")
 
 
 def mean_score_curves(runs: list[FinishedRun]) -> dict[str, list[float]]:
