@@ -85,8 +85,8 @@ def test_a_one_client_federation_is_refused_before_anything_runs(tiny_config, tm
     tiny_config.data.path = str(one)
     code, err = run_cli(tiny_config, tmp_path, capsys)
     assert code == 2 and "Traceback" not in err
-    assert (f"data.path = '{one}' holds 1 client ('colors-0'); a federation needs at least 2 "
-            "clients") in err
+    assert (f"data.source = 'jsonl' (data.path = '{one}') gives 1 client ('colors-0'); a "
+            "federation needs at least 2 clients") in err
     assert not (tmp_path / "out").exists()
 
 

@@ -50,12 +50,13 @@ def validate(config: RunConfig) -> RunConfig:
 
     need(config.data.source in SOURCES, "data.source", "one of " + ", ".join(SOURCES),
          config.data.source)
-    need(config.data.source not in ("glue", "jsonl") or bool(config.data.path), "data.path",
+    source = SOURCES.get(config.data.source)
+    need(source is None or source.path != "folder" or bool(config.data.path), "data.path",
          f"a folder for data.source = {config.data.source!r}", config.data.path)
-    need(config.data.source != "builtin" or not config.data.path, "data.path",
-         "no path with data.source = 'builtin' (the built-in sample ships with fedlease); "
-         "set data.source = 'jsonl' or 'glue' to read this folder", config.data.path)
-    need(config.data.source in ("jsonl", "datasets") or len(config.data.tasks) > 0,
+    need(source is None or source.path != "none" or not config.data.path, "data.path",
+         f"no path with data.source = {config.data.source!r} (the built-in sample ships with "
+         "fedlease); set data.source = 'jsonl' or 'glue' to read this folder", config.data.path)
+    need(source is None or not source.uses_tasks or len(config.data.tasks) > 0,
          "data.tasks", "a non-empty list of task names", config.data.tasks)
     need(len(set(config.data.tasks)) == len(config.data.tasks), "data.tasks",
          "each task once (a task's clients are data.clients_per_task)", config.data.tasks)

@@ -2,7 +2,8 @@
 local tables partitioned into clients (``partitioned.py``).
 
 Every loader returns a list of ``ClientData``; ``load_federation`` picks one by ``data.source``
-from ``SOURCES`` (defined at the end of this module).
+from ``SOURCES`` (defined at the end of this module), which also says what the source reads
+from the config, so config validation needs no list of its own.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +30,7 @@ BUILTIN_TASKS = ("sentiment", "news", "spam", "uncertainty")
 def load_federation(data: DataConfig, seed: int) -> list[ClientData]:
     if data.source not in SOURCES:
         raise DataError(f"data.source = {data.source!r}: expected one of {', '.join(SOURCES)}")
-    return SOURCES[data.source](data, seed)
+    return SOURCES[data.source].load(data, seed)
 
 
 def _split_all(data: DataConfig, seed: int, pools: dict[str, tuple[list[str], list[Example]]]):
@@ -312,10 +315,19 @@ def _read_client_rows(name: str, paths: list[Path], check_row):
     return rows
 
 
-# data.source -> function(DataConfig, seed) -> the federation's clients
+@dataclass(frozen=True)
+class DataSource:
+    """A ``data.source``: its loader, and what it reads of ``[data]``."""
+
+    load: Callable[[DataConfig, int], list[ClientData]]  # (data, seed) -> the clients
+    path: str  # data.path: "folder" (required), "none" (must be empty) or "unused"
+    uses_tasks: bool  # it builds data.tasks x data.clients_per_task clients
+
+
 SOURCES = {
-    "builtin": load_builtin,
-    "glue": load_glue,
-    "jsonl": lambda data, seed: load_jsonl_folder(Path(data.path)),
-    "datasets": load_partitioned,
+    "builtin": DataSource(load_builtin, path="none", uses_tasks=True),
+    "glue": DataSource(load_glue, path="folder", uses_tasks=True),
+    "jsonl": DataSource(lambda data, seed: load_jsonl_folder(Path(data.path)), path="folder",
+                        uses_tasks=False),
+    "datasets": DataSource(load_partitioned, path="unused", uses_tasks=False),
 }

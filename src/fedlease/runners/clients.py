@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from fedlease.config import RunConfig
+from fedlease.data.sources import SOURCES
 from fedlease.errors import ConfigError, DataError
 from fedlease.model.model import position_limit
 from fedlease.tasks import task_of
@@ -43,8 +44,9 @@ def load_clients(config: RunConfig) -> list:
     """The federation's clients, as examples of the configured task (at least two)."""
     clients = task_of(config).load_clients(config.data, config.federation.seed)
     if len(clients) < 2:
-        where = (f"data.path = {config.data.path!r} holds" if config.data.source == "jsonl"
-                 else "data.tasks x data.clients_per_task make")
+        where = ("data.tasks x data.clients_per_task make" if SOURCES[config.data.source].uses_tasks
+                 else f"data.source = {config.data.source!r} (data.path = {config.data.path!r}) "
+                 "gives")
         raise DataError(f"{where} {len(clients)} client ({clients[0].client_id!r}); a "
                         "federation needs at least 2 clients")
     return clients
