@@ -146,7 +146,8 @@ def build_variant(name: str, backbone: nn.Module, args, device) -> nn.Module:
 # -- one step -------------------------------------------------------------------------------
 
 class Runner:
-    """One variant's model, optimizer and step, exactly as ``LocalTrainer.train`` steps (classification)."""
+    """One variant's model, optimizer and step, exactly as ``LocalTrainer.train`` steps
+    (classification)."""
 
     def __init__(self, name, model, device, dtype):
         self.name, self.model, self.device, self.dtype = name, model, device, dtype

@@ -1,0 +1,32 @@
+"""The precision benchmark trains what a run trains: both layouts load and train on a client."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from fedlease.runners.clients import build_trainers, load_clients
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_precision.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_precision", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("layout_name", ["warm-up LoRA", "FedLEASE mixture"])
+def test_each_layout_trains_every_adapter_it_holds(tiny_config, layout_name):
+    bench = load_bench()
+    clients = load_clients(tiny_config)
+    trainer = build_trainers(tiny_config, clients[:1])[clients[0].client_id]
+    layout = bench.LAYOUTS[layout_name]
+    state = bench.initial_state(trainer, layout, tiny_config.lora.rank)
+    trained, metrics = trainer.train(state, layout, seed=0)
+    assert metrics["train_tokens"] > 0
+    changed = {key for key in state if key.startswith("adapter.")
+               and not (trained[key] == state[key]).all()}
+    expected_parts = {"lora_A", "lora_B"} | ({"router"} if layout.router_slots else set())
+    assert {key.rsplit(".", 1)[1] for key in changed} == expected_parts
