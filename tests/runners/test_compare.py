@@ -166,6 +166,27 @@ def test_a_pair_interrupted_mid_run_continues_from_its_checkpoint(compared, tmp_
     assert result["wall_seconds"] >= sum(r["seconds"] for r in metrics[1]["rounds"])
 
 
+def test_a_pair_with_a_damaged_checkpoint_runs_again_from_the_start(compared, tmp_path,
+                                                                     monkeypatch, capsys):
+    config, out, _ = compared
+    run_comparison(config, ["local"], [0], tmp_path, progress=False)
+    folder = tmp_path / "local" / "seed-0"
+    (folder / "result.json").unlink()
+    (folder / "checkpoint" / "checkpoint.json").write_text("{")
+    calls = []
+    original = compare.run_simulation
+
+    def recording(cfg, folder, progress, **kwargs):
+        calls.append(kwargs)
+        return original(cfg, folder, progress=progress, **kwargs)
+
+    monkeypatch.setattr(compare, "run_simulation", recording)
+    run_comparison(config, ["local"], [0], tmp_path, progress=False)
+    assert calls == [{"overwrite": True}]
+    assert "cannot continue from its checkpoint" in capsys.readouterr().err
+    assert (folder / "result.json").is_file()
+
+
 def test_algorithm_list_is_checked():
     assert parse_algorithms("all") == list(ALGORITHMS)
     assert parse_algorithms("fedit, local,fedit") == ["fedit", "local"]

@@ -113,13 +113,19 @@ def continue_pair(config: RunConfig, folder: Path, progress: bool) -> float | No
     if not manifest.exists():
         return None
     try:
-        done = json.loads(manifest.read_text(encoding="utf-8"))["round"]
+        done = int(json.loads(manifest.read_text(encoding="utf-8"))["round"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return restart(folder, f"its checkpoint manifest is unreadable ({err})")
+    try:
         result = run_simulation(config, folder, progress=progress, resume=True)
-    except (CheckpointError, OSError, ValueError, KeyError, TypeError) as err:
-        print(f"fedlease compare: {folder}: cannot continue from its checkpoint ({err}); "
-              "running it again from the start", file=sys.stderr)
-        return None
+    except CheckpointError as err:
+        return restart(folder, str(err))
     return result.wall_seconds + sum(r["seconds"] for r in result.history[:done])
+
+
+def restart(folder: Path, reason: str) -> None:
+    print(f"fedlease compare: {folder}: cannot continue from its checkpoint: {reason}; running "
+          "it again from the start", file=sys.stderr)
 
 
 def run_comparison(config: RunConfig, algorithms: list[str], seeds: list[int],
