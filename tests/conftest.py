@@ -309,3 +309,15 @@ def write_csv(path, columns: dict[str, list], delimiter: str = ",") -> str:
 def colors_csv(tmp_path) -> str:
     """A CSV of 160 rows of ``planted_table`` (labels red / blue)."""
     return write_csv(tmp_path / "colors.csv", planted_table(160))
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` (a script, not a package module) imported as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,20 +1,14 @@
 """The precision benchmark trains what a run trains: both layouts load and train on a client."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from fedlease.runners.clients import build_trainers, load_clients
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_precision.py"
+from ..conftest import load_benchmark
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_precision", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_precision")
 
 
 @pytest.mark.parametrize("layout_name", ["warm-up LoRA", "FedLEASE mixture"])

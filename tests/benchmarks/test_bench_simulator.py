@@ -1,17 +1,11 @@
 """The simulator benchmark's report with the smallest setting the README smoke uses (one
 client count for the memory runs) must print, not divide by zero."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_simulator.py"
+from ..conftest import load_benchmark
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_simulator", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_simulator")
 
 
 def test_memory_report_with_one_client_count_has_no_growth_line():

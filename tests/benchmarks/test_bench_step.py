@@ -1,23 +1,16 @@
 """The benchmark's reference-style layer must compute the library layer's function, or its
 ratios compare different things."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from fedlease.model.lora import AdapterLayout
 
+from ..conftest import load_benchmark
 from ..model.test_lora import make_layer
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_step.py"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_step")
 
 
 def test_reference_style_layer_computes_the_same_function_and_gradients():
