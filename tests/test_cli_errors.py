@@ -117,6 +117,7 @@ def test_every_upload_rejected_is_a_clean_error_keeping_the_finished_rounds(tiny
                                                                            capsys):
     """Warm-up round 1 uploads nothing; at the allocation round 2 every LoRA breaks the bound:
     one clear line, and round 1's metrics and checkpoint stay (exit 2, no traceback)."""
+    tiny_config.federation.allocation = "lora-b"
     tiny_config.federation.rounds = 3
     tiny_config.federation.warmup_rounds = 2
     tiny_config.federation.max_update_norm = 1e-6

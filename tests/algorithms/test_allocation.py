@@ -49,7 +49,7 @@ def lora_reply(sign: float, n: int = 10) -> Reply:
 
 def test_warmup_zero_must_use_the_embedding_signal():
     with pytest.raises(ConfigError, match=r"warmup_rounds.*\[1, rounds\).*lora-b"):
-        load_config(overrides={"federation": {"warmup_rounds": 0}})
+        load_config(overrides={"federation": {"warmup_rounds": 0, "allocation": "lora-b"}})
     with pytest.raises(ConfigError, match="allocation"):
         load_config(overrides={"federation": {"allocation": "cosine"}})
     with pytest.raises(ConfigError, match="embedding_noise"):

@@ -15,9 +15,10 @@ A_KEY, B_KEY = "adapter.l0.query.lora_A", "adapter.l0.query.lora_B"
 
 
 def make_server(name, sizes=(10, 30), **federation):
+    # the FedLEASE ablations on the paper's B-matrix allocation (synthetic warm-up LoRAs)
     config = load_config(overrides={"federation": {"algorithm": name, "rounds": 3,
                                                    "warmup_rounds": 1, "max_experts": 3,
-                                                   **federation}})
+                                                   "allocation": "lora-b", **federation}})
     clients = [ClientInfo(f"c{i}", n) for i, n in enumerate(sizes)]
     return ALGORITHMS[name](config, clients, SHAPES)
 

@@ -10,8 +10,9 @@ SHAPES = {"l0.query": (6, 5), "l0.value": (6, 5)}
 
 
 def make_server(sizes=(10, 10, 30, 30), warmup=1, rounds=3):
+    # the paper's B-matrix allocation, fed with synthetic warm-up LoRAs (lora_reply)
     config = load_config(overrides={"federation": {"rounds": rounds, "warmup_rounds": warmup,
-                                                   "max_experts": 3}})
+                                                   "max_experts": 3, "allocation": "lora-b"}})
     clients = [ClientInfo(f"c{i}", n) for i, n in enumerate(sizes)]
     return ALGORITHMS["fedlease"](config, clients, SHAPES)
 

@@ -16,8 +16,9 @@ SIZES = (10, 10, 30, 30)
 
 
 def make_server(max_norm=100.0):
+    # the paper's B-matrix allocation: the replies below are synthetic warm-up LoRAs
     config = load_config(overrides={"federation": {"rounds": 4, "warmup_rounds": 1,
-                                                   "max_experts": 3,
+                                                   "max_experts": 3, "allocation": "lora-b",
                                                    "max_update_norm": max_norm}})
     clients = [ClientInfo(f"c{i}", n) for i, n in enumerate(SIZES)]
     return ALGORITHMS["fedlease"](config, clients, SHAPES)

@@ -84,6 +84,7 @@ def test_a_client_that_stops_answering_does_not_stop_the_run(small_config, tmp_p
 
 
 def test_client_missing_at_allocation_is_assigned_later(small_config, tmp_path):
+    small_config.federation.allocation = "lora-b"  # joins by its warm-up LoRA
     result, _ = run_on_loopback(small_config, tmp_path, silent_after={4: 0})
     assert "colors-1" not in result.report["assignment"]
     assert result.report["clients"] == ["animals-0", "animals-1", "colors-0"]
@@ -91,6 +92,7 @@ def test_client_missing_at_allocation_is_assigned_later(small_config, tmp_path):
 
 def test_fraction_train_samples_clients_and_late_clients_join(small_config, tmp_path):
     small_config.federation.seed = 2  # a seed whose two samples of 2 clients are disjoint
+    small_config.federation.allocation = "lora-b"  # round 2's clients join by a warm-up LoRA
     result, grid = run_on_loopback(small_config, tmp_path, **{"fraction-train": 0.5})
     trained = [{c for c, m in e["clients"].items() if "train_loss" in m}
                for e in result.history]
