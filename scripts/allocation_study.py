@@ -20,7 +20,7 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo
-from fedlease.algorithms.base import Instruction, client_embedding
+from fedlease.algorithms.base import Instruction, UploadSpec, client_embedding
 from fedlease.algorithms.clustering import (
     b_distance_matrix,
     cluster_clients,
@@ -64,19 +64,20 @@ def study_seed(config, warmups: list[int], truths: dict[str, dict[str, str]],
 
     start = time.perf_counter()
     means = {cid: Computed(trainers[cid].mean_representation()) for cid in ids}
-    embeddings = [client_embedding(means[cid], Instruction({}, {"seed": 0})) for cid in ids]
+    embeddings = [client_embedding(means[cid], Instruction({})) for cid in ids]
     e_distance = embedding_distance_matrix(embeddings)
     out = {"embedding": {0: scores(e_distance)}, "lora-b": {}, "hybrid": {},
            "embedding_seconds": time.perf_counter() - start}
     for noise in noises:  # the same vectors, blurred as federation.embedding_noise does
-        noisy = [client_embedding(means[cid], Instruction({}, {
-            "seed": server.client_seed(0, cid), "embedding_noise": noise})) for cid in ids]
+        noisy = [client_embedding(means[cid], Instruction(
+            {}, upload=UploadSpec(parts=("embedding",), embedding_noise=noise),
+            seed=server.client_seed(0, cid))) for cid in ids]
         out[f"embedding, noise {noise:g}"] = {0: scores(embedding_distance_matrix(noisy))}
     local = {cid: {} for cid in ids}
     for rnd in range(1, max(warmups, default=0) + 1):
         fit = server.configure_fit(rnd)
         for cid in ids:
-            _, local[cid] = type(server).client_fit(fit[cid], local[cid], trainers[cid])
+            _, local[cid] = server.client.fit(fit[cid], local[cid], trainers[cid])
         if rnd in warmups:
             b_distance = b_distance_matrix([
                 {k: v for k, v in local[cid].items() if k.endswith(".lora_B")} for cid in ids])

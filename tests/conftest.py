@@ -311,12 +311,12 @@ def colors_csv(tmp_path) -> str:
     return write_csv(tmp_path / "colors.csv", planted_table(160))
 
 
-def load_benchmark(name: str):
-    """``benchmarks/<name>.py`` (a script, not a package module) imported as a module."""
+def load_script(name: str, folder: str = "benchmarks"):
+    """``<folder>/<name>.py`` (a script, not a package module) imported as a module."""
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    script = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,11 +4,11 @@ import pytest
 
 from fedlease.runners.clients import build_trainers, load_clients
 
-from ..conftest import load_benchmark
+from ..conftest import load_script
 
 
 def load_bench():
-    return load_benchmark("bench_precision")
+    return load_script("bench_precision")
 
 
 @pytest.mark.parametrize("layout_name", ["warm-up LoRA", "FedLEASE mixture"])

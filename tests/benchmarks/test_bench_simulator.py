@@ -1,11 +1,11 @@
 """The simulator benchmark's report with the smallest setting the README smoke uses (one
 client count for the memory runs) must print, not divide by zero."""
 
-from ..conftest import load_benchmark
+from ..conftest import load_script
 
 
 def load_bench():
-    return load_benchmark("bench_simulator")
+    return load_script("bench_simulator")
 
 
 def test_memory_report_with_one_client_count_has_no_growth_line():

@@ -5,12 +5,12 @@ import torch
 
 from fedlease.model.lora import AdapterLayout
 
-from ..conftest import load_benchmark
+from ..conftest import load_script
 from ..model.test_lora import make_layer
 
 
 def load_bench():
-    return load_benchmark("bench_step")
+    return load_script("bench_step")
 
 
 def test_reference_style_layer_computes_the_same_function_and_gradients():
