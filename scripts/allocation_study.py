@@ -20,7 +20,7 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo
-from fedlease.algorithms.base import Instruction, UploadSpec, client_embedding
+from fedlease.algorithms.base import EMBEDDING_PART, Instruction, UploadSpec, client_embedding
 from fedlease.algorithms.clustering import (
     b_distance_matrix,
     cluster_clients,
@@ -70,7 +70,7 @@ def study_seed(config, warmups: list[int], truths: dict[str, dict[str, str]],
            "embedding_seconds": time.perf_counter() - start}
     for noise in noises:  # the same vectors, blurred as federation.embedding_noise does
         noisy = [client_embedding(means[cid], Instruction(
-            {}, upload=UploadSpec(parts=("embedding",), embedding_noise=noise),
+            {}, upload=UploadSpec(parts=(EMBEDDING_PART,), embedding_noise=noise),
             seed=server.client_seed(0, cid))) for cid in ids]
         out[f"embedding, noise {noise:g}"] = {0: scores(embedding_distance_matrix(noisy))}
     local = {cid: {} for cid in ids}
