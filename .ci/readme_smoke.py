@@ -4,7 +4,8 @@ CI (`.ci/run`) calls this after the unit tests; a failing README command fails C
 checkout (tracked and untracked-but-not-ignored files, as a clone would hold them) into a
 temporary folder, makes a fresh venv there and a fresh HOME (so `~/.flwr` and `~/.cache/fedlease`
 start empty; pip's download cache is kept), and runs the README's fenced shell blocks (```bash,
-```sh, ```shell, ```console) in README order, one bash process per block, from the copy's root.
+```sh, ```shell, ```console) in README order (`after_install` blocks first, see below), one bash
+process per block, from the copy's root.
 Each line is one command (a line ending in a backslash continues on the next; no heredocs),
 timed on its own; a command that fails stops its block and fails the smoke.
 
@@ -25,6 +26,10 @@ block, keyed by the block's exact text:
   run got through the clustering round.
 * `not_run = "reason"`: the block is not executed (needs a GPU, a deployed SuperLink, data that
   cannot ship); the reason is printed in the output and the summary.
+* `after_install = true`: the block runs right after the README's first block (its install
+  command), while the venv holds exactly what that install gives a new user, before any later
+  block installs an extra. The README's test command has it: the suite must pass (or skip, naming
+  the missing package) under the README's install alone.
 
 A README block with no entry, or an entry whose text is no longer in the README, fails the smoke
 and the default test suite (tests/test_readme_commands.py), so the README and this smoke cannot
@@ -38,7 +43,6 @@ made small) and add a `check` on what it writes. Later blocks see what earlier o
     python .ci/readme_smoke.py --check          # only: is every README block covered?
     python .ci/readme_smoke.py --only flower    # blocks whose text contains "flower" (the
                                                 # venv still gets every install block first)
-    python .ci/readme_smoke.py --already-ran "python -m pytest"   # .ci/run ran it already
 
 Standard library only: it runs on whatever Python CI has, before anything is installed.
 """
@@ -81,6 +85,7 @@ class Block:
     replace: list[list[str]] = field(default_factory=list)
     check: str = ""
     not_run: str = ""
+    after_install: bool = False
 
     def commands(self) -> list[str]:
         """The block's command lines as run (shortened), continuation lines joined."""
@@ -136,7 +141,7 @@ def attach_smoke_entries(blocks: list[Block], commands: Path = COMMANDS) -> list
     problems = []
     for entry in entries:
         text = entry.get("readme", "").strip("\n")
-        unknown = set(entry) - {"readme", "replace", "check", "not_run"}
+        unknown = set(entry) - {"readme", "replace", "check", "not_run", "after_install"}
         if unknown:
             problems.append(f"{commands.name}: entry {text[:60]!r}: unknown keys {sorted(unknown)}")
         by_text[text] = entry
@@ -151,6 +156,7 @@ def attach_smoke_entries(blocks: list[Block], commands: Path = COMMANDS) -> list
         block.replace = entry.get("replace", [])
         block.check = entry.get("check", "")
         block.not_run = entry.get("not_run", "")
+        block.after_install = entry.get("after_install", False)
         for pair in block.replace:
             if len(pair) != 2 or pair[0] not in block.text:
                 problems.append(f"README.md:{block.line}: replace {pair!r}: expected [old, new] "
@@ -160,9 +166,21 @@ def attach_smoke_entries(blocks: list[Block], commands: Path = COMMANDS) -> list
     return problems
 
 
-def covered_blocks() -> tuple[list[Block], list[str]]:
-    blocks, problems = readme_blocks()
-    return blocks, problems + attach_smoke_entries(blocks)
+def covered_blocks(readme: Path = README, commands: Path = COMMANDS
+                   ) -> tuple[list[Block], list[str]]:
+    blocks, problems = readme_blocks(readme)
+    problems += attach_smoke_entries(blocks, commands)
+    if blocks and "pip install" not in blocks[0].text:
+        problems.append(f"README.md:{blocks[0].line}: the first shell block must be the install "
+                        "command (the smoke builds its fresh venv with it)")
+    return blocks, problems
+
+
+def run_order(blocks: list[Block]) -> list[Block]:
+    """README order, but the ``after_install`` blocks right after the first (install) block, so
+    they see the venv the README's install alone builds."""
+    early = [b for b in blocks[1:] if b.after_install]
+    return blocks[:1] + early + [b for b in blocks[1:] if not b.after_install]
 
 
 # -- running -------------------------------------------------------------------------------
@@ -196,19 +214,14 @@ def smoke_environment(work: Path) -> dict[str, str]:
     return env
 
 
-def block_script(commands: list[str], skipped: dict[int, str], times: Path) -> str:
+def block_script(commands: list[str], times: Path) -> str:
     """Bash that runs the commands in one shell (exports and `&` carry over), stamps the time
     after each, and stops at the first that fails (&& lists included, unlike `set -e`)."""
     stamp = f"stamp() {{ echo \"$1 $(date +%s.%N)\" >> {shlex.quote(str(times))}; }}"
     lines = ["set -o pipefail", stamp, "stamp start"]
     for i, command in enumerate(commands):
-        lines.append(f"printf '\\n$ %s\\n' {shlex.quote(command)}")
-        if i in skipped:
-            lines.append(f"printf 'NOT EXECUTED: %s\\n' {shlex.quote(skipped[i])}")
-        else:
-            lines += [command,
-                      f"rc=$?; [ $rc -eq 0 ] || {{ stamp fail-{i}; exit $rc; }}"]
-        lines.append(f"stamp {i}")
+        lines += [f"printf '\\n$ %s\\n' {shlex.quote(command)}", command,
+                  f"rc=$?; [ $rc -eq 0 ] || {{ stamp fail-{i}; exit $rc; }}", f"stamp {i}"]
     return "\n".join(lines) + "\n"
 
 
@@ -239,8 +252,7 @@ class Outcome:
     seconds: float | None
 
 
-def run_block(block: Block, work: Path, env: dict[str, str], already_ran: dict[str, str]
-              ) -> list[Outcome]:
+def run_block(block: Block, work: Path, env: dict[str, str]) -> list[Outcome]:
     commands = block.commands()
     print(f"\n{'=' * 100}\nREADME.md:{block.line}\n{block.text}", flush=True)
     if block.not_run:
@@ -249,21 +261,18 @@ def run_block(block: Block, work: Path, env: dict[str, str], already_ran: dict[s
                 for command in commands]
     if block.replace:
         print("-- shortened for CI to:\n" + "\n".join(commands), flush=True)
-    skipped = {i: already_ran[c] for i, c in enumerate(commands) if c in already_ran}
     times = work / "times.txt"
     times.unlink(missing_ok=True)
-    rc = run_bash(block_script(commands, skipped, times), work, env)
+    rc = run_bash(block_script(commands, times), work, env)
     stamps = dict(line.split() for line in times.read_text().splitlines()) if times.exists() else {}
     outcomes, last = [], float(stamps.get("start", 0))
     for i, command in enumerate(commands):
         done = stamps.get(str(i)) or stamps.get(f"fail-{i}")
         if done is None:
             status = "not reached"
-        elif i in skipped:
-            status = f"NOT EXECUTED: {skipped[i]}"
         else:
             status = "ok" if str(i) in stamps else f"FAILED (rc {rc})"
-        seconds = float(done) - last if done and i not in skipped else None
+        seconds = float(done) - last if done else None
         last = float(done) if done else last
         outcomes.append(Outcome(block, command, status, seconds))
     if rc == 0 and block.check:
@@ -301,9 +310,6 @@ def main() -> int:
     parser.add_argument("--only", metavar="TEXT",
                         help="run only the blocks whose text contains TEXT (plus every block "
                              "that runs pip install, so the venv has what they need)")
-    parser.add_argument("--already-ran", action="append", default=[], metavar="COMMAND",
-                        help="a README command line (as run) that the caller ran on this "
-                             "checkout already: printed as not executed, with that reason")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR (must not exist) and keep it")
     args = parser.parse_args()
 
@@ -317,9 +323,6 @@ def main() -> int:
         return 0
     if args.only:
         blocks = [b for b in blocks if args.only in b.text or "pip install" in b.text]
-    already_ran = {command: "the caller (.ci/run) ran this exact command on this checkout "
-                   "already (--already-ran)"
-                   for command in args.already_ran}
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fedlease-readme-"))
     work.mkdir(parents=True, exist_ok=bool(not args.keep))
@@ -328,8 +331,8 @@ def main() -> int:
     try:
         copy_checkout(work / "checkout")
         env = smoke_environment(work)
-        for block in blocks:
-            block_outcomes = run_block(block, work / "checkout", env, already_ran)
+        for block in run_order(blocks):
+            block_outcomes = run_block(block, work / "checkout", env)
             outcomes += block_outcomes
             if "pip install" in block.text and any(failed(o) for o in block_outcomes):
                 break  # what follows needs what this block installs

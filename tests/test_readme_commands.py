@@ -57,10 +57,9 @@ def test_a_heredoc_is_reported(tmp_path):
     assert any("cannot hold a heredoc" in p for p in problems)
 
 
-def run(tmp_path, text, already_ran=None, check=""):
+def run(tmp_path, text, check=""):
     block = smoke.Block(1, text, check=check)
-    return [(o.command, o.status) for o in
-            smoke.run_block(block, tmp_path, dict(os.environ), already_ran or {})]
+    return [(o.command, o.status) for o in smoke.run_block(block, tmp_path, dict(os.environ))]
 
 
 def test_a_failing_command_in_an_and_list_fails_the_block_and_stops_it(tmp_path):
@@ -69,11 +68,26 @@ def test_a_failing_command_in_an_and_list_fails_the_block_and_stops_it(tmp_path)
         ("echo after", "not reached")]
 
 
-def test_exports_carry_over_checks_run_and_already_ran_commands_are_named(tmp_path):
-    outcomes = run(tmp_path, "export X=1\npython -m pytest\ntest $X = 1 && touch made",
-                   already_ran={"python -m pytest": "ran by .ci/run"}, check="test -e made")
-    assert outcomes == [("export X=1", "ok"), ("python -m pytest", "NOT EXECUTED: ran by .ci/run"),
-                        ("test $X = 1 && touch made", "ok"), ("(check) test -e made", "ok")]
+def test_exports_carry_over_and_checks_run(tmp_path):
+    outcomes = run(tmp_path, "export X=1\ntest $X = 1 && touch made", check="test -e made")
+    assert outcomes == [("export X=1", "ok"), ("test $X = 1 && touch made", "ok"),
+                        ("(check) test -e made", "ok")]
+
+
+def test_the_test_command_runs_right_after_the_install_before_any_extra_is_installed():
+    blocks, _ = smoke.covered_blocks()
+    order = smoke.run_order(blocks)
+    assert "pip install" in order[0].text
+    assert order[1].text == "python -m pytest" and order[1].after_install
+    assert sorted(b.line for b in order) == sorted(b.line for b in blocks)  # none left out
+
+
+def test_the_first_block_must_be_the_install(tmp_path):
+    commands = "[[block]]\nreadme = 'fedlease run'\n"
+    (tmp_path / "README.md").write_text("```bash\nfedlease run\n```\n")
+    (tmp_path / "commands.toml").write_text(commands)
+    _, problems = smoke.covered_blocks(tmp_path / "README.md", tmp_path / "commands.toml")
+    assert any("the first shell block must be the install command" in p for p in problems)
 
 
 def test_a_server_started_in_the_background_does_not_outlive_its_block(tmp_path):
