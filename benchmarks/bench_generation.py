@@ -15,7 +15,7 @@ import argparse
 import os
 import time
 
-from fedlease.config import load_config
+from fedlease.configure import load_config
 from fedlease.runners.simulator import run_simulation
 
 

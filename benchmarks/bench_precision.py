@@ -19,7 +19,7 @@ import statistics
 
 import torch
 
-from fedlease.config import load_config
+from fedlease.configure import load_config
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.model import ADAPTER_PREFIX
 from fedlease.runners.clients import build_trainers, load_clients

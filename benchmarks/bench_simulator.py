@@ -22,7 +22,8 @@ import sys
 
 import torch
 
-from fedlease.config import PRECISIONS, load_config
+from fedlease.config import PRECISIONS
+from fedlease.configure import load_config
 from fedlease.runners.simulator import run_simulation
 from fedlease.tasks.classification import collate, tokenize
 

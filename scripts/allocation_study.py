@@ -27,7 +27,7 @@ from fedlease.algorithms.clustering import (
     embedding_distance_matrix,
     hybrid_distance,
 )
-from fedlease.config import load_config, with_overrides
+from fedlease.configure import load_config, with_overrides
 from fedlease.reporting.summary import clustering_ari
 from fedlease.runners.simulator import build_trainers, load_clients
 

@@ -99,7 +99,7 @@ def module_tiny_federation(tmp_path_factory):
 @pytest.fixture
 def tiny_config(tiny_model_dir, tiny_federation, tmp_path):
     """A small, fast FedLEASE config on the tiny model and the synthetic federation."""
-    from fedlease.config import load_config
+    from fedlease.configure import load_config
 
     return load_config(overrides={
         "model": {"path": str(tiny_model_dir), "max_length": 16},
@@ -176,7 +176,7 @@ def instruction_row(task: str, text: str, cue: str) -> dict:
 @pytest.fixture
 def tiny_generation_config(tiny_llama_dir, tmp_path):
     """A small, fast FedLEASE generation config on the tiny LLaMA."""
-    from fedlease.config import load_config
+    from fedlease.configure import load_config
 
     fed = write_federation(tmp_path / "instructions", train=8, test=4,
                            make_row=instruction_row)
@@ -227,7 +227,7 @@ def planted_config(model_dir, federation, out_dir, algorithm="fedlease", rounds=
                    warmup_rounds=1, seed=0):
     """Settings under which the tiny model learns the planted tasks in a few rounds: full
     batches, 4 local epochs, no dropout and no weight decay."""
-    from fedlease.config import load_config
+    from fedlease.configure import load_config
 
     return load_config(overrides={
         "model": {"path": str(model_dir), "max_length": 16},
@@ -246,7 +246,7 @@ def planted_config(model_dir, federation, out_dir, algorithm="fedlease", rounds=
 def finished_run(tmp_path_factory, tiny_model_dir, tiny_llama_dir):
     """``finished_run(algorithm, task="classification")``: the folder of a finished 3-round run
     on the tiny models (made once per session per algorithm and task)."""
-    from fedlease.config import load_config
+    from fedlease.configure import load_config
     from fedlease.runners.simulator import run_simulation
 
     made = {}

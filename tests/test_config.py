@@ -1,6 +1,7 @@
 import pytest
 
-from fedlease.config import dump_toml, load_config
+from fedlease.config import dump_toml
+from fedlease.configure import load_config
 from fedlease.errors import ConfigError
 from fedlease.tasks import task_of
 

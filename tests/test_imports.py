@@ -120,3 +120,14 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout == ""
+
+
+def test_the_config_package_imports_nothing_above_it():
+    """``fedlease.config`` only reads and type-checks; what needs the registries (algorithms,
+    tasks, data sources) is ``fedlease.configure``'s, at any level of the code."""
+    above = ("fedlease.algorithms", "fedlease.tasks", "fedlease.data", "fedlease.runners",
+             "fedlease.reporting", "fedlease.configure")
+    found = {name: sorted(t for t in targets if t.startswith(above))
+             for name, targets in import_graph().items() if name.startswith("fedlease.config.")
+             or name == "fedlease.config"}
+    assert {name: targets for name, targets in found.items() if targets} == {}

@@ -10,7 +10,8 @@ import time
 import traceback
 from pathlib import Path
 
-from fedlease.config import PRECISIONS, load_config
+from fedlease.config import PRECISIONS
+from fedlease.configure import load_config
 from fedlease.errors import CheckpointError, ConfigError, DataError, ModelFileError, OutputError
 
 # what to install when an optional package is missing (by the top-level module name)

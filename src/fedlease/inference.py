@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fedlease.config import load_config
+from fedlease.configure import load_config
 from fedlease.data.federation import Example
 from fedlease.data.instructions import InstructionExample
 from fedlease.data.sources import read_jsonl_rows

@@ -26,7 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 
-from fedlease.config import RunConfig, config_to_dict, load_config
+from fedlease.config import RunConfig, config_to_dict
+from fedlease.configure import load_config
 from fedlease.errors import ConfigError, ModelFileError
 from fedlease.model.lora import AdapterLayout
 

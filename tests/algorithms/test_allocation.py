@@ -14,7 +14,7 @@ from fedlease.algorithms.clustering import (
     mean_offdiagonal,
 )
 from fedlease.algorithms.validation import accept_replies
-from fedlease.config import load_config
+from fedlease.configure import load_config
 from fedlease.errors import ConfigError
 from fedlease.model.lora import AdapterLayout
 

@@ -7,7 +7,7 @@ import torch
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
 from fedlease.algorithms.base import UploadSpec, select_upload
 from fedlease.algorithms.ifca_lora import ChosenCluster, pick_lowest
-from fedlease.config import load_config
+from fedlease.configure import load_config
 from fedlease.errors import ConfigError
 
 SHAPES = {"l0.query": (6, 5), "l0.value": (6, 5)}

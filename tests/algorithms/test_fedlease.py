@@ -4,7 +4,7 @@ import torch
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
 from fedlease.algorithms.base import UploadSpec, select_upload
-from fedlease.config import load_config
+from fedlease.configure import load_config
 
 SHAPES = {"l0.query": (6, 5), "l0.value": (6, 5)}
 

@@ -9,7 +9,7 @@ import torch
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
 from fedlease.algorithms.base import UploadSpec, select_upload
 from fedlease.algorithms.validation import accept_replies
-from fedlease.config import load_config
+from fedlease.configure import load_config
 
 SHAPES = {"l0.query": (6, 5), "l0.value": (6, 5)}
 SIZES = (10, 10, 30, 30)

@@ -10,7 +10,8 @@ import pytest
 datasets = pytest.importorskip("datasets")
 pytest.importorskip("flwr_datasets")
 
-from fedlease.config import DataConfig, DatasetConfig, load_config  # noqa: E402
+from fedlease.config import DataConfig, DatasetConfig  # noqa: E402
+from fedlease.configure import load_config  # noqa: E402
 from fedlease.data.instructions import load_instruction_federation  # noqa: E402
 from fedlease.data.sources import load_federation  # noqa: E402
 from fedlease.errors import ConfigError, DataError  # noqa: E402

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fedlease.config import load_config
+from fedlease.configure import load_config
 from fedlease.errors import ConfigError
 from fedlease.reporting.outputs import RunWriter
 from fedlease.reporting.tracking import CSV_FILE, metrics_csv

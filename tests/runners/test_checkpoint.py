@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from fedlease import cli
 from fedlease.algorithms import ALGORITHMS
-from fedlease.config import dump_toml, with_overrides
+from fedlease.config import dump_toml
+from fedlease.configure import with_overrides
 from fedlease.reporting import outputs
 from fedlease.runners import checkpoint as ckpt
 from fedlease.runners.simulator import run_simulation

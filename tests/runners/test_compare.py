@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from fedlease.algorithms import ALGORITHMS
-from fedlease.config import config_to_dict, load_config
+from fedlease.config import config_to_dict
+from fedlease.configure import load_config
 from fedlease.errors import ConfigError
 from fedlease.runners import compare
 from fedlease.runners.compare import parse_algorithms, run_comparison

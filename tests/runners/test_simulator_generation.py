@@ -5,7 +5,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fedlease.algorithms import ALGORITHMS
-from fedlease.config import load_config
+from fedlease.configure import load_config
 from fedlease.reporting.summary import summary_table
 from fedlease.runners.simulator import run_simulation
 

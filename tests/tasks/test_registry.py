@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import fedlease
-from fedlease.config import load_config
+from fedlease.configure import load_config
 from fedlease.tasks import METRIC_LABELS, TASKS, Task, task_of
 from fedlease.training import LocalTrainer
 

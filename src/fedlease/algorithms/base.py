@@ -255,6 +255,12 @@ class Algorithm(ABC):
         self.representation_dim = representation_dim
         self.client_index = {c.client_id: i for i, c in enumerate(clients)}
 
+    @classmethod
+    def config_problems(cls, config: RunConfig) -> list[str]:
+        """What in ``config`` this algorithm cannot run with, one message per problem (run
+        with the other checks when a config is loaded, ``fedlease.configure``); none here."""
+        return []
+
     # -- server side: what each algorithm defines ------------------------------------------
 
     @abstractmethod

@@ -1,7 +1,7 @@
 """Phase 2 of FedLEASE (docs/method.md): group clients by a distance between them.
 
-Three signals (``federation.allocation``): the cosine distance of their warm-up LoRA B matrices
-(``lora-b``, the paper), the cosine distance of their mean frozen-model representations
+Three signals (``federation.allocation``, ``SIGNALS``): the cosine distance of their warm-up LoRA
+B matrices (``lora-b``, the paper), the cosine distance of their mean frozen-model representations
 (``embedding``), or both (``hybrid``: each matrix divided by its mean off-diagonal distance, then
 averaged, so neither signal dominates by its scale; silhouette and average linkage then see both
 equally).
@@ -13,6 +13,50 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class AllocationSignal:
+    """What FedLEASE clusters clients by (``federation.allocation``): the distance it builds,
+    whether a client has sent what it needs, and how plots title it."""
+
+    name: str  # federation.allocation
+    uses_lora_b: bool  # the clients' warm-up LoRA B matrices (uploaded after the warm-up)
+    uses_embedding: bool  # the clients' representation vectors (uploaded before round 1)
+    title: str  # what the clients are clustered by, on plots
+    distance_name: str  # the distance, on a plot's axis
+
+    @property
+    def least_warmup_rounds(self) -> int:
+        """B matrices need a warm-up round; an embedding is known before training."""
+        return 1 if self.uses_lora_b else 0
+
+    def has(self, client_id: str, lora_uploads, embeddings) -> bool:
+        """Whether ``client_id`` sent what the signal needs (its warm-up upload, in
+        ``lora_uploads``, and its embedding, in ``embeddings``)."""
+        return ((not self.uses_lora_b or client_id in lora_uploads)
+                and (not self.uses_embedding or client_id in embeddings))
+
+    def distance(self, b_distance: np.ndarray | None, embedding_distance: np.ndarray | None,
+                 scales: list[float]) -> np.ndarray:
+        """The distance by this signal from the distances it uses (None: one it does not use);
+        both: each divided by its scale in ``scales`` (B's, then the embedding's), averaged."""
+        if not self.uses_embedding:
+            return b_distance
+        if not self.uses_lora_b:
+            return embedding_distance
+        b_scale, embedding_scale = scales
+        return (b_distance / b_scale + embedding_distance / embedding_scale) / 2
+
+
+SIGNALS = {signal.name: signal for signal in (
+    AllocationSignal("lora-b", True, False, "their warm-up LoRA B matrices",
+                     "1 - cos(B_i, B_j)"),
+    AllocationSignal("embedding", False, True, "their mean frozen-model representations",
+                     "1 - cos(e_i, e_j)"),
+    AllocationSignal("hybrid", True, True, "B matrices and representations (hybrid)",
+                     "B and embedding distance, scaled"),
+)}
 
 
 @dataclass
@@ -68,8 +112,9 @@ def mean_offdiagonal(distance: np.ndarray) -> float:
 
 def hybrid_distance(b_distance: np.ndarray, embedding_distance: np.ndarray) -> np.ndarray:
     """The average of the two distance matrices, each scaled to a mean off-diagonal of 1."""
-    return (b_distance / mean_offdiagonal(b_distance)
-            + embedding_distance / mean_offdiagonal(embedding_distance)) / 2
+    return SIGNALS["hybrid"].distance(b_distance, embedding_distance,
+                                      [mean_offdiagonal(b_distance),
+                                       mean_offdiagonal(embedding_distance)])
 
 
 def cluster_clients(distance: np.ndarray, max_clusters: int, tol: float = 1e-6) -> Clustering:

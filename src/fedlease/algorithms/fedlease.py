@@ -36,11 +36,11 @@ from fedlease.algorithms.base import (
     weighted_mean,
 )
 from fedlease.algorithms.clustering import (
+    SIGNALS,
     Clustering,
     b_distance_matrix,
     cluster_clients,
     embedding_distance_matrix,
-    hybrid_distance,
     mean_offdiagonal,
 )
 from fedlease.model.lora import AdapterLayout, init_router
@@ -55,10 +55,22 @@ class FedLEASE(Algorithm):
                     "embeddings", "distance_scales")
     uses_warmup = True
 
+    @classmethod
+    def config_problems(cls, config) -> list[str]:
+        """The warm-up must end before the last round; the embedding is known before training,
+        so with it no warm-up round is needed."""
+        federation = config.federation
+        signal = SIGNALS.get(federation.allocation)
+        least = signal.least_warmup_rounds if signal else 1
+        if least <= federation.warmup_rounds < federation.rounds:
+            return []
+        return [f"federation.warmup_rounds = {federation.warmup_rounds!r}: expected an integer "
+                f"in [{least}, rounds) for allocation = {federation.allocation!r}"]
+
     def __init__(self, config, clients, adapter_shapes, representation_dim: int = 0):
         super().__init__(config, clients, adapter_shapes, representation_dim)
         self.warmup_rounds = config.federation.warmup_rounds
-        self.signal = config.federation.allocation
+        self.signal = SIGNALS[config.federation.allocation]
         self.initial_lora = self.init_lora_state()
         self.embeddings: dict[str, torch.Tensor] = {}  # client -> its representation vector
         # hybrid: the mean off-diagonal B and embedding distances the allocation divided by
@@ -97,13 +109,9 @@ class FedLEASE(Algorithm):
             for c in self.clients
         }
 
-    @property
-    def uses_embedding(self) -> bool:
-        return self.signal in ("embedding", "hybrid")
-
     def configure_profile(self) -> dict[str, Instruction]:
         """With an embedding signal: every client's representation vector, before round 1."""
-        if not self.uses_embedding:
+        if not self.signal.uses_embedding:
             return {}
         noise = self.config.federation.embedding_noise
         return {c.client_id: Instruction({}, upload=UploadSpec((), (EMBEDDING_PART,), noise),
@@ -119,7 +127,7 @@ class FedLEASE(Algorithm):
         if rnd < self.warmup_rounds:
             return None
         if client_id not in self.cluster_of:  # the allocation round, or a late client
-            missing_embedding = self.uses_embedding and client_id not in self.embeddings
+            missing_embedding = self.signal.uses_embedding and client_id not in self.embeddings
             return UploadSpec((0,), tuple(LORA_PARTS)
                               + ((EMBEDDING_PART,) if missing_embedding else ()),
                               self.config.federation.embedding_noise)
@@ -138,30 +146,24 @@ class FedLEASE(Algorithm):
 
     def allocation_distance(self, ids: list[str], replies: dict[str, Reply]) -> np.ndarray:
         """The distance between the clients ``ids`` by the configured signal."""
-        if self.signal == "embedding":
-            return embedding_distance_matrix([self.embeddings[cid] for cid in ids])
         b_distance = b_distance_matrix([
             {k: v for k, v in replies[cid].arrays.items() if k.endswith(".lora_B")}
-            for cid in ids])
-        if self.signal == "lora-b":
-            return b_distance
-        e_distance = embedding_distance_matrix([self.embeddings[cid] for cid in ids])
-        self.distance_scales = [mean_offdiagonal(b_distance), mean_offdiagonal(e_distance)]
-        return hybrid_distance(b_distance, e_distance)
+            for cid in ids]) if self.signal.uses_lora_b else None
+        e_distance = (embedding_distance_matrix([self.embeddings[cid] for cid in ids])
+                      if self.signal.uses_embedding else None)
+        if self.signal.uses_lora_b and self.signal.uses_embedding:
+            self.distance_scales = [mean_offdiagonal(b_distance), mean_offdiagonal(e_distance)]
+        return self.signal.distance(b_distance, e_distance, self.distance_scales)
 
     def allocate_experts(self, replies: dict[str, Reply]) -> None:
         """Phase 2: cluster the clients by the signal, one expert per cluster (the weighted
         mean of its members' warm-up LoRAs; the common init without any), routers per cluster.
         Clients without the signal are left out (see ``assign_late``)."""
-        has_signal = {
-            "lora-b": lambda cid: cid in replies,
-            "embedding": lambda cid: cid in self.embeddings,
-            "hybrid": lambda cid: cid in replies and cid in self.embeddings,
-        }[self.signal]
-        ids = [c.client_id for c in self.clients if has_signal(c.client_id)]
+        ids = [c.client_id for c in self.clients
+               if self.signal.has(c.client_id, replies, self.embeddings)]
         if not ids:
-            raise RuntimeError(f"expert allocation ({self.signal}): no client uploaded what it "
-                               "needs (warm-up LoRA or embedding); see the rejected uploads")
+            raise RuntimeError(f"expert allocation ({self.signal.name}): no client uploaded what "
+                               "it needs (warm-up LoRA or embedding); see the rejected uploads")
         self.clustered = ids
         self.clustering = cluster_clients(self.allocation_distance(ids, replies),
                                           self.config.federation.max_experts)
@@ -211,13 +213,10 @@ class FedLEASE(Algorithm):
             self.cluster_of[cid] = int(self.distance_to_clusters(cid, reply).argmin())
 
     def distance_to_clusters(self, cid: str, reply: Reply) -> np.ndarray:
-        if self.signal == "lora-b":
-            return self._b_distance_to_experts(reply)
-        embedding = self._embedding_distance_to_clusters(cid)
-        if self.signal == "embedding":
-            return embedding
-        b_scale, embedding_scale = self.distance_scales
-        return (self._b_distance_to_experts(reply) / b_scale + embedding / embedding_scale) / 2
+        return self.signal.distance(
+            self._b_distance_to_experts(reply) if self.signal.uses_lora_b else None,
+            self._embedding_distance_to_clusters(cid) if self.signal.uses_embedding else None,
+            self.distance_scales)
 
     def _b_distance_to_experts(self, reply: Reply) -> np.ndarray:
         b_keys = sorted(k for k in self.experts if k.endswith(".lora_B"))
@@ -240,7 +239,7 @@ class FedLEASE(Algorithm):
         if self.clustering is None:
             return {}
         return {
-            "signal": self.signal,
+            "signal": self.signal.name,
             "clients": self.clustered,
             "assignment": self.cluster_of,
             "num_experts": self.num_experts,

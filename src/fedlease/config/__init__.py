@@ -1,14 +1,16 @@
-"""Run configuration: the typed sections (``schema``) and reading, checking and writing them
-(``loading``). Modules the registries hold (algorithms, data sources, tasks) import ``schema``;
-everything above them imports from here."""
+"""Run configuration: the typed sections (``schema``) and reading, type-checking and writing
+them (``loading``). This package imports nothing above it; ``fedlease.configure`` adds what
+depends on the registries (task defaults, each algorithm's, task's and data source's checks)
+and is where a config is loaded from."""
 
 from fedlease.config.loading import (
+    build_config,
     changed_fields,
     config_to_dict,
     dump_toml,
-    load_config,
-    validate,
-    with_overrides,
+    overridden,
+    read_toml,
+    set_defaults,
 )
 from fedlease.config.schema import (
     MAX_SEED,
@@ -25,6 +27,6 @@ from fedlease.config.schema import (
 
 __all__ = [
     "MAX_SEED", "PRECISIONS", "DataConfig", "DatasetConfig", "FederationConfig", "LoRAConfig",
-    "ModelConfig", "OutputConfig", "RunConfig", "TrainConfig", "changed_fields", "config_to_dict",
-    "dump_toml", "load_config", "validate", "with_overrides",
+    "ModelConfig", "OutputConfig", "RunConfig", "TrainConfig", "build_config", "changed_fields",
+    "config_to_dict", "dump_toml", "overridden", "read_toml", "set_defaults",
 ]

@@ -1,8 +1,8 @@
 """The run configuration's typed sections: what a TOML config file holds, and its defaults.
 
-A leaf module, so every part of the package can name these types; reading, checking and writing
-a config file is ``fedlease.config.loading``, which knows the registries (algorithms, data
-sources, tasks) the names in a config must come from, and each task's own defaults.
+A leaf module, so every part of the package can name these types; reading, type-checking and
+writing a config file is ``fedlease.config.loading``; what the names in a config must be and each
+registry entry's own checks and defaults are ``fedlease.configure``'s.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from pathlib import Path
 MAX_SEED = 2**32 - 1
 # train.precision: autocast dtype of the training step (see training.autocast_dtype)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# federation.allocation: the signal FedLEASE clusters clients by (algorithms/clustering.py)
-ALLOCATIONS = ("lora-b", "embedding", "hybrid")
 
 
 @dataclass
@@ -104,7 +102,8 @@ class FederationConfig:
     # what FedLEASE clusters clients by: "embedding" (the mean frozen-model representation of
     # their training examples, one vector per client, computed before training; the default, as
     # it found the clients' tasks where the paper's signal did not, docs/results.md), "lora-b"
-    # (the paper: their warm-up LoRA B matrices) or "hybrid" (both distances, each scaled to mean 1)
+    # (the paper: their warm-up LoRA B matrices) or "hybrid" (both distances, each scaled to mean
+    # 1): a name of fedlease.algorithms.clustering.SIGNALS
     allocation: str = "embedding"
     # std of the Gaussian noise a client adds to its (unit-length) embedding before uploading it
     embedding_noise: float = 0.0

@@ -10,16 +10,66 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fedlease.data.federation import ClientData, Example
-from fedlease.data.formats import read_table
-from fedlease.data.partitioners import partition_rows
+from fedlease.data.formats import FORMATS, read_table
+from fedlease.data.partitioners import PARTITIONERS, partition_rows
 from fedlease.errors import DataError
 
-if TYPE_CHECKING:  # annotations only: config validation imports this package
+if TYPE_CHECKING:  # annotations only
     from fedlease.config.schema import DataConfig, DatasetConfig
+
+
+def dataset_problems(data: DataConfig) -> list[str]:
+    """What is wrong with the ``[[data.datasets]]`` tables (the file itself is read later): the
+    config checks of ``data.source = "datasets"``."""
+    if not data.datasets:
+        return ["data.source = 'datasets' needs at least one [[data.datasets]] table "
+                "(path, partitioner, num_partitions, ...)"]
+    problems = []
+    for i, d in enumerate(data.datasets):
+        where = f"data.datasets[{i}]"
+
+        def need(ok: bool, name: str, expected: str, value, where: str = where):
+            if not ok:
+                problems.append(f"{where}.{name} = {value!r}: expected {expected}")
+
+        need(bool(d.path), "path", "a data file or a save_to_disk folder", d.path)
+        need(d.format in ("", *FORMATS), "format", "one of " + ", ".join(FORMATS)
+             + " (or \"\" to infer it from the path)", d.format)
+        need(d.partitioner in PARTITIONERS, "partitioner", "one of " + ", ".join(PARTITIONERS),
+             d.partitioner)
+        need(d.num_partitions >= (0 if d.partitioner == "natural" else 1), "num_partitions",
+             "an integer >= 1" + (" (0: one client per value)" if d.partitioner == "natural"
+                                  else ""), d.num_partitions)
+        need(d.partitioner != "natural" or bool(d.partition_by), "partition_by",
+             "the column whose values are the clients (natural partitioning)", d.partition_by)
+        need(0 < d.alpha < math.inf, "alpha", "a number > 0", d.alpha)
+        need(d.min_partition_size >= 0, "min_partition_size", "an integer >= 0",
+             d.min_partition_size)
+        need(d.shards_per_partition >= 1, "shards_per_partition", "an integer >= 1",
+             d.shards_per_partition)
+        need(d.classes_per_partition >= 1, "classes_per_partition", "an integer >= 1",
+             d.classes_per_partition)
+        need(d.max_examples >= 0, "max_examples", "an integer >= 0 (0: all rows)",
+             d.max_examples)
+        need(0 < d.test_fraction < 1, "test_fraction", "a number in (0, 1)", d.test_fraction)
+        need(len(set(d.labels)) == len(d.labels) and len(d.labels) != 1, "labels",
+             "[] or a list of at least 2 distinct label values", d.labels)
+        for column in ("text", "label", "instruction", "output"):
+            need(bool(getattr(d, column)), column, "a column name", getattr(d, column))
+        need(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", d.task_name) is not None, "name",
+             "a task name of letters, digits, '_', '-' or '.' (client ids and file names are "
+             f"made of it; the path's stem {d.task_name!r} is not one)", d.name)
+    names = [d.task_name for d in data.datasets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.append(f"data.datasets: task name(s) {repeated} are used by more than one "
+                        "table; give each its own name")
+    return problems
 
 
 def load_partitioned(data: DataConfig, seed: int) -> list[ClientData]:

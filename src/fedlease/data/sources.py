@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedlease.data.federation import ClientData, Example, split_task
-from fedlease.data.partitioned import load_partitioned
+from fedlease.data.partitioned import dataset_problems, load_partitioned
 from fedlease.errors import DataError
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
@@ -317,11 +317,34 @@ def _read_client_rows(name: str, paths: list[Path], check_row):
 
 @dataclass(frozen=True)
 class DataSource:
-    """A ``data.source``: its loader, and what it reads of ``[data]``."""
+    """A ``data.source``: its loader, what it reads of ``[data]``, and its own config checks."""
 
     load: Callable[[DataConfig, int], list[ClientData]]  # (data, seed) -> the clients
     path: str  # data.path: "folder" (required), "none" (must be empty) or "unused"
     uses_tasks: bool  # it builds data.tasks x data.clients_per_task clients
+    # the [[data.datasets]] tables: their checks, if this source reads them (None: it does not)
+    datasets_problems: Callable[[DataConfig], list[str]] | None = None
+
+    def config_problems(self, data: DataConfig) -> list[str]:
+        """What in ``[data]`` this source cannot work with (one message per problem)."""
+        problems = []
+        if self.path == "folder" and not data.path:
+            problems.append(f"data.path = {data.path!r}: expected a folder for data.source = "
+                            f"{data.source!r}")
+        if self.path == "none" and data.path:
+            problems.append(f"data.path = {data.path!r}: expected no path with data.source = "
+                            f"{data.source!r} (the built-in sample ships with fedlease); set "
+                            "data.source = 'jsonl' or 'glue' to read this folder")
+        if self.uses_tasks and not data.tasks:
+            problems.append(f"data.tasks = {data.tasks!r}: expected a non-empty list of task "
+                            "names")
+        if self.datasets_problems is not None:
+            problems += self.datasets_problems(data)
+        elif data.datasets:
+            problems.append(f"[[data.datasets]] is given ({len(data.datasets)} table(s)) but "
+                            f"data.source = {data.source!r}: set data.source = \"datasets\" "
+                            "to use them")
+        return problems
 
 
 SOURCES = {
@@ -329,5 +352,6 @@ SOURCES = {
     "glue": DataSource(load_glue, path="folder", uses_tasks=True),
     "jsonl": DataSource(lambda data, seed: load_jsonl_folder(Path(data.path)), path="folder",
                         uses_tasks=False),
-    "datasets": DataSource(load_partitioned, path="unused", uses_tasks=False),
+    "datasets": DataSource(load_partitioned, path="unused", uses_tasks=False,
+                           datasets_problems=dataset_problems),
 }

@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy.cluster.hierarchy import dendrogram, linkage  # noqa: E402
 from scipy.spatial.distance import squareform  # noqa: E402
 
+from fedlease.algorithms.clustering import SIGNALS, AllocationSignal
 from fedlease.errors import OutputError
 from fedlease.reporting.files import atomic_write_bytes
 from fedlease.tasks import METRIC_LABELS
@@ -29,34 +30,25 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, png.getvalue())
 
 
-# federation.allocation -> (what the clients are clustered by, the distance's name)
-SIGNAL_LABELS = {
-    "lora-b": ("their warm-up LoRA B matrices", "1 - cos(B_i, B_j)"),
-    "embedding": ("their mean frozen-model representations", "1 - cos(e_i, e_j)"),
-    "hybrid": ("B matrices and representations (hybrid)", "B and embedding distance, scaled"),
-}
-
-
 def plot_dendrogram(distance: np.ndarray, names: list[str], path: Path,
-                    signal: str = "lora-b") -> None:
-    what, distance_name = SIGNAL_LABELS[signal]
+                    signal: AllocationSignal = SIGNALS["lora-b"]) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 4))
     condensed = squareform(np.asarray(distance), checks=False)
     dendrogram(linkage(condensed, method="average"), labels=names, ax=ax, leaf_rotation=90)
-    ax.set_ylabel(f"{distance_name}  (average linkage)")
-    ax.set_title(f"Clients clustered by {what}")
+    ax.set_ylabel(f"{signal.distance_name}  (average linkage)")
+    ax.set_title(f"Clients clustered by {signal.title}")
     _save(fig, path)
 
 
 def plot_distance_heatmap(distance: np.ndarray, names: list[str], path: Path,
-                          signal: str = "lora-b") -> None:
+                          signal: AllocationSignal = SIGNALS["lora-b"]) -> None:
     size = max(5, 0.4 * len(names))
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(distance, cmap="viridis")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
-    fig.colorbar(im, ax=ax, label=SIGNAL_LABELS[signal][1])
-    ax.set_title(f"Distance between clients by {SIGNAL_LABELS[signal][0]}")
+    fig.colorbar(im, ax=ax, label=signal.distance_name)
+    ax.set_title(f"Distance between clients by {signal.title}")
     _save(fig, path)
 
 
@@ -148,7 +140,7 @@ def plot_run(result, folder: Path) -> None:
     if "distance" in report:
         names = [f"{c} ({report['assignment'][c]})" for c in report["clients"]]
         distance = np.array(report["distance"])
-        signal = report.get("signal", "lora-b")
+        signal = SIGNALS[report.get("signal", "lora-b")]
         plot_dendrogram(distance, names, folder / "dendrogram.png", signal)
         plot_distance_heatmap(distance, names, folder / "distance_heatmap.png", signal)
         if report["silhouette"]:

@@ -27,7 +27,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS
-from fedlease.config import RunConfig, changed_fields, config_to_dict, load_config, with_overrides
+from fedlease.config import RunConfig, changed_fields, config_to_dict
+from fedlease.configure import load_config, with_overrides
 from fedlease.errors import CheckpointError, ConfigError
 from fedlease.reporting.comparison import (
     is_finished,

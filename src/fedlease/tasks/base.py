@@ -29,6 +29,11 @@ class Task(ABC):
     peft_task_type: ClassVar[str | None]  # ``task_type`` of an exported adapter_config.json
     auto_class: ClassVar[str]  # the transformers class that loads the base model
 
+    def config_problems(self, config: RunConfig) -> list[str]:
+        """What in ``config`` this task cannot run with, one message per problem (run with the
+        other checks when a config is loaded, ``fedlease.configure``); none here."""
+        return []
+
     # -- the model ------------------------------------------------------------------------
 
     @abstractmethod

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from fedlease.config import RunConfig, load_config
+from fedlease.config import RunConfig
+from fedlease.configure import load_config
 from fedlease.errors import ConfigError
 
 if sys.version_info >= (3, 11):

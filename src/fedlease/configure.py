@@ -1,0 +1,60 @@
+"""A run configuration as the library uses it: read and type-checked by ``fedlease.config``, with
+the run's task defaults filled in and checked against the registries, where each algorithm, task
+and data source brings its own checks (``config_problems``). Load every config from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedlease.algorithms import ALGORITHMS
+from fedlease.algorithms.clustering import SIGNALS
+from fedlease.config import RunConfig, build_config, overridden, read_toml, set_defaults
+from fedlease.config.loading import validate as check_values
+from fedlease.data.sources import SOURCES
+from fedlease.tasks import TASKS
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
+    """Defaults (the library's, then the task's), then the TOML file, then ``overrides``
+    (``{"section": {"key": value}}``); raises ``ConfigError`` naming every problem."""
+    data = read_toml(path, overrides)
+    model_table = data.get("model")
+    task = model_table.get("task") if isinstance(model_table, dict) else None
+    if isinstance(task, str) and task in TASKS:
+        set_defaults(data, TASKS[task].defaults)
+    return validate(build_config(data, path))
+
+
+def with_overrides(config: RunConfig, overrides: dict) -> RunConfig:
+    """``config`` with ``overrides`` (``{"section": {"key": value}}``) applied, checked like a
+    config file."""
+    return validate(build_config(overridden(config, overrides)))
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """``config`` if every value can work (``fedlease.config``'s range checks and the registries'
+    checks), else ``ConfigError`` listing every problem."""
+    return check_values(config, registry_problems)
+
+
+def registry_problems(config: RunConfig) -> list[str]:
+    """The names a config gives must be in their registries; then each named entry checks the
+    config itself."""
+    problems = []
+    for label, value, registry in (
+        ("model.task", config.model.task, TASKS),
+        ("data.source", config.data.source, SOURCES),
+        ("federation.allocation", config.federation.allocation, SIGNALS),
+        ("federation.algorithm", config.federation.algorithm, ALGORITHMS),
+    ):
+        if value not in registry:
+            names = sorted(registry) if registry is ALGORITHMS else list(registry)
+            problems.append(f"{label} = {value!r}: expected one of {', '.join(names)}")
+    if config.model.task in TASKS:
+        problems += TASKS[config.model.task].config_problems(config)
+    if config.data.source in SOURCES:
+        problems += SOURCES[config.data.source].config_problems(config.data)
+    if config.federation.algorithm in ALGORITHMS:
+        problems += ALGORITHMS[config.federation.algorithm].config_problems(config)
+    return problems
