@@ -23,9 +23,8 @@ from fedlease.data.instructions import InstructionExample
 from fedlease.data.sources import read_jsonl_rows
 from fedlease.errors import DataError, ModelFileError
 from fedlease.saved_models import SavedModel, load_saved_model
-from fedlease.tasks import TASKS, Task, task_of
-from fedlease.tasks.classification import PLACEHOLDER_LABEL, ClassificationTask
-from fedlease.tasks.generation import GenerationTask
+from fedlease.tasks import TASKS, task_of
+from fedlease.tasks.classification import PLACEHOLDER_LABEL
 
 
 @dataclass
@@ -46,7 +45,7 @@ class ClientModel:
         train = dataclasses.replace(saved.config.train, device=device)
         self.saved = saved
         self.config = dataclasses.replace(saved.config, train=train)
-        self._task = task_of(self.config)
+        self.run_task = task_of(self.config)  # the ``Task``: what the model can be asked
         self.model, self.tokenizer = load_base_model(self.config)
         try:
             self.model.load_state(saved.state, saved.layout)
@@ -68,17 +67,19 @@ class ClientModel:
         """The run's evaluation path over ``examples`` (as the client's test split)."""
         from fedlease.runners.clients import client_trainer
 
-        data = self._task.client_data(self.saved.name, self.saved.task, self.labels, examples)
+        data = self.run_task.client_data(self.saved.name, self.saved.task, self.labels, examples)
         return client_trainer(self.config, self.model, self.tokenizer, data)
 
-    def _require(self, task: type[Task], method: str) -> None:
-        if not isinstance(self._task, task):
-            raise ModelFileError(f"{method}() needs a {task.name} model; {self.saved.name!r} "
+    def _require(self, use: str, method: str) -> None:
+        """``ModelFileError`` unless the model's task serves ``use`` (``Task.model_uses``)."""
+        if use not in self.run_task.model_uses:
+            serving = " or ".join(t.name for t in TASKS.values() if use in t.model_uses)
+            raise ModelFileError(f"{method}() needs a {serving} model; {self.saved.name!r} "
                                  f"is a {self.task} model")
 
     def probabilities(self, examples: Sequence[Example]) -> torch.Tensor:
         """``[examples, labels]`` class probabilities."""
-        self._require(ClassificationTask, "predict")
+        self._require("predict", "predict")
         return self._trainer(examples).probabilities()
 
     def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> list[dict]:
@@ -88,8 +89,8 @@ class ClientModel:
                                       for t, p in zip(texts, pairs, strict=True)])
 
     def predict_examples(self, examples: Sequence[Example]) -> list[dict]:
-        self._require(ClassificationTask, "predict")
-        return self._task.records(self._trainer(examples), [None] * len(examples))
+        self._require("predict", "predict")
+        return self.run_task.records(self._trainer(examples), [None] * len(examples))
 
     def generate(self, prompts: Sequence[str], inputs: Sequence[str] | None = None) -> list[str]:
         """Greedy answers to instructions ``prompts`` (with their ``inputs``, if any), as the
@@ -99,7 +100,7 @@ class ClientModel:
                                        for p, i in zip(prompts, inputs, strict=True)])
 
     def generate_examples(self, examples: Sequence[InstructionExample]) -> list[str]:
-        self._require(GenerationTask, "generate")
+        self._require("generate", "generate")
         return self._trainer(examples).answers()
 
     def evaluate(self, examples: Sequence[Example] | Sequence[InstructionExample]) -> dict:
@@ -108,7 +109,7 @@ class ClientModel:
 
     def run(self, inputs: Inputs) -> list[dict]:
         """One JSON-able record per example: the prediction and, if known, the expected one."""
-        return self._task.records(self._trainer(inputs.examples), inputs.expected)
+        return self.run_task.records(self._trainer(inputs.examples), inputs.expected)
 
 
 def load_client_model(path: str | Path, client_id: str | None = None,
@@ -133,19 +134,20 @@ def score(records: list[dict], task: str) -> dict[str, float]:
 
 def text_inputs(model: ClientModel, text: str) -> Inputs:
     """One text to classify, or one instruction to answer."""
-    return Inputs([model._task.text_example(text)], [None])
+    return Inputs([model.run_task.text_example(text)], [None])
 
 
 def file_inputs(model: ClientModel, path: str | Path, split: str | None = None) -> Inputs:
     """The lines of a training-data file (a client's JSONL file: ``{"text", "text_pair"?,
     "label"?}`` or ``{"instruction", "input"?, "output"?}``); ``split``: only the lines of
     that ``"split"``. Labels must be the client's."""
-    rows = [(where, row) for where, row in read_jsonl_rows(Path(path), model._task.check_input_row)
+    rows = [(where, row)
+            for where, row in read_jsonl_rows(Path(path), model.run_task.check_input_row)
             if split is None or row.get("split") == split]
     if not rows:
         raise DataError(f"{path}: no examples" + (f" with \"split\": \"{split}\"" if split
                                                   else ""))
-    return Inputs(*model._task.input_examples(rows, model.labels, model.saved.name))
+    return Inputs(*model.run_task.input_examples(rows, model.labels, model.saved.name))
 
 
 def run_split_inputs(model: ClientModel, run_dir: str | Path, split: str) -> Inputs:
@@ -163,4 +165,4 @@ def run_split_inputs(model: ClientModel, run_dir: str | Path, split: str) -> Inp
         raise DataError(f"{run_dir}: the run's data ({config.data.source}) has no client "
                         f"{model.saved.name!r} now")
     examples = getattr(clients[model.saved.name], split)
-    return Inputs(examples, [model._task.expected(ex) for ex in examples])
+    return Inputs(examples, [model.run_task.expected(ex) for ex in examples])

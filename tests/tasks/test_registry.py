@@ -24,6 +24,7 @@ def test_each_task_implements_the_interface(name):
     assert task.columns[0] == task.metric and METRIC_LABELS[task.metric] == task.metric_label
     assert isinstance(task.has_head, bool) and isinstance(task.auto_class, str)
     assert task.peft_task_type is None or isinstance(task.peft_task_type, str)
+    assert set(task.model_uses) <= {"predict", "generate"} and task.model_uses
     # its trainer: a LocalTrainer that implements every member the algorithms call
     module = importlib.import_module(type(task).__module__)
     trainers = [cls for cls in vars(module).values() if isinstance(cls, type)
@@ -70,3 +71,43 @@ def test_no_module_outside_the_tasks_package_names_a_task():
     default = [place for place in found if place.startswith("config/schema.py:")]
     assert len(default) == 1, default  # ModelConfig.task = "classification"
     assert [place for place in found if place not in default] == []
+
+
+def task_classes() -> set[str]:
+    """The names of the classes the task modules define (each task and its trainer)."""
+    return {name for task in TASKS.values()
+            for name, value in vars(importlib.import_module(type(task).__module__)).items()
+            if isinstance(value, type) and value.__module__ == type(task).__module__}
+
+
+def task_classes_outside_tasks(package: Path = PACKAGE):
+    """``path:line`` of every use of a task module's class outside ``fedlease/tasks/``: an
+    import of it, an ``isinstance``/``issubclass`` against it, any other mention."""
+    classes = task_classes()
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative.startswith("tasks/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.ImportFrom)
+                     else [node.id] if isinstance(node, ast.Name)
+                     else [node.attr] if isinstance(node, ast.Attribute) else [])
+            if classes & set(names):
+                found.append(f"{relative}:{node.lineno}")
+    return found
+
+
+def test_no_module_outside_the_tasks_package_checks_a_task_class():
+    """No ``isinstance(task, GenerationTask)``: ask the task what it supports."""
+    assert {"ClassificationTask", "GenerationTask"} <= task_classes()
+    assert task_classes_outside_tasks() == []
+
+
+def test_the_class_guard_finds_a_class_check(tmp_path):
+    probe = ("from fedlease.tasks.generation import GenerationTask\n\n\n"
+             "def f(task):\n    return isinstance(task, GenerationTask)\n")
+    (tmp_path / "probe.py").write_text(probe)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "own.py").write_text("isinstance(t, GenerationTask)\n")  # allowed
+    assert task_classes_outside_tasks(tmp_path) == ["probe.py:1", "probe.py:5"]

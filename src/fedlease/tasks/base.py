@@ -28,6 +28,9 @@ class Task(ABC):
     has_head: ClassVar[bool]  # each client has its own head (exported beside the LoRA)
     peft_task_type: ClassVar[str | None]  # ``task_type`` of an exported adapter_config.json
     auto_class: ClassVar[str]  # the transformers class that loads the base model
+    # what a trained model of this task does for ``fedlease.inference.ClientModel``: "predict"
+    # (class probabilities and labels) and/or "generate" (answers to instructions)
+    model_uses: ClassVar[tuple[str, ...]]
 
     def config_problems(self, config: RunConfig) -> list[str]:
         """What in ``config`` this task cannot run with, one message per problem (run with the

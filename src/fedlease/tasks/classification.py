@@ -33,6 +33,7 @@ class ClassificationTask(Task):
     has_head = True
     peft_task_type = None
     auto_class = "AutoModel"
+    model_uses = ("predict",)
 
     def default_model_path(self) -> str:
         return default_model_path()

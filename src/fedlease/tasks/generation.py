@@ -51,6 +51,7 @@ class GenerationTask(Task):
     has_head = False
     peft_task_type = "CAUSAL_LM"
     auto_class = "AutoModelForCausalLM"
+    model_uses = ("generate",)
 
     def default_model_path(self) -> str:
         return default_generation_model_path()
