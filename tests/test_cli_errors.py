@@ -162,7 +162,7 @@ def test_unforeseen_error_is_one_line_with_the_traceback_in_the_output_folder(
     monkeypatch.setattr(simulator, "run_simulation",
                         failing_run(RuntimeError("shape mismatch\nsecond line")))
     code, err = run_cli(tiny_config, tmp_path, capsys)
-    log = Path(tiny_config.output.dir) / cli.ERROR_LOG
+    log = Path(tiny_config.output.dir) / outputs.ERROR_LOG
     assert code == 1
     assert err.splitlines()[-1] == (f"fedlease: error: RuntimeError: shape mismatch (traceback "
                                     f"in {log}; --debug prints it)")

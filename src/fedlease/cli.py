@@ -13,6 +13,7 @@ from pathlib import Path
 from fedlease.config import PRECISIONS
 from fedlease.configure import load_config
 from fedlease.errors import CheckpointError, ConfigError, DataError, ModelFileError, OutputError
+from fedlease.reporting.outputs import RunWriter
 
 # what to install when an optional package is missing (by the top-level module name)
 INSTALL_HINTS = {
@@ -25,7 +26,6 @@ INSTALL_HINTS = {
     "flwr_datasets": 'pip install -e ".[data]"',
     "tensorboard": 'pip install -e ".[tensorboard]"',
 }
-ERROR_LOG = "fedlease-error.log"
 
 
 def _overrides(args) -> dict:
@@ -256,9 +256,7 @@ def write_error_log(command: list[str], output_dir: str | None) -> str:
     text = f"fedlease {' '.join(command)}\n{traceback.format_exc()}"
     if output_dir and Path(output_dir).is_dir():
         try:
-            path = Path(output_dir) / ERROR_LOG
-            path.write_text(text)
-            return str(path)
+            return str(RunWriter(output_dir).write_error_log(text))
         except OSError:
             pass
     try:

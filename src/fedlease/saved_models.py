@@ -30,8 +30,8 @@ from fedlease.config import RunConfig, config_to_dict
 from fedlease.configure import load_config
 from fedlease.errors import ConfigError, ModelFileError
 from fedlease.model.lora import AdapterLayout
+from fedlease.reporting.outputs import RUN_FILE, SERVER_ADAPTERS, client_adapters, warmup_adapters
 
-RUN_FILE = "run.json"
 MODEL_FILE = "fedlease_model.json"
 MODEL_WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
@@ -67,11 +67,11 @@ def describe_run(config: RunConfig, model_path: str, clients: dict[str, dict],
     ``warmup``: each client's warm-up LoRA is in ``adapters/warmup/``."""
     described = {}
     for cid, info in clients.items():
-        entry = {**info, "weights": f"adapters/{cid}.safetensors"}
+        entry = {**info, "weights": client_adapters(cid)}
         if warmup:
-            entry["warmup_weights"] = f"adapters/warmup/{cid}.safetensors"
+            entry["warmup_weights"] = warmup_adapters(cid)
         described[cid] = entry
-    server = ({"weights": "adapters/server.safetensors", "num_experts": server_experts}
+    server = ({"weights": SERVER_ADAPTERS, "num_experts": server_experts}
               if server_experts else None)
     return {"format": "fedlease-run", "version": FORMAT_VERSION,
             "algorithm": config.federation.algorithm, "config": model_config(config, model_path),

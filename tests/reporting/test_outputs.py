@@ -41,6 +41,7 @@ def fake_old_run(folder):
     (folder / "plots" / "dendrogram.png").write_bytes(b"old")
     (folder / "adapters" / "gone-client.safetensors").write_bytes(b"old")
     (folder / "checkpoint" / "checkpoint.json").write_text("{}")
+    (folder / outputs.ERROR_LOG).write_text("Traceback of the old run")
     (folder / "my-notes.txt").write_text("not fedlease's")
     return snapshot(folder)
 
@@ -109,6 +110,7 @@ def test_overwrite_replaces_every_output_of_the_old_run(tiny_config, tmp_path, c
     assert not (out / "clustering.json").exists() and not (out / "result.json").exists()
     assert not (out / "plots" / "dendrogram.png").exists()
     assert not (out / "adapters" / "gone-client.safetensors").exists()
+    assert not (out / outputs.ERROR_LOG).exists()
     assert not list(out.glob(".*.tmp"))
     assert (out / "my-notes.txt").read_text() == "not fedlease's"
     assert json.loads((out / "metrics.json").read_text())["algorithm"] == "fedit"

@@ -261,6 +261,11 @@ class Algorithm(ABC):
         with the other checks when a config is loaded, ``fedlease.configure``); none here."""
         return []
 
+    def warmup_states(self, rnd: int, local_states: dict[str, Tensors]) -> dict[str, Tensors]:
+        """The clients' states (of ``local_states``, the server-held ones) to keep as the run's
+        warm-up adapters after round ``rnd``; none for an algorithm without a warm-up."""
+        return {}
+
     # -- server side: what each algorithm defines ------------------------------------------
 
     @abstractmethod

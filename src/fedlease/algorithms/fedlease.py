@@ -81,6 +81,10 @@ class FedLEASE(Algorithm):
         self.experts: dict[str, torch.Tensor] = {}  # lora_A/lora_B stacked over experts
         self.routers: list[dict[str, torch.Tensor]] = []  # one per cluster
 
+    def warmup_states(self, rnd, local_states):
+        """After the last warm-up round: every client's warm-up LoRA and head."""
+        return dict(local_states) if rnd == self.warmup_rounds else {}
+
     @property
     def num_experts(self) -> int:
         return self.clustering.num_clusters

@@ -17,6 +17,10 @@
     OUT/adapters/warmup/<client>.safetensors  each client's warm-up LoRA and head (FedLEASE)
     OUT/run.json           what the run's models are: base model, layouts, labels (saved_models.py)
     OUT/checkpoint/        the state after the last finished round (see runners/checkpoint.py)
+    OUT/fedlease-error.log the traceback of an error fedlease did not foresee (cli.py)
+
+Every path in the folder is named here (the writer's methods, the constants and functions below);
+the modules that read a run (saved_models, export, cli) take them from here.
 
 Files are written atomically (temp file, fsync, rename) so a killed run never leaves half a file,
 with the permissions the user's umask gives any new file. Nothing is written before the
@@ -35,6 +39,7 @@ from safetensors.torch import save as save_tensors
 
 from fedlease.config import dump_toml
 from fedlease.errors import ConfigError, OutputError
+from fedlease.model.lora import AdapterLayout
 from fedlease.reporting.files import atomic_write, atomic_write_bytes
 from fedlease.reporting.tracking import CSV_FILE, TB_DIR, TensorBoardLog, metrics_csv
 
@@ -48,11 +53,24 @@ HISTORY_BYTES = 1536
 SPACE_SAFETY_FACTOR = 1.5
 # what a run writes into its folder (``--overwrite`` removes exactly these); any one of
 # RUN_MARKERS means the folder holds a run, finished or interrupted
+ADAPTERS_DIR = "adapters"
+SERVER_ADAPTERS = f"{ADAPTERS_DIR}/server.safetensors"  # the server's experts (if any)
+RUN_FILE = "run.json"  # what the run's models are (fedlease.saved_models)
+ERROR_LOG = "fedlease-error.log"
 RUN_OUTPUTS = ("config.toml", "metrics.json", "clustering.json", "data.json", "summary.txt",
-               "result.json", "plots", "adapters", "checkpoint", "metrics.csv", "run.json",
-               "tensorboard")
+               "result.json", "plots", ADAPTERS_DIR, "checkpoint", "metrics.csv", RUN_FILE,
+               "tensorboard", ERROR_LOG)
 RUN_MARKERS = ("config.toml", "metrics.json", "checkpoint")
 
+
+def client_adapters(client_id: str) -> str:
+    """A client's final adapters, router and head, relative to the run folder."""
+    return f"{ADAPTERS_DIR}/{client_id}.safetensors"
+
+
+def warmup_adapters(client_id: str) -> str:
+    """A client's warm-up LoRA and head (FedLEASE), relative to the run folder."""
+    return f"{ADAPTERS_DIR}/warmup/{client_id}.safetensors"
 
 
 def estimate_run_bytes(client_bytes: int, server_bytes: int, num_clients: int,
@@ -169,6 +187,21 @@ class RunWriter:
         atomic_write_bytes(path, save_tensors({k: v.contiguous() for k, v in tensors.items()},
                                               metadata=metadata))
 
+    def write_server_experts(self, experts: dict) -> None:
+        """The server's experts after the last round (``SERVER_ADAPTERS``)."""
+        self.write_tensors(SERVER_ADAPTERS, experts)
+
+    def write_error_log(self, text: str) -> Path:
+        """``ERROR_LOG`` in the folder (one of the run's outputs: ``--overwrite`` removes it)."""
+        path = self.dir / ERROR_LOG
+        path.write_text(text)
+        return path
+
+    def write_warmup_adapters(self, states: dict[str, dict]) -> None:
+        """Each client's warm-up LoRA and head (``fedlease export --warmup`` reads them)."""
+        for cid, state in states.items():
+            self.write_tensors(warmup_adapters(cid), state, AdapterLayout().to_config())
+
     def finish(self, result, client_models: dict[str, tuple[dict, dict]],
                description: dict | None = None) -> None:
         """The final reports and each client's model; ``description`` (``run.json``, see
@@ -179,9 +212,9 @@ class RunWriter:
         self.write_round(result)
         atomic_write(self.dir / "summary.txt", summary_table(result) + "\n")
         for cid, (tensors, layout) in client_models.items():
-            self.write_tensors(f"adapters/{cid}.safetensors", tensors, layout)
+            self.write_tensors(client_adapters(cid), tensors, layout)
         plot_run(result, self.dir / "plots")
         if description is not None:
-            atomic_write(self.dir / "run.json", json.dumps(description, indent=1))
+            atomic_write(self.dir / RUN_FILE, json.dumps(description, indent=1))
         if self.tensorboard:
             self.tensorboard.close()

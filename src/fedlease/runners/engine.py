@@ -175,74 +175,29 @@ def run_rounds(config: RunConfig, federation: Federation, transport: Transport,
     only the reports (the clients keep their models). ``start``: when the run began (its
     ``perf_counter``), for ``wall_seconds``."""
     start = time.perf_counter() if start is None else start
-    algorithm_cls = ALGORITHMS[config.federation.algorithm]
-    algorithm = algorithm_cls(config, federation.clients, federation.adapter_shapes,
-                              federation.representation_dim)
+    algorithm = ALGORITHMS[config.federation.algorithm](
+        config, federation.clients, federation.adapter_shapes, federation.representation_dim)
     result = RunResult(config, federation.tasks, data=federation.data)
-    out_dir = writer.dir if writer else None
     trained: set[str] = set()  # clients whose upload was accepted at least once
-    first_round = 1
     if resume:
-        checkpoint = load_resumable(out_dir, config, federation, transport)
-        restore_algorithm_state(algorithm, checkpoint.server_state)
-        set_rng_state(checkpoint.rng)
-        transport.local_states.update(checkpoint.local_states)
-        transport.restore(checkpoint.runner.get("transport", {}))
-        trained = set(checkpoint.runner.get("trained", ()))
-        result.history = checkpoint.history
-        result.report = algorithm.report()
-        first_round = checkpoint.round + 1
+        first_round = resume_from_checkpoint(writer.dir, algorithm, federation, transport,
+                                             result, trained)
     else:
-        profile = algorithm.configure_profile()
-        if profile:  # before round 1: whatever the algorithm asks of every client once
-            accepted, rejected = accept_replies(algorithm, 0, profile,
-                                                transport.profile(profile))
-            if rejected and not accepted:
-                raise UploadsRejected(0, rejected, config.federation.max_update_norm)
-            algorithm.aggregate_profile(accepted)
+        first_round = 1
+        run_profile_step(algorithm, transport)
     if writer:
         writer.check_free_space(transport.run_bytes(algorithm))
         writer.start(config)
         writer.write_data(result.data)
-
     rounds = tqdm(range(first_round, config.federation.rounds + 1), desc=algorithm.name,
                   unit="round", initial=first_round - 1, total=config.federation.rounds,
                   disable=not progress)
     for rnd in rounds:
-        round_start = time.perf_counter()
-        chosen, first_time = transport.choose_fit(rnd, trained)
-        fit = algorithm.configure_fit(rnd, first_time=first_time)
-        replies = transport.fit(rnd, {cid: fit[cid] for cid in chosen})
-        accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
-        if rejected and not accepted:
-            raise UploadsRejected(rnd, rejected, config.federation.max_update_norm,
-                                  out_dir if writer and result.history else None)
-        trained.update(accepted)
-        algorithm.aggregate_fit(rnd, accepted)
-        evaluate = algorithm.configure_evaluate(rnd)
-        chosen = transport.choose_evaluate(rnd, list(evaluate), trained)
-        evaluated = transport.evaluate(rnd, {cid: evaluate[cid] for cid in chosen})
-        if not evaluated:
-            raise RuntimeError(f"round {rnd}: no client answered; see the warnings above")
-        entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated,
-                            result.columns)
-        entry["rejected"] = rejected
-        result.history.append(entry)
-        result.report = algorithm.report()
+        entry = run_round(rnd, algorithm, transport, trained, result, writer)
         rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
         transport.round_done(entry, result.metric)
         if writer:
-            writer.write_round(result)
-            if algorithm.uses_warmup and rnd == config.federation.warmup_rounds:
-                for cid, state in transport.local_states.items():
-                    writer.write_tensors(f"adapters/warmup/{cid}.safetensors", state,
-                                         AdapterLayout().to_config())
-            runner = {"clients": [c.client_id for c in federation.clients],
-                      "trained": sorted(trained), "transport": transport.state()}
-            save_checkpoint(out_dir, Checkpoint(rnd, algorithm_state(algorithm),
-                                                transport.local_states, result.history,
-                                                rng_state(), transport.fingerprint(), runner),
-                            config)
+            save_round(rnd, writer, algorithm, federation, transport, trained, result)
     result.wall_seconds = time.perf_counter() - start
     if writer:
         if finish is None:
@@ -250,3 +205,71 @@ def run_rounds(config: RunConfig, federation: Federation, transport: Transport,
         else:
             finish(writer, algorithm, result)
     return result
+
+
+def resume_from_checkpoint(out_dir, algorithm, federation: Federation, transport: Transport,
+                           result: RunResult, trained: set[str]) -> int:
+    """Restore the algorithm, the RNGs, the transport, the clients that trained (into
+    ``trained``) and the history from the checkpoint in ``out_dir``; the round to run next."""
+    checkpoint = load_resumable(out_dir, algorithm.config, federation, transport)
+    restore_algorithm_state(algorithm, checkpoint.server_state)
+    set_rng_state(checkpoint.rng)
+    transport.local_states.update(checkpoint.local_states)
+    transport.restore(checkpoint.runner.get("transport", {}))
+    trained.update(checkpoint.runner.get("trained", ()))
+    result.history = checkpoint.history
+    result.report = algorithm.report()
+    return checkpoint.round + 1
+
+
+def run_profile_step(algorithm, transport: Transport) -> None:
+    """Before round 1: whatever the algorithm asks of every client once (FedLEASE's
+    embeddings), checked and aggregated; nothing if it asks nothing."""
+    profile = algorithm.configure_profile()
+    if not profile:
+        return
+    accepted, rejected = accept_replies(algorithm, 0, profile, transport.profile(profile))
+    if rejected and not accepted:
+        raise UploadsRejected(0, rejected, algorithm.config.federation.max_update_norm)
+    algorithm.aggregate_profile(accepted)
+
+
+def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], result: RunResult,
+              writer: RunWriter | None) -> dict:
+    """Round ``rnd``: train the chosen clients, check and aggregate their uploads (adding them
+    to ``trained``), evaluate; its history entry, appended to ``result``."""
+    round_start = time.perf_counter()
+    chosen, first_time = transport.choose_fit(rnd, trained)
+    fit = algorithm.configure_fit(rnd, first_time=first_time)
+    replies = transport.fit(rnd, {cid: fit[cid] for cid in chosen})
+    accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
+    if rejected and not accepted:
+        raise UploadsRejected(rnd, rejected, algorithm.config.federation.max_update_norm,
+                              writer.dir if writer and result.history else None)
+    trained.update(accepted)
+    algorithm.aggregate_fit(rnd, accepted)
+    evaluate = algorithm.configure_evaluate(rnd)
+    chosen = transport.choose_evaluate(rnd, list(evaluate), trained)
+    evaluated = transport.evaluate(rnd, {cid: evaluate[cid] for cid in chosen})
+    if not evaluated:
+        raise RuntimeError(f"round {rnd}: no client answered; see the warnings above")
+    entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated,
+                        result.columns)
+    entry["rejected"] = rejected
+    result.history.append(entry)
+    result.report = algorithm.report()
+    return entry
+
+
+def save_round(rnd: int, writer: RunWriter, algorithm, federation: Federation,
+               transport: Transport, trained: set[str], result: RunResult) -> None:
+    """After round ``rnd``: its reports, the client states the algorithm keeps from it
+    (``Algorithm.warmup_states``), and the checkpoint a resume continues from."""
+    writer.write_round(result)
+    writer.write_warmup_adapters(algorithm.warmup_states(rnd, transport.local_states))
+    runner = {"clients": [c.client_id for c in federation.clients],
+              "trained": sorted(trained), "transport": transport.state()}
+    save_checkpoint(writer.dir, Checkpoint(rnd, algorithm_state(algorithm),
+                                           transport.local_states, result.history,
+                                           rng_state(), transport.fingerprint(), runner),
+                    algorithm.config)

@@ -102,7 +102,7 @@ class InProcessTransport:
         final = algorithm.configure_evaluate(config.federation.rounds)
         experts = algorithm.server_experts()
         if experts:
-            writer.write_tensors("adapters/server.safetensors", experts)
+            writer.write_server_experts(experts)
         labels = {c.client_id: c.labels if isinstance(c, ClientData) else []
                   for c in self.clients}
         description = describe_run(
