@@ -20,8 +20,8 @@ import statistics
 import torch
 
 from fedlease.configure import load_config
+from fedlease.model.classifier import ADAPTER_PREFIX
 from fedlease.model.lora import AdapterLayout
-from fedlease.model.model import ADAPTER_PREFIX
 from fedlease.runners.clients import build_trainers, load_clients
 
 LAYOUTS = {"warm-up LoRA": AdapterLayout(), "FedLEASE mixture": AdapterLayout.fedlease(4, 0)}

@@ -48,13 +48,13 @@ def padding_figures(config) -> dict:
     as training draws them."""
     from transformers import AutoTokenizer
 
-    from fedlease.data.sources import load_federation
-    from fedlease.model.model import default_model_path
+    from fedlease.data.sources import load_source_clients
+    from fedlease.model.classifier import default_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(config.model.path or default_model_path(),
                                               local_files_only=True)
     real = padded = 0
-    for client in load_federation(config.data, config.federation.seed):
+    for client in load_source_clients(config.data, config.federation.seed):
         split = tokenize(tokenizer, client.train, config.model.max_length)
         order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0)).tolist()
         for start in range(0, len(order), config.train.batch_size):
@@ -67,7 +67,7 @@ def padding_figures(config) -> dict:
 
 def client_state_bytes(config, num_experts: int) -> int:
     """One client's FedLEASE state (K experts, its router, a two-label head) in fp32."""
-    from fedlease.model.model import default_model_path, load_classifier
+    from fedlease.model.classifier import default_model_path, load_classifier
 
     model, _ = load_classifier(config.model.path or default_model_path(),
                                config.model.target_modules, config.lora.rank, config.lora.alpha,

@@ -36,8 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedlease.config import PRECISIONS
+from fedlease.model.classifier import FederatedClassifier, default_model_path
 from fedlease.model.lora import AdapterLayout, MixtureLoRALinear, init_lora, init_router
-from fedlease.model.model import FederatedClassifier, default_model_path
 from fedlease.training import autocast_dtype
 
 VARIANTS = ("frozen_forward", "peft_lora", "fedlease_own", "fedlease_all", "reference_slots")

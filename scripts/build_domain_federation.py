@@ -21,7 +21,7 @@ import tarfile
 from pathlib import Path
 
 from fedlease.config import DataConfig
-from fedlease.data.federation import Example, split_task
+from fedlease.data.client_data import Example, split_task
 from fedlease.data.sources import load_builtin
 
 DOMAINS = {"tweets": "tweets_GroundTruth.txt", "amazon": "amazonReviewSnippets_GroundTruth.txt",

@@ -44,7 +44,7 @@ def test_a_model_folder_with_only_pickled_weights_is_refused(tiny_model_dir, tmp
     from safetensors.torch import load_file
 
     from fedlease.errors import ConfigError
-    from fedlease.model.model import load_classifier
+    from fedlease.model.classifier import load_classifier
 
     folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
     weights = load_file(folder / "model.safetensors")

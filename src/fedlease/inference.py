@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fedlease.configure import load_config
-from fedlease.data.federation import Example
+from fedlease.data.client_data import Example
 from fedlease.data.instructions import InstructionExample
 from fedlease.data.sources import read_jsonl_rows
 from fedlease.errors import DataError, ModelFileError

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from fedlease.config import DataConfig
-from fedlease.data.federation import ClientData, Example
+from fedlease.data.client_data import ClientData, Example
 from fedlease.data.instructions import (
     TEMPLATES,
     load_instruction_federation,

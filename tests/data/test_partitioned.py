@@ -13,14 +13,14 @@ pytest.importorskip("flwr_datasets")
 from fedlease.config import DataConfig, DatasetConfig  # noqa: E402
 from fedlease.configure import load_config  # noqa: E402
 from fedlease.data.instructions import load_instruction_federation  # noqa: E402
-from fedlease.data.sources import load_federation  # noqa: E402
+from fedlease.data.sources import load_source_clients  # noqa: E402
 from fedlease.errors import ConfigError, DataError  # noqa: E402
 
 from ..conftest import planted_table, write_csv  # noqa: E402
 
 
 def federation(*tables: DatasetConfig, seed: int = 0):
-    return load_federation(DataConfig(source="datasets", datasets=list(tables)), seed)
+    return load_source_clients(DataConfig(source="datasets", datasets=list(tables)), seed)
 
 
 def texts(clients, part: str) -> list[str]:

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from fedlease.config import DataConfig
-from fedlease.data.federation import Example, split_task
+from fedlease.data.client_data import Example, split_task
 from fedlease.data.sources import load_builtin, load_glue, load_jsonl_folder
 from fedlease.errors import DataError
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from fedlease.cli import main
-from fedlease.data.federation import ClientData, Example
+from fedlease.data.client_data import ClientData, Example
 from fedlease.data.instructions import InstructionClientData, InstructionExample
 from fedlease.reporting.data_report import data_report
 from fedlease.reporting.plots import plot_label_histogram

@@ -3,9 +3,9 @@ import time
 import pytest
 import torch
 
-from fedlease.data.sources import load_federation
+from fedlease.data.sources import load_source_clients
+from fedlease.model.classifier import load_classifier
 from fedlease.model.lora import AdapterLayout
-from fedlease.model.model import load_classifier
 from fedlease.tasks.classification import ClassificationTrainer
 from fedlease.training import autocast_dtype
 
@@ -43,7 +43,7 @@ def test_mixed_precision_training_steps_update_the_state(tiny_config, dtype):
     config = tiny_config
     model, tokenizer = load_classifier(config.model.path, config.model.target_modules,
                                        config.lora.rank, config.lora.alpha, config.lora.dropout)
-    client = load_federation(config.data, seed=0)[0]
+    client = load_source_clients(config.data, seed=0)[0]
     trainer = ClassificationTrainer(model, tokenizer, client, max_length=16, batch_size=8,
                                     local_epochs=1, lr=1e-2, weight_decay=0.0, autocast_dtype=dtype)
     layout = AdapterLayout.fedlease(2, own_expert=1)
@@ -69,7 +69,7 @@ def test_frozen_A_comes_back_from_training_unchanged(tiny_config):
     config = tiny_config
     model, tokenizer = load_classifier(config.model.path, config.model.target_modules,
                                        config.lora.rank, config.lora.alpha, config.lora.dropout)
-    client = load_federation(config.data, seed=0)[0]
+    client = load_source_clients(config.data, seed=0)[0]
     trainer = ClassificationTrainer(model, tokenizer, client, max_length=16, batch_size=8,
                                     local_epochs=1, lr=1e-2, weight_decay=0.05)
     gen = torch.Generator().manual_seed(0)

@@ -14,7 +14,7 @@ Before round 1 an algorithm may ask each client for a profile (``configure_profi
 ``AlgorithmClient.profile`` -> ``aggregate_profile``): FedLEASE's ``embedding`` allocation asks
 for the client's mean representation, one vector under ``EMBEDDING_KEY``.
 
-Tensors travel as ``dict[str, Tensor]`` keyed by state name (see ``fedlease.model.model``); the
+Tensors travel as ``dict[str, Tensor]`` keyed by state name (see ``fedlease.model.classifier``); the
 rest of a message is typed fields (the layout, the upload spec, seeds) and, for an algorithm
 that needs more, a dataclass of its own (``Algorithm.instruction_fields`` / ``reply_fields``:
 IFCA's cluster). The client keeps whatever it does not upload (its head, local LoRA parts) in
@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from fedlease.errors import ProtocolError
+from fedlease.model.classifier import ADAPTER_PREFIX, HEAD_PREFIX
 from fedlease.model.lora import AdapterLayout, init_lora
-from fedlease.model.model import ADAPTER_PREFIX, HEAD_PREFIX
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
     from fedlease.config.schema import RunConfig

@@ -43,8 +43,8 @@ from fedlease.algorithms.clustering import (
     embedding_distance_matrix,
     mean_offdiagonal,
 )
+from fedlease.model.classifier import ADAPTER_PREFIX
 from fedlease.model.lora import AdapterLayout, init_router
-from fedlease.model.model import ADAPTER_PREFIX
 
 LORA_PARTS = ["lora_A", "lora_B"]
 

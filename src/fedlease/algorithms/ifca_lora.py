@@ -27,8 +27,8 @@ from fedlease.algorithms.base import (
     with_head,
 )
 from fedlease.errors import RejectedUpload
+from fedlease.model.classifier import ADAPTER_PREFIX
 from fedlease.model.lora import AdapterLayout
-from fedlease.model.model import ADAPTER_PREFIX
 
 LORA_PARTS = ["lora_A", "lora_B"]
 

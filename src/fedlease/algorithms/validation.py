@@ -26,7 +26,7 @@ from fedlease.algorithms.base import (
     read_fields,
 )
 from fedlease.errors import ProtocolError, RejectedUpload
-from fedlease.model.model import ADAPTER_PREFIX
+from fedlease.model.classifier import ADAPTER_PREFIX
 
 log = logging.getLogger(__name__)
 

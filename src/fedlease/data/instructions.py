@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedlease.data.federation import ClientData, Example
+from fedlease.data.client_data import ClientData, Example
 from fedlease.data.partitioned import columns, partition_datasets, text_value
-from fedlease.data.sources import load_federation, read_jsonl_clients
+from fedlease.data.sources import load_source_clients, read_jsonl_clients
 from fedlease.errors import DataError
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
@@ -95,7 +95,7 @@ def load_instruction_federation(data: DataConfig, seed: int) -> list[Instruction
     GLUE classification federations turned into instructions."""
     if data.source in INSTRUCTION_SOURCES:
         return INSTRUCTION_SOURCES[data.source](data, seed)
-    return [to_instructions(c) for c in load_federation(data, seed)]
+    return [to_instructions(c) for c in load_source_clients(data, seed)]
 
 
 def read_instruction_table(dataset: DatasetConfig, table, where: str):

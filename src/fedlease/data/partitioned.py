@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fedlease.data.federation import ClientData, Example
+from fedlease.data.client_data import ClientData, Example
 from fedlease.data.formats import FORMATS, read_table
 from fedlease.data.partitioners import PARTITIONERS, partition_rows
 from fedlease.errors import DataError

@@ -1,7 +1,7 @@
 """Where a federation's examples come from: the built-in sample, a glue_data folder, JSONL, or
 local tables partitioned into clients (``partitioned.py``).
 
-Every loader returns a list of ``ClientData``; ``load_federation`` picks one by ``data.source``
+Every loader returns a list of ``ClientData``; ``load_source_clients`` picks one by ``data.source``
 from ``SOURCES`` (defined at the end of this module), which also says what the source reads
 from the config, so config validation needs no list of its own.
 """
@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedlease.data.federation import ClientData, Example, split_task
+from fedlease.data.client_data import ClientData, Example, split_task
 from fedlease.data.partitioned import dataset_problems, load_partitioned
 from fedlease.errors import DataError
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # annotations only: config validation imports this package
 BUILTIN_TASKS = ("sentiment", "news", "spam", "uncertainty")
 
 
-def load_federation(data: DataConfig, seed: int) -> list[ClientData]:
+def load_source_clients(data: DataConfig, seed: int) -> list[ClientData]:
     if data.source not in SOURCES:
         raise DataError(f"data.source = {data.source!r}: expected one of {', '.join(SOURCES)}")
     return SOURCES[data.source].load(data, seed)

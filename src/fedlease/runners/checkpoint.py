@@ -37,12 +37,12 @@ from safetensors.torch import save as save_tensors
 from fedlease.algorithms.base import Algorithm, Tensors
 from fedlease.config import RunConfig, changed_fields, config_to_dict
 from fedlease.errors import CheckpointError
-from fedlease.model.model import ADAPTER_PREFIX, HEAD_PREFIX
+from fedlease.model.classifier import ADAPTER_PREFIX, HEAD_PREFIX
 from fedlease.reporting.files import atomic_write, atomic_write_bytes
 
 CHECKPOINT_DIR = "checkpoint"
 MANIFEST = "checkpoint.json"
-FORMAT = 2  # 2: content hashes recorded
+FORMAT = 3  # 2: content hashes recorded; 3: data_sha256 named clients_fingerprint
 # fields that may differ between the interrupted run and its resumption
 RESUMABLE_CHANGES = {("output", "dir"), ("train", "device")}
 
@@ -55,7 +55,10 @@ class Checkpoint:
     local_states: dict[str, Tensors]  # client id -> local state
     history: list[dict]  # the run's per-round records so far
     rng: dict
-    data_sha256: str = ""  # of the clients' examples (``data_fingerprint``): same data on resume
+    # the transport's ``fingerprint()`` of the clients' data; a resume must find the same. What it
+    # covers is the runner's: the simulator's (``data_fingerprint``) hashes every example, Flower's
+    # (``ClientRoster.fingerprint``) the ids, sizes and label counts the nodes report
+    clients_fingerprint: str = ""
     runner: dict = dataclasses.field(default_factory=dict)  # the engine's and transport's state
 
 
@@ -180,7 +183,7 @@ def save_checkpoint(out_dir: str | Path, checkpoint: Checkpoint, config: RunConf
         atomic_write_bytes(folder / files[part], data)
     body = {"format": FORMAT, "round": checkpoint.round, "files": files, "sha256": hashes,
             "clients": client_ids, "state": plain, "history": checkpoint.history,
-            "config": config_to_dict(config), "data_sha256": checkpoint.data_sha256}
+            "config": config_to_dict(config), "clients_fingerprint": checkpoint.clients_fingerprint}
     body = json.loads(json.dumps(body))  # the digest is of what a load reads back
     atomic_write(folder / MANIFEST, json.dumps({**body, "manifest_sha256": _manifest_digest(body)}))
     for old in folder.glob("*.safetensors"):
@@ -224,7 +227,7 @@ def load_checkpoint(out_dir: str | Path, config: RunConfig) -> Checkpoint:
     for cid, state in local_states.items():
         _check_finite(folder / manifest["files"]["clients"], state, f"client {cid!r}: ")
     return Checkpoint(manifest["round"], server_state, local_states, manifest["history"], rng,
-                      manifest["data_sha256"], runner)
+                      manifest["clients_fingerprint"], runner)
 
 
 def data_fingerprint(clients) -> str:
@@ -297,7 +300,7 @@ def check_fits_model(checkpoint: Checkpoint, model, rank: int, where: Path) -> N
 
 # what a manifest must hold, and the type of each entry
 MANIFEST_FIELDS = {"format": int, "round": int, "files": dict, "sha256": dict, "clients": list,
-                   "state": dict, "history": list, "config": dict, "data_sha256": str,
+                   "state": dict, "history": list, "config": dict, "clients_fingerprint": str,
                    "manifest_sha256": str}
 
 

@@ -9,7 +9,7 @@ import torch
 from fedlease.config import RunConfig
 from fedlease.data.sources import SOURCES
 from fedlease.errors import ConfigError, DataError
-from fedlease.model.model import position_limit
+from fedlease.model.classifier import position_limit
 from fedlease.tasks import task_of
 from fedlease.training import LocalTrainer
 

@@ -116,15 +116,16 @@ def continue_pair(config: RunConfig, folder: Path, progress: bool) -> float | No
     try:
         done = int(json.loads(manifest.read_text(encoding="utf-8"))["round"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        return restart(folder, f"its checkpoint manifest is unreadable ({err})")
+        return warn_starting_over(folder, f"its checkpoint manifest is unreadable ({err})")
     try:
         result = run_simulation(config, folder, progress=progress, resume=True)
     except CheckpointError as err:
-        return restart(folder, str(err))
+        return warn_starting_over(folder, str(err))
     return result.wall_seconds + sum(r["seconds"] for r in result.history[:done])
 
 
-def restart(folder: Path, reason: str) -> None:
+def warn_starting_over(folder: Path, reason: str) -> None:
+    """Say why the pair in ``folder`` runs again from round 1 (its caller runs it)."""
     print(f"fedlease compare: {folder}: cannot continue from its checkpoint: {reason}; running "
           "it again from the start", file=sys.stderr)
 

@@ -65,7 +65,7 @@ class RunResult:
 
 
 @dataclass
-class Federation:
+class ClientRoster:
     """What the server learns of the clients before round 1 (in the algorithm's client order)."""
     clients: list[ClientInfo]
     tasks: dict[str, str]  # client id -> task
@@ -90,7 +90,8 @@ class Transport(Protocol):
     local_states: dict[str, Tensors]
 
     def fingerprint(self) -> str:
-        """Identifies the clients' data; a resume must find the same."""
+        """Identifies the clients' data, as far as this runner sees it; a resume must find the
+        same (saved as the checkpoint's ``clients_fingerprint``)."""
 
     def run_bytes(self, algorithm) -> int:
         """Disk the run's output needs at its peak (see ``estimate_run_bytes``)."""
@@ -141,32 +142,32 @@ def client_state_bytes(adapter_shapes: dict[str, tuple[int, int]], rank: int,
 class _ShapesOnly:
     """What ``check_fits_model`` reads of a model, for a server that loads none."""
 
-    def __init__(self, federation: Federation):
-        self._shapes, self.hidden_size = federation.adapter_shapes, federation.hidden_size
+    def __init__(self, roster: ClientRoster):
+        self._shapes, self.hidden_size = roster.adapter_shapes, roster.hidden_size
 
     def adapter_shapes(self):
         return self._shapes
 
 
-def load_resumable(out_dir, config: RunConfig, federation: Federation,
+def load_resumable(out_dir, config: RunConfig, roster: ClientRoster,
                    transport: Transport) -> Checkpoint:
     """The checkpoint in ``out_dir``, checked against this run's clients, data and model."""
     checkpoint = load_checkpoint(out_dir, config)
-    ids = {c.client_id for c in federation.clients}
+    ids = {c.client_id for c in roster.clients}
     saved = set(checkpoint.runner.get("clients", checkpoint.local_states))
     if saved != ids:
         raise CheckpointError(f"{out_dir}: the checkpoint's clients {sorted(saved)} are not "
                               f"the data's {sorted(ids)}")
-    check_fits_model(checkpoint, _ShapesOnly(federation), config.lora.rank,
+    check_fits_model(checkpoint, _ShapesOnly(roster), config.lora.rank,
                      checkpoint_dir(out_dir))
-    if checkpoint.data_sha256 != transport.fingerprint():
+    if checkpoint.clients_fingerprint != transport.fingerprint():
         raise CheckpointError(f"{out_dir}: the clients' examples differ from those the run "
                               f"began with (the files in data.path = {config.data.path!r} "
                               "changed?); a run resumes only on the data it began with")
     return checkpoint
 
 
-def run_rounds(config: RunConfig, federation: Federation, transport: Transport,
+def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
                writer: RunWriter | None, resume: bool = False, progress: bool = True,
                finish=None, start: float | None = None) -> RunResult:
     """Run ``config.federation.rounds`` rounds of ``config.federation.algorithm`` through
@@ -176,11 +177,11 @@ def run_rounds(config: RunConfig, federation: Federation, transport: Transport,
     ``perf_counter``), for ``wall_seconds``."""
     start = time.perf_counter() if start is None else start
     algorithm = ALGORITHMS[config.federation.algorithm](
-        config, federation.clients, federation.adapter_shapes, federation.representation_dim)
-    result = RunResult(config, federation.tasks, data=federation.data)
+        config, roster.clients, roster.adapter_shapes, roster.representation_dim)
+    result = RunResult(config, roster.tasks, data=roster.data)
     trained: set[str] = set()  # clients whose upload was accepted at least once
     if resume:
-        first_round = resume_from_checkpoint(writer.dir, algorithm, federation, transport,
+        first_round = resume_from_checkpoint(writer.dir, algorithm, roster, transport,
                                              result, trained)
     else:
         first_round = 1
@@ -197,7 +198,7 @@ def run_rounds(config: RunConfig, federation: Federation, transport: Transport,
         rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
         transport.round_done(entry, result.metric)
         if writer:
-            save_round(rnd, writer, algorithm, federation, transport, trained, result)
+            save_round(rnd, writer, algorithm, roster, transport, trained, result)
     result.wall_seconds = time.perf_counter() - start
     if writer:
         if finish is None:
@@ -207,11 +208,11 @@ def run_rounds(config: RunConfig, federation: Federation, transport: Transport,
     return result
 
 
-def resume_from_checkpoint(out_dir, algorithm, federation: Federation, transport: Transport,
+def resume_from_checkpoint(out_dir, algorithm, roster: ClientRoster, transport: Transport,
                            result: RunResult, trained: set[str]) -> int:
     """Restore the algorithm, the RNGs, the transport, the clients that trained (into
     ``trained``) and the history from the checkpoint in ``out_dir``; the round to run next."""
-    checkpoint = load_resumable(out_dir, algorithm.config, federation, transport)
+    checkpoint = load_resumable(out_dir, algorithm.config, roster, transport)
     restore_algorithm_state(algorithm, checkpoint.server_state)
     set_rng_state(checkpoint.rng)
     transport.local_states.update(checkpoint.local_states)
@@ -261,13 +262,13 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     return entry
 
 
-def save_round(rnd: int, writer: RunWriter, algorithm, federation: Federation,
+def save_round(rnd: int, writer: RunWriter, algorithm, roster: ClientRoster,
                transport: Transport, trained: set[str], result: RunResult) -> None:
     """After round ``rnd``: its reports, the client states the algorithm keeps from it
     (``Algorithm.warmup_states``), and the checkpoint a resume continues from."""
     writer.write_round(result)
     writer.write_warmup_adapters(algorithm.warmup_states(rnd, transport.local_states))
-    runner = {"clients": [c.client_id for c in federation.clients],
+    runner = {"clients": [c.client_id for c in roster.clients],
               "trained": sorted(trained), "transport": transport.state()}
     save_checkpoint(writer.dir, Checkpoint(rnd, algorithm_state(algorithm),
                                            transport.local_states, result.history,

@@ -14,13 +14,13 @@ from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Instruction, Reply
 from fedlease.config import RunConfig
-from fedlease.data.federation import ClientData
+from fedlease.data.client_data import ClientData
 from fedlease.reporting.data_report import data_report
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
 from fedlease.runners.checkpoint import data_fingerprint
 from fedlease.runners.clients import base_model_path, build_trainers, load_clients
 from fedlease.runners.engine import (
-    Federation,
+    ClientRoster,
     RunResult,
     client_state_bytes,
     run_rounds,
@@ -130,10 +130,10 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     clients = load_clients(config)
     trainers = build_trainers(config, clients)
     model = next(iter(trainers.values())).model
-    federation = Federation([ClientInfo(c.client_id, len(c.train)) for c in clients],
+    roster = ClientRoster([ClientInfo(c.client_id, len(c.train)) for c in clients],
                             {c.client_id: c.task for c in clients}, data_report(clients),
                             model.adapter_shapes(), model.representation_dim,
                             getattr(model, "hidden_size", None))
     transport = InProcessTransport(config, clients, trainers, progress)
-    return run_rounds(config, federation, transport, writer, resume, progress,
+    return run_rounds(config, roster, transport, writer, resume, progress,
                       finish=transport.finish, start=start)

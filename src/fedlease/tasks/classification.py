@@ -14,11 +14,11 @@ import torch
 from torch.nn import functional as F
 
 from fedlease.config.schema import DataConfig, ModelConfig, RunConfig
-from fedlease.data.federation import ClientData, Example
-from fedlease.data.sources import check_labelled_row, load_federation, load_jsonl_folder
+from fedlease.data.client_data import ClientData, Example
+from fedlease.data.sources import check_labelled_row, load_jsonl_folder, load_source_clients
 from fedlease.errors import DataError
+from fedlease.model.classifier import FederatedClassifier, default_model_path, load_classifier
 from fedlease.model.lora import AdapterLayout
-from fedlease.model.model import FederatedClassifier, default_model_path, load_classifier
 from fedlease.tasks.base import Task
 from fedlease.training import LocalTrainer, local_update_options
 
@@ -46,7 +46,7 @@ class ClassificationTask(Task):
         return model.max_length, "model.max_length"
 
     def load_clients(self, data: DataConfig, seed: int) -> list[ClientData]:
-        return load_federation(data, seed)
+        return load_source_clients(data, seed)
 
     def load_folder(self, folder: Path) -> list[ClientData]:
         return load_jsonl_folder(folder)

@@ -10,7 +10,7 @@ pytest.importorskip("flwr")
 from fedlease.algorithms import ALGORITHMS  # noqa: E402
 from fedlease.config import config_to_dict
 from fedlease.errors import ConfigError
-from fedlease.runners.flower.server_app import run_federation  # noqa: E402
+from fedlease.runners.flower.server_app import run_on_grid  # noqa: E402
 from fedlease.runners.flower.settings import (  # noqa: E402
     FlowerSettings,
     parse_overrides,
@@ -44,7 +44,7 @@ def run_on_loopback(config, tmp_path, num_nodes=4, silent_after=(), **settings):
     grid = LoopbackGrid(run_config, num_nodes, silent_after)
     flower_config, flower_settings = read_run_config(run_config)
     with task_identity():
-        return run_federation(grid, flower_config, flower_settings), grid
+        return run_on_grid(grid, flower_config, flower_settings), grid
 
 
 def without_timings(history):
@@ -156,7 +156,7 @@ def test_partitioned_table_runs_on_flower_like_in_the_simulator(small_config, tm
     run_config = {"config": str(tmp_path / "run.toml"), "overrides": ""}
     flower_config, flower_settings = read_run_config(run_config)
     with task_identity():
-        flower = run_federation(LoopbackGrid(run_config, 4), flower_config, flower_settings)
+        flower = run_on_grid(LoopbackGrid(run_config, 4), flower_config, flower_settings)
     assert list(flower.tasks) == ["colors-0", "colors-1", "colors-2", "colors-3"]
     assert without_timings(flower.history) == without_timings(simulated.history)
     data = json.loads((tmp_path / "flower-out" / "data.json").read_text())
@@ -200,15 +200,15 @@ def test_a_restarted_server_app_resumes_the_run_exactly(algorithm, small_config,
     grid = CrashingGrid(run_config, 4, crash_round=3)
     flower_config, flower_settings = read_run_config(run_config)
     with task_identity(), pytest.raises(ServerCrash):
-        run_federation(grid, flower_config, flower_settings)
+        run_on_grid(grid, flower_config, flower_settings)
     out = tmp_path / "crashed" / "flower-out"
     assert json.loads((out / "checkpoint" / "checkpoint.json").read_text())["round"] == 2
     with pytest.raises(ConfigError, match="holds another run"):  # not without resume
         with task_identity():
-            run_federation(grid, flower_config, flower_settings)
+            run_on_grid(grid, flower_config, flower_settings)
     flower_config, flower_settings = read_run_config({**run_config, "resume": True})
     with task_identity():
-        resumed = run_federation(grid, flower_config, flower_settings)
+        resumed = run_on_grid(grid, flower_config, flower_settings)
     assert [e["round"] for e in resumed.history] == [1, 2, 3, 4]
     assert without_timings(resumed.history) == without_timings(whole.history)
     assert resumed.report == whole.report
@@ -222,10 +222,10 @@ def test_resume_is_refused_when_the_nodes_hold_other_clients(small_config, tmp_p
     grid = CrashingGrid(run_config, 4, crash_round=2)
     flower_config, flower_settings = read_run_config(run_config)
     with task_identity(), pytest.raises(ServerCrash):
-        run_federation(grid, flower_config, flower_settings)
+        run_on_grid(grid, flower_config, flower_settings)
     flower_config, flower_settings = read_run_config({**run_config, "resume": True})
     with task_identity(), pytest.raises(CheckpointError, match="clients"):
-        run_federation(LoopbackGrid(run_config, 3), flower_config, flower_settings)
+        run_on_grid(LoopbackGrid(run_config, 3), flower_config, flower_settings)
 
 
 @pytest.mark.parametrize("algorithm", ["fedsa-lora", "feddpa", "fedlease"])
@@ -239,12 +239,12 @@ def test_a_run_resumed_on_nodes_without_their_state_starts_them_afresh(algorithm
     run_config = run_config_for(small_config, tmp_path)
     flower_config, flower_settings = read_run_config(run_config)
     with task_identity(), pytest.raises(ServerCrash):
-        run_federation(CrashingGrid(run_config, 4, crash_round=3), flower_config,
+        run_on_grid(CrashingGrid(run_config, 4, crash_round=3), flower_config,
                        flower_settings)
     before = json.loads((tmp_path / "flower-out" / "metrics.json").read_text())["rounds"]
     flower_config, flower_settings = read_run_config({**run_config, "resume": True})
     with task_identity():
-        resumed = run_federation(LoopbackGrid(run_config, 4), flower_config, flower_settings)
+        resumed = run_on_grid(LoopbackGrid(run_config, 4), flower_config, flower_settings)
     assert [e["round"] for e in resumed.history] == [1, 2, 3, 4]
     assert without_timings(resumed.history[:2]) == without_timings(before)
     for entry in resumed.history[2:]:

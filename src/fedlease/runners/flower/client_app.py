@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 
 from fedlease.algorithms import ALGORITHMS
 from fedlease.config import RunConfig, config_to_dict
-from fedlease.data.federation import ClientData
+from fedlease.data.client_data import ClientData
 from fedlease.errors import DataError
 from fedlease.reporting.data_report import client_data_summary
 from fedlease.runners.clients import client_trainer, load_base_model, load_clients

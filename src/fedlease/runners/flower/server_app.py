@@ -30,7 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedlease.algorithms import ClientInfo, Instruction, Reply
 from fedlease.config import RunConfig
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
-from fedlease.runners.engine import Federation, RunResult, client_state_bytes, run_rounds
+from fedlease.runners.engine import ClientRoster, RunResult, client_state_bytes, run_rounds
 from fedlease.runners.flower.records import instruction_content, read_metrics, read_reply
 from fedlease.runners.flower.settings import FlowerSettings, read_run_config
 
@@ -41,7 +41,7 @@ PROFILE_MESSAGE = f"{MessageType.QUERY}.profile"  # handled by the ClientApp's p
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config, settings = read_run_config(context.run_config)
-    run_federation(grid, config, settings)
+    run_on_grid(grid, config, settings)
 
 
 def wait_for_nodes(grid: Grid, settings: FlowerSettings) -> list[int]:
@@ -122,24 +122,24 @@ class GridTransport:
     ``fraction-evaluate``); a client that does not answer is left out of that step."""
 
     def __init__(self, grid: Grid, settings: FlowerSettings, config: RunConfig,
-                 federation: Federation, node_of: dict[str, int], stateless: set[str]):
+                 roster: ClientRoster, node_of: dict[str, int], stateless: set[str]):
         self.grid, self.settings, self.config = grid, settings, config
         # clients whose node lost what they kept locally (resumed in a new Flower run): their
         # next train message carries the initial tensors too, as a client's first one does
         self.stateless = set(stateless)
-        self.federation, self.node_of = federation, node_of
+        self.roster, self.node_of = roster, node_of
         self.local_states: dict = {}  # every node keeps its own client's state
-        self.order = [c.client_id for c in federation.clients]
+        self.order = [c.client_id for c in roster.clients]
         self.rng = random.Random(config.federation.seed)
         self.available: list[str] = []
 
     def fingerprint(self) -> str:
-        return self.federation.fingerprint
+        return self.roster.fingerprint
 
     def run_bytes(self, algorithm) -> int:
         """The server's checkpoints and reports; the clients' states are on their nodes."""
         server = self.config.federation.max_experts * client_state_bytes(
-            self.federation.adapter_shapes, self.config.lora.rank,
+            self.roster.adapter_shapes, self.config.lora.rank,
             algorithm.client_layout_bound(), 0)
         return estimate_run_bytes(0, server, len(self.order), self.config.federation.rounds)
 
@@ -199,7 +199,7 @@ class GridTransport:
             entry["mean_" + metric], len(entry["clients"]))
 
 
-def run_federation(grid: Grid, config: RunConfig, settings: FlowerSettings) -> RunResult:
+def run_on_grid(grid: Grid, config: RunConfig, settings: FlowerSettings) -> RunResult:
     """Run the configured rounds on the grid's nodes; with ``settings.resume``, continue the
     run checkpointed in ``output.dir`` (the nodes must still hold their clients' state)."""
     start = time.perf_counter()
@@ -208,8 +208,8 @@ def run_federation(grid: Grid, config: RunConfig, settings: FlowerSettings) -> R
     node_of, infos, tasks, adapter_shapes, representation_dim, data, stateless = query_clients(
         grid, wait_for_nodes(grid, settings), settings)
     log(INFO, "federation: %s clients on %s nodes", len(infos), len(node_of))
-    federation = Federation(infos, tasks, data, adapter_shapes, representation_dim)
-    transport = GridTransport(grid, settings, config, federation, node_of,
+    roster = ClientRoster(infos, tasks, data, adapter_shapes, representation_dim)
+    transport = GridTransport(grid, settings, config, roster, node_of,
                               stateless if settings.resume else set())
-    return run_rounds(config, federation, transport, writer, settings.resume, progress=False,
+    return run_rounds(config, roster, transport, writer, settings.resume, progress=False,
                       start=start)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from fedlease.model.classifier import load_classifier
 from fedlease.model.lora import AdapterLayout
-from fedlease.model.model import load_classifier
 
 
 def test_adapters_injected_by_name_and_state_round_trips(tiny_model_dir):
