@@ -13,7 +13,7 @@ from pathlib import Path
 from fedlease.config import PRECISIONS
 from fedlease.configure import load_config
 from fedlease.errors import CheckpointError, ConfigError, DataError, ModelFileError, OutputError
-from fedlease.reporting.outputs import RunWriter
+from fedlease.reporting.outputs import CONFIG_FILE, RunWriter
 
 # what to install when an optional package is missing (by the top-level module name)
 INSTALL_HINTS = {
@@ -65,7 +65,7 @@ def _resume_config(args):
     overrides = {"output": {"dir": args.resume}}
     if args.device:
         overrides["train"] = {"device": args.device}
-    return load_config(Path(args.resume) / "config.toml", overrides)
+    return load_config(Path(args.resume) / CONFIG_FILE, overrides)
 
 
 def cmd_run(args) -> int:

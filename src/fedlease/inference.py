@@ -22,6 +22,7 @@ from fedlease.data.client_data import Example
 from fedlease.data.instructions import InstructionExample
 from fedlease.data.sources import read_jsonl_rows
 from fedlease.errors import DataError, ModelFileError
+from fedlease.reporting.outputs import CONFIG_FILE
 from fedlease.saved_models import SavedModel, load_saved_model
 from fedlease.tasks import TASKS, task_of
 from fedlease.tasks.classification import PLACEHOLDER_LABEL
@@ -156,10 +157,10 @@ def run_split_inputs(model: ClientModel, run_dir: str | Path, split: str) -> Inp
     from fedlease.runners.clients import load_clients
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").exists():
+    if not (run_dir / CONFIG_FILE).exists():
         raise ModelFileError(f"--split reads the data of a run: {run_dir} is not a run folder "
                              "(no config.toml); give the examples with --input FILE")
-    config = load_config(run_dir / "config.toml")
+    config = load_config(run_dir / CONFIG_FILE)
     clients = {c.client_id: c for c in load_clients(config)}
     if model.saved.name not in clients:
         raise DataError(f"{run_dir}: the run's data ({config.data.source}) has no client "

@@ -21,6 +21,7 @@ from statistics import mean, stdev
 
 from fedlease.errors import ConfigError
 from fedlease.reporting.files import atomic_write
+from fedlease.reporting.outputs import METRICS_FILE
 from fedlease.reporting.plots import METRIC_LABELS, plot_metric_curves, task_metric_curves
 from fedlease.reporting.summary import task_means
 
@@ -65,7 +66,7 @@ def mark_finished(folder: Path, algorithm: str, seed: int, wall_seconds: float) 
 
 def load_run(folder: Path) -> FinishedRun:
     result = json.loads((folder / RESULT_FILE).read_text())
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = json.loads((folder / METRICS_FILE).read_text())
     return FinishedRun(result["algorithm"], result["seed"], metrics["tasks"], metrics["rounds"],
                        result["wall_seconds"], metrics.get("metric", "accuracy"))
 

@@ -53,14 +53,17 @@ HISTORY_BYTES = 1536
 SPACE_SAFETY_FACTOR = 1.5
 # what a run writes into its folder (``--overwrite`` removes exactly these); any one of
 # RUN_MARKERS means the folder holds a run, finished or interrupted
+CONFIG_FILE = "config.toml"  # the configuration the run used (a resume reads it)
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoint"  # the server checkpoint (fedlease.runners.checkpoint)
 ADAPTERS_DIR = "adapters"
 SERVER_ADAPTERS = f"{ADAPTERS_DIR}/server.safetensors"  # the server's experts (if any)
 RUN_FILE = "run.json"  # what the run's models are (fedlease.saved_models)
 ERROR_LOG = "fedlease-error.log"
-RUN_OUTPUTS = ("config.toml", "metrics.json", "clustering.json", "data.json", "summary.txt",
-               "result.json", "plots", ADAPTERS_DIR, "checkpoint", "metrics.csv", RUN_FILE,
+RUN_OUTPUTS = (CONFIG_FILE, METRICS_FILE, "clustering.json", "data.json", "summary.txt",
+               "result.json", "plots", ADAPTERS_DIR, CHECKPOINT_DIR, "metrics.csv", RUN_FILE,
                "tensorboard", ERROR_LOG)
-RUN_MARKERS = ("config.toml", "metrics.json", "checkpoint")
+RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR)
 
 
 def client_adapters(client_id: str) -> str:
@@ -136,7 +139,7 @@ class RunWriter:
             raise OutputError(f"cannot write to the output folder {self.dir}: "
                               f"{err.strerror or err}") from None
         try:
-            atomic_write(self.dir / "config.toml", dump_toml(config))
+            atomic_write(self.dir / CONFIG_FILE, dump_toml(config))
         except OutputError as err:
             raise OutputError(f"cannot write to the output folder {self.dir}: {err}") from None
         if config.output.tensorboard:
@@ -169,7 +172,7 @@ class RunWriter:
     def write_round(self, result) -> None:
         payload = {"algorithm": result.config.federation.algorithm, "metric": result.metric,
                    "tasks": result.tasks, "rounds": result.history}
-        atomic_write(self.dir / "metrics.json", json.dumps(payload, indent=1))
+        atomic_write(self.dir / METRICS_FILE, json.dumps(payload, indent=1))
         atomic_write(self.dir / CSV_FILE, metrics_csv(result.history, result.tasks))
         if self.tensorboard and result.history:
             self.tensorboard.log_round(result.history[-1])

@@ -39,8 +39,8 @@ from fedlease.config import RunConfig, changed_fields, config_to_dict
 from fedlease.errors import CheckpointError
 from fedlease.model.classifier import ADAPTER_PREFIX, HEAD_PREFIX
 from fedlease.reporting.files import atomic_write, atomic_write_bytes
+from fedlease.reporting.outputs import CHECKPOINT_DIR
 
-CHECKPOINT_DIR = "checkpoint"
 MANIFEST = "checkpoint.json"
 FORMAT = 3  # 2: content hashes recorded; 3: data_sha256 named clients_fingerprint
 # fields that may differ between the interrupted run and its resumption

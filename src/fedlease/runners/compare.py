@@ -37,6 +37,7 @@ from fedlease.reporting.comparison import (
     run_folder,
     write_comparison,
 )
+from fedlease.reporting.outputs import CONFIG_FILE
 from fedlease.runners.checkpoint import MANIFEST, checkpoint_dir
 from fedlease.runners.simulator import run_simulation
 
@@ -96,7 +97,7 @@ def stale_reason(folder: Path, config: RunConfig) -> str | None:
     """Why the finished run in ``folder`` was made with another configuration than ``config``
     (None: it was not)."""
     try:
-        saved = load_config(folder / "config.toml")
+        saved = load_config(folder / CONFIG_FILE)
     except ConfigError as err:
         return f"its config.toml cannot be read ({err})"
     changed = changed_fields(config_to_dict(saved), config_to_dict(config), REUSABLE_CHANGES)
