@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedlease import cli
+from fedlease import cli, configure
 from fedlease.config import dump_toml
 from fedlease.reporting import outputs
 from fedlease.runners import simulator
@@ -184,7 +184,7 @@ def test_error_before_an_output_folder_exists_logs_to_the_temp_folder(tmp_path, 
     def load_config(*args):
         raise KeyError("model")
 
-    monkeypatch.setattr(cli, "load_config", load_config)
+    monkeypatch.setattr(configure, "load_config", load_config)
     monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path))
     assert cli.main(["run", "--quiet"]) == 1
     err = capsys.readouterr().err

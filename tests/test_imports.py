@@ -4,6 +4,7 @@ first, with no other module of the package loaded)."""
 
 import ast
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,13 @@ def test_the_config_package_imports_nothing_above_it():
              for name, targets in import_graph().items() if name.startswith("fedlease.config.")
              or name == "fedlease.config"}
     assert {name: targets for name, targets in found.items() if targets} == {}
+
+
+def test_the_cli_starts_without_torch():
+    """``fedlease --help`` answers at once: the CLI module imports the heavy parts (the
+    registries via ``fedlease.configure``, torch) only when a command runs."""
+    code = ("import sys, fedlease.cli; "
+            "print(sorted(m for m in ('torch', 'fedlease.configure') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC)}, check=True)
+    assert out.stdout.strip() == "[]"

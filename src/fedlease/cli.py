@@ -11,9 +11,7 @@ import traceback
 from pathlib import Path
 
 from fedlease.config import PRECISIONS
-from fedlease.configure import load_config
 from fedlease.errors import CheckpointError, ConfigError, DataError, ModelFileError, OutputError
-from fedlease.reporting.outputs import CONFIG_FILE, RunWriter
 
 # what to install when an optional package is missing (by the top-level module name)
 INSTALL_HINTS = {
@@ -51,6 +49,9 @@ def _overrides(args) -> dict:
 
 
 def _resume_config(args):
+    from fedlease.configure import load_config
+    from fedlease.reporting.outputs import CONFIG_FILE
+
     """The configuration an interrupted run began with (only the device may change)."""
     fixed = [flag for flag, value in (("--config", args.config), ("--algorithm", args.algorithm),
                                       ("--rounds", args.rounds), ("--seed", args.seed),
@@ -69,6 +70,7 @@ def _resume_config(args):
 
 
 def cmd_run(args) -> int:
+    from fedlease.configure import load_config
     from fedlease.reporting.summary import summary_table
     from fedlease.runners.simulator import run_simulation
 
@@ -88,6 +90,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from fedlease.configure import load_config
     from fedlease.runners.compare import parse_algorithms, run_comparison
     from fedlease.tasks import task_of
 
@@ -256,6 +259,8 @@ def write_error_log(command: list[str], output_dir: str | None) -> str:
     text = f"fedlease {' '.join(command)}\n{traceback.format_exc()}"
     if output_dir and Path(output_dir).is_dir():
         try:
+            from fedlease.reporting.outputs import RunWriter
+
             return str(RunWriter(output_dir).write_error_log(text))
         except OSError:
             pass
