@@ -101,6 +101,10 @@ class FedLEASE(Algorithm):
     def uses_embedding(self) -> bool:
         return self.signal in ("embedding", "hybrid")
 
+    @classmethod
+    def releases_embedding(cls, config) -> bool:
+        return config.federation.allocation in ("embedding", "hybrid")
+
     def configure_profile(self) -> dict[str, Instruction]:
         """With an embedding signal: every client's representation vector, before round 1."""
         if not self.uses_embedding:

@@ -14,6 +14,7 @@ from fedlease.config.schema import (
     ALLOCATIONS,
     MAX_SEED,
     PRECISIONS,
+    PRIVACY_ACCOUNTANTS,
     DataConfig,
     RunConfig,
 )
@@ -106,9 +107,40 @@ def validate(config: RunConfig) -> RunConfig:
              "federation.warmup_rounds",
              f"an integer in [{least}, rounds) for allocation = "
              f"{config.federation.allocation!r}", config.federation.warmup_rounds)
+    problems += privacy_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
+
+
+def privacy_problems(config: RunConfig) -> list[str]:
+    """The ``[privacy]`` section's ranges, and what DP-SGD cannot combine with."""
+    privacy = config.privacy
+    checks = [
+        (privacy.epsilon > 0, "privacy.epsilon", "a number > 0 (inf: no privacy)",
+         privacy.epsilon),
+        (privacy.delta == 0 or 0 < privacy.delta < 1, "privacy.delta",
+         "a number in (0, 1) (0: below 1/n of each client's training set)", privacy.delta),
+        (0 < privacy.max_grad_norm < math.inf, "privacy.max_grad_norm", "a number > 0",
+         privacy.max_grad_norm),
+        (0 < privacy.embedding_share < 1, "privacy.embedding_share",
+         "a number in (0, 1)", privacy.embedding_share),
+        (0 <= privacy.noise_multiplier < math.inf, "privacy.noise_multiplier",
+         "a number >= 0 (0: calibrated to epsilon)", privacy.noise_multiplier),
+        (privacy.accountant in PRIVACY_ACCOUNTANTS, "privacy.accountant",
+         "one of " + ", ".join(PRIVACY_ACCOUNTANTS), privacy.accountant),
+    ]
+    if privacy.enabled:
+        checks += [
+            (config.federation.embedding_noise == 0, "federation.embedding_noise",
+             "0 with [privacy] on (the allocation vector's noise is then calibrated to "
+             "privacy.embedding_share of epsilon)", config.federation.embedding_noise),
+            (config.train.precision != "fp16", "train.precision",
+             "auto, fp32 or bf16 with [privacy] on (DP-SGD takes no fp16 loss scaling)",
+             config.train.precision),
+        ]
+    return [f"{name} = {value!r}: expected {expected}"
+            for ok, name, expected, value in checks if not ok]
 
 
 def dataset_problems(data: DataConfig) -> list[str]:
