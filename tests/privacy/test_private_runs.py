@@ -188,3 +188,45 @@ def test_dp_refuses_fp16_and_the_plain_embedding_noise():
     with pytest.raises(ConfigError, match="federation.embedding_noise = 0.1"):
         load_config(overrides={"privacy": {"epsilon": 1.0},
                                "federation": {"embedding_noise": 0.1}})
+
+
+@pytest.mark.parametrize("layout_name", ["plain LoRA", "FedLEASE mixture"])
+def test_without_noise_or_clipping_dp_sgd_is_the_plain_step(tiny_model_dir, tmp_path,
+                                                            layout_name):
+    """Full-batch sampling (q = 1), no clipping (a huge bound), no noise: the sum of the
+    per-example gradients Opacus and the mixture layer's sampler compute is the batch
+    gradient, so DP-SGD's update is the plain local update's (dropout off: the two paths
+    visit the examples in another order)."""
+    from fedlease.model.lora import AdapterLayout, init_router
+    from fedlease.privacy.accounting import ClientPlan
+    from fedlease.privacy.dpsgd import private_train
+
+    from ..conftest import write_federation
+
+    config = load_config(overrides={
+        "model": {"path": str(tiny_model_dir), "max_length": 16},
+        "data": {"source": "jsonl", "path": str(write_federation(tmp_path / "fed", train=16))},
+        "lora": {"dropout": 0.0}, "train": {"batch_size": 16, "lr": 1e-2}})
+    clients = load_clients(config)
+    trainer = build_trainers(config, clients[:1])[clients[0].client_id]
+    for module in trainer.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    layout = AdapterLayout() if layout_name == "plain LoRA" else AdapterLayout.fedlease(2, 1)
+    E, gen = layout.num_experts, torch.Generator().manual_seed(1)
+    state = trainer.new_head(0)
+    for name, (d_in, d_out) in trainer.model.adapter_shapes().items():
+        state[f"adapter.{name}.lora_A"] = torch.randn(E, 4, d_in, generator=gen) * 0.1
+        state[f"adapter.{name}.lora_B"] = torch.randn(E, d_out, 4, generator=gen) * 0.05
+        if layout.router_slots:
+            state[f"adapter.{name}.router"] = init_router(d_in, len(layout.router_slots), gen)
+    plain, _ = trainer.train(state, layout, seed=0)
+    exact = ClientPlan(epsilon=math.inf, delta=1e-5, max_grad_norm=1e9, accountant="rdp",
+                       sample_rate=1.0, expected_batch_size=16, steps_per_round=1,
+                       noise_multiplier=0.0, embedding_noise_multiplier=0.0, num_train=16)
+    private, _ = private_train(trainer, state, layout, 0, exact, seeded=True)
+    for key, value in plain.items():
+        assert not torch.equal(value, state[key]) or key.endswith(("lora_A", "lora_B"))
+        # Adam's first step is about lr * sign(g): a gradient near 0 differing in the last
+        # bits moves by more than the others; 1e-4 is 1% of the step (lr 1e-2)
+        torch.testing.assert_close(private[key], value, rtol=1e-4, atol=1e-4, msg=key)
