@@ -4,9 +4,12 @@ Warm-up only, so it is cheap: per seed, every client trains its warm-up LoRA for
 max(--warmups) rounds exactly as FedLEASE's warm-up does (same seeds, same common init: the LoRA
 after round w is the one a run with ``warmup_rounds = w`` clusters), and the server's
 clustering is applied after each listed round to the ``lora-b`` and ``hybrid`` signals; the
-``embedding`` signal needs no training (warm-up 0). Writes a JSON file and prints a table.
+``embedding`` signal needs no training (warm-up 0); ``--epsilon`` adds it as released under
+``[privacy]`` at each epsilon (``fedlease.privacy``: unit-length examples, Gaussian noise for
+``privacy.embedding_share`` of the budget). Writes a JSON file and prints a table.
 
     python scripts/allocation_study.py --seeds 0,1,2 --warmups 1,2,3,5 --out study.json
+    python scripts/allocation_study.py --warmups '' --epsilon 8,3,1 --out dp_embedding.json
     python scripts/allocation_study.py --config configs/compare_glue.toml ...
 """
 
@@ -28,6 +31,7 @@ from fedlease.algorithms.clustering import (
     hybrid_distance,
 )
 from fedlease.configure import load_config, with_overrides
+from fedlease.privacy.client import client_privacy
 from fedlease.reporting.summary import clustering_ari
 from fedlease.runners.simulator import build_trainers, load_clients
 
@@ -43,7 +47,7 @@ class Computed:
 
 
 def study_seed(config, warmups: list[int], truths: dict[str, dict[str, str]],
-               noises: list[float]) -> dict:
+               noises: list[float], epsilons: tuple[float, ...] = ()) -> dict:
     """ARI per signal and warm-up for one seed; ``truths``: name -> client -> true group."""
     clients = load_clients(config)
     trainers = build_trainers(config, clients)
@@ -73,6 +77,16 @@ def study_seed(config, warmups: list[int], truths: dict[str, dict[str, str]],
             {}, upload=UploadSpec(parts=(EMBEDDING_PART,), embedding_noise=noise),
             seed=server.client_seed(0, cid))) for cid in ids]
         out[f"embedding, noise {noise:g}"] = {0: scores(embedding_distance_matrix(noisy))}
+    for epsilon in epsilons:  # the vector each client releases in a DP run at this epsilon
+        private = with_overrides(config, {"privacy": {"epsilon": epsilon, "seeded_noise": True}})
+        released = []
+        for cid in ids:
+            trainers[cid].privacy = client_privacy(private, trainers[cid].num_train, True)
+            released.append(client_embedding(trainers[cid], Instruction(
+                {}, seed=server.client_seed(0, cid))))
+            trainers[cid].privacy = None
+        out[f"embedding, DP epsilon {epsilon:g}"] = {
+            0: scores(embedding_distance_matrix(released))}
     local = {cid: {} for cid in ids}
     for rnd in range(1, max(warmups, default=0) + 1):
         fit = server.configure_fit(rnd)
@@ -94,12 +108,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--warmups", default="1,2,3,5", help="'' for the embedding alone")
     parser.add_argument("--noise", default="", help="embedding noise stds to try, e.g. 0.05,0.1")
+    parser.add_argument("--epsilon", default="",
+                        help="DP embedding at these privacy.epsilon values, e.g. 8,3,1")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args()
     config = load_config(args.config,
                          {"data": {"path": args.data_path}} if args.data_path else None)
     warmups = [int(w) for w in args.warmups.split(",") if w]
     noises = [float(x) for x in args.noise.split(",") if x]
+    epsilons = tuple(float(x) for x in args.epsilon.split(",") if x)
     truths = {}  # other true groupings than the task, e.g. by scripts/build_domain_federation.py
     domains = Path(config.data.path) / "domains.json"
     if config.data.source == "jsonl" and domains.exists():
@@ -109,9 +126,10 @@ def main() -> None:
         seeded = with_overrides(config, {"federation": {
             "seed": seed, "warmup_rounds": max(warmups, default=1),
             "rounds": max(warmups, default=1) + 1}})
-        results[seed] = study_seed(seeded, warmups, truths, noises)
+        results[seed] = study_seed(seeded, warmups, truths, noises, epsilons)
         print(f"seed {seed}: {results[seed]['seconds']:.0f} s", flush=True)
     rows = ([("embedding", 0)] + [(f"embedding, noise {x:g}", 0) for x in noises]
+            + [(f"embedding, DP epsilon {e:g}", 0) for e in epsilons]
             + [(s, w) for s in ("lora-b", "hybrid") for w in warmups])
     keys = [k for k in results[next(iter(results))]["embedding"][0] if k.startswith("ari_")]
     lines = ["| signal | warm-up rounds | " + " | ".join(k.replace("_", " vs ") for k in keys)

@@ -50,3 +50,8 @@ class UploadsRejected(ConfigError):
             f"client {first!r}: {reason}{more}. Raise federation.max_update_norm (now "
             f"{max_norm:g}; inf: no bound), or lower train.lr if the uploads are not "
             f"finite{kept}")
+
+
+class PrivacyBudgetExceeded(ValueError):
+    """A client asked to train past its privacy budget; the message names the client's
+    epsilon spent and what the round would bring it to."""

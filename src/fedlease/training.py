@@ -43,7 +43,12 @@ class LocalTrainer(ABC):
 
     A task's trainer says how its data is counted (``num_train``, ``num_test``), batched
     (``batches``) and represented (``representations``), what its loss is (``loss``), what a
-    new client's own head is (``new_head``) and how it is evaluated (``evaluate``)."""
+    new client's own head is (``new_head``) and how it is evaluated (``evaluate``).
+
+    ``privacy``: the client's DP setup (``fedlease.privacy.client.ClientPrivacy``) when the run
+    has ``[privacy]`` on; ``train`` is then its DP-SGD instead of the step below."""
+
+    privacy = None
 
     def __init__(self, model, *, batch_size: int, local_epochs: int, lr: float,
                  weight_decay: float, autocast_dtype: torch.dtype | None = None):
@@ -122,6 +127,8 @@ class LocalTrainer(ABC):
 
     def train(self, state: dict[str, torch.Tensor], layout: AdapterLayout, seed: int):
         """Local epochs of AdamW on the layout's trainable tensors and the head."""
+        if self.privacy is not None:
+            return self.privacy.train(self, state, layout, seed)
         torch.manual_seed(seed)  # dropout
         order_gen = torch.Generator().manual_seed(seed)
         self.model.load_state(state, layout)

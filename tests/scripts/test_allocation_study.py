@@ -5,6 +5,7 @@ import json
 import sys
 
 from fedlease.config import dump_toml
+from fedlease.configure import with_overrides
 from fedlease.reporting.summary import clustering_ari
 from fedlease.runners.simulator import run_simulation
 
@@ -18,10 +19,11 @@ def test_study_reports_what_a_run_clusters(tiny_config, tmp_path, monkeypatch):
     out = tmp_path / "study.json"
     monkeypatch.setattr(sys, "argv", ["allocation_study.py", "--config", str(config_file),
                                       "--seeds", "0", "--warmups", "1", "--noise", "0.05",
-                                      "--out", str(out)])
+                                      "--epsilon", "8", "--out", str(out)])
     load_script("allocation_study", folder="scripts").main()
     seed = json.loads(out.read_text())["results"]["0"]
-    assert {"embedding", "embedding, noise 0.05", "lora-b", "hybrid"} <= set(seed)
+    assert {"embedding", "embedding, noise 0.05", "embedding, DP epsilon 8", "lora-b",
+            "hybrid"} <= set(seed)
 
     for signal, warmup in (("lora-b", "1"), ("embedding", "0")):
         tiny_config.federation.allocation = signal
@@ -29,3 +31,10 @@ def test_study_reports_what_a_run_clusters(tiny_config, tmp_path, monkeypatch):
         assert seed[signal][warmup]["num_experts"] == result.report["num_experts"]
         assert seed[signal][warmup]["ari_task"] == clustering_ari(result.tasks,
                                                                   result.report["assignment"])
+
+    # the DP row: what a DP run's clients release and the server clusters
+    private = with_overrides(tiny_config, {"privacy": {"epsilon": 8.0, "seeded_noise": True},
+                                           "federation": {"rounds": 2}})
+    result = run_simulation(private, tmp_path / "dp", progress=False)
+    assert seed["embedding, DP epsilon 8"]["0"]["ari_task"] == clustering_ari(
+        result.tasks, result.report["assignment"])

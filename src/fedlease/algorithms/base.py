@@ -307,6 +307,12 @@ class Algorithm(ABC):
         """The largest adapters a client ever holds: what bounds the size of its saved state."""
         return AdapterLayout()
 
+    @classmethod
+    def releases_embedding(cls, config: RunConfig) -> bool:
+        """Whether a client uploads its representation vector in this run (under
+        ``[privacy]`` it is counted in the client's epsilon)."""
+        return False
+
     # -- server side: shared --------------------------------------------------------------
 
     def configure_fit(self, rnd: int, first_time: Collection[str] = ()) -> dict[str, Instruction]:
@@ -348,6 +354,10 @@ def client_embedding(trainer, ins: Instruction) -> torch.Tensor:
     """The client's mean representation scaled to unit length (cosine distance ignores the
     length, so it reveals nothing the server needs), plus Gaussian noise of std
     ``ins.upload.embedding_noise`` per coordinate, seeded by the instruction."""
+    privacy = getattr(trainer, "privacy", None)
+    if privacy is not None:  # DP: its own clipping and calibrated noise, then unit length
+        vector = privacy.embedding(trainer, ins.seed)
+        return vector / vector.norm().clamp(min=1e-12)
     vector = trainer.mean_representation()
     vector = vector / vector.norm().clamp(min=1e-12)
     noise = ins.upload.embedding_noise if ins.upload is not None else 0.0

@@ -113,6 +113,10 @@ class FedLEASE(Algorithm):
             for c in self.clients
         }
 
+    @classmethod
+    def releases_embedding(cls, config) -> bool:
+        return SIGNALS[config.federation.allocation].uses_embedding
+
     def configure_profile(self) -> dict[str, Instruction]:
         """With an embedding signal: every client's representation vector, before round 1."""
         if not self.signal.uses_embedding:

@@ -13,7 +13,7 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from fedlease.config.schema import MAX_SEED, PRECISIONS, RunConfig
+from fedlease.config.schema import MAX_SEED, PRECISIONS, PRIVACY_ACCOUNTANTS, RunConfig
 from fedlease.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -75,11 +75,42 @@ def validate(config: RunConfig,
     need(not config.output.tensorboard or importlib.util.find_spec("tensorboard") is not None,
          "output.tensorboard", "false, or the tensorboard package installed (pip install "
          "'fedlease[tensorboard]')", config.output.tensorboard)
+    problems += privacy_problems(config)
     for check in more_checks:
         problems += check(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
+
+
+def privacy_problems(config: RunConfig) -> list[str]:
+    """The ``[privacy]`` section's ranges, and what DP-SGD cannot combine with."""
+    privacy = config.privacy
+    checks = [
+        (privacy.epsilon > 0, "privacy.epsilon", "a number > 0 (inf: no privacy)",
+         privacy.epsilon),
+        (privacy.delta == 0 or 0 < privacy.delta < 1, "privacy.delta",
+         "a number in (0, 1) (0: below 1/n of each client's training set)", privacy.delta),
+        (0 < privacy.max_grad_norm < math.inf, "privacy.max_grad_norm", "a number > 0",
+         privacy.max_grad_norm),
+        (0 < privacy.embedding_share < 1, "privacy.embedding_share",
+         "a number in (0, 1)", privacy.embedding_share),
+        (0 <= privacy.noise_multiplier < math.inf, "privacy.noise_multiplier",
+         "a number >= 0 (0: calibrated to epsilon)", privacy.noise_multiplier),
+        (privacy.accountant in PRIVACY_ACCOUNTANTS, "privacy.accountant",
+         "one of " + ", ".join(PRIVACY_ACCOUNTANTS), privacy.accountant),
+    ]
+    if privacy.enabled:
+        checks += [
+            (config.federation.embedding_noise == 0, "federation.embedding_noise",
+             "0 with [privacy] on (the allocation vector's noise is then calibrated to "
+             "privacy.embedding_share of epsilon)", config.federation.embedding_noise),
+            (config.train.precision != "fp16", "train.precision",
+             "auto, fp32 or bf16 with [privacy] on (DP-SGD takes no fp16 loss scaling)",
+             config.train.precision),
+        ]
+    return [f"{name} = {value!r}: expected {expected}"
+            for ok, name, expected, value in checks if not ok]
 
 
 def _build(cls, values: dict, where: str):

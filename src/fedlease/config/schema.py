@@ -7,6 +7,7 @@ registry entry's own checks and defaults are ``fedlease.configure``'s.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from pathlib import Path
 MAX_SEED = 2**32 - 1
 # train.precision: autocast dtype of the training step (see training.autocast_dtype)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# privacy.accountant: Opacus' accountants the epsilon of a DP run is computed with
+PRIVACY_ACCOUNTANTS = ("rdp", "prv")
 
 
 @dataclass
@@ -120,6 +123,32 @@ class OutputConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Example-level differential privacy of each client's data (``fedlease.privacy``,
+    docs/security.md): DP-SGD in the local update, and the allocation vector released under
+    the same budget. Off (``epsilon = inf``) by default: runs are then exactly as without it."""
+
+    epsilon: float = math.inf  # per client, for the whole run; inf = no DP
+    delta: float = 0.0  # per client; 0 = the smaller of 1e-5 and 1/(10 n), n its training set
+    max_grad_norm: float = 1.0  # per-example gradient clipping bound (all trainable tensors)
+    # the share of epsilon the allocation vector (FedLEASE's embedding) is calibrated to on its
+    # own; the DP-SGD steps get what is left of the composed budget
+    embedding_share: float = 0.1
+    # 0 = calibrated once so the whole run spends epsilon; > 0: this noise multiplier, and the
+    # run stops before the round that would spend more than epsilon
+    noise_multiplier: float = 0.0
+    accountant: str = "rdp"  # rdp | prv (Opacus)
+    # false: each client draws its noise and batches from a secret seed (os.urandom), as a
+    # deployment must; true: from the seed the server sends, so runs are reproducible (an
+    # experiment setting: the server could then remove the noise)
+    seeded_noise: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon < math.inf
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -127,3 +156,4 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)

@@ -217,6 +217,10 @@ class RunWriter:
         for cid, (tensors, layout) in client_models.items():
             self.write_tensors(client_adapters(cid), tensors, layout)
         plot_run(result, self.dir / "plots")
+        if result.privacy:
+            atomic_write(self.dir / "privacy.json", json.dumps(result.privacy, indent=1))
+            if description is not None:
+                description = {**description, "privacy": result.privacy}
         if description is not None:
             atomic_write(self.dir / RUN_FILE, json.dumps(description, indent=1))
         if self.tensorboard:

@@ -6,6 +6,8 @@ from collections import defaultdict
 
 from sklearn.metrics import adjusted_rand_score
 
+from fedlease.privacy.report import summary_lines
+
 
 def task_means(tasks: dict[str, str], final: dict[str, dict],
                metric: str = "accuracy") -> dict[str, float]:
@@ -48,5 +50,7 @@ def summary_table(result) -> str:
         lines.append(f"{'experts (clusters)':<38} {result.report['num_experts']:>11d}")
         ari = clustering_ari(result.tasks, assignment)
         lines.append(f"{'adjusted Rand index vs tasks':<38} {ari:>11.3f}")
+    if getattr(result, "privacy", None):
+        lines += summary_lines(result.privacy)
     lines.append(f"{'wall time (s)':<38} {result.wall_seconds:>11.1f}")
     return "\n".join(lines)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import torch
 
+from fedlease.algorithms import ALGORITHMS
 from fedlease.config import RunConfig
 from fedlease.data.sources import SOURCES
 from fedlease.errors import ConfigError, DataError
 from fedlease.model.classifier import position_limit
+from fedlease.privacy.client import client_privacy
 from fedlease.tasks import task_of
 from fedlease.training import LocalTrainer
 
@@ -36,8 +38,13 @@ def load_base_model(config: RunConfig):
 
 
 def client_trainer(config: RunConfig, model, tokenizer, client) -> LocalTrainer:
-    """The local trainer of one client (of the configured task) over the shared model."""
-    return task_of(config).trainer(config, model, tokenizer, client)
+    """The local trainer of one client (of the configured task) over the shared model, with
+    its DP setup when ``[privacy]`` is on."""
+    trainer = task_of(config).trainer(config, model, tokenizer, client)
+    trainer.privacy = client_privacy(
+        config, trainer.num_train,
+        ALGORITHMS[config.federation.algorithm].releases_embedding(config))
+    return trainer
 
 
 def load_clients(config: RunConfig) -> list:

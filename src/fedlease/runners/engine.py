@@ -25,6 +25,7 @@ from fedlease.algorithms.validation import accept_replies
 from fedlease.config import RunConfig
 from fedlease.errors import CheckpointError, UploadsRejected
 from fedlease.model.lora import AdapterLayout
+from fedlease.privacy.report import over_budget, privacy_report
 from fedlease.reporting.outputs import RunWriter
 from fedlease.runners.checkpoint import (
     Checkpoint,
@@ -48,6 +49,7 @@ class RunResult:
     report: dict = field(default_factory=dict)  # the algorithm's own results (clustering...)
     data: dict = field(default_factory=dict)  # per client sizes and labels (data.json)
     wall_seconds: float = 0.0
+    privacy: dict = field(default_factory=dict)  # a DP run's guarantee (privacy.json)
 
     @property
     def final(self) -> dict[str, dict]:
@@ -193,13 +195,21 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
     rounds = tqdm(range(first_round, config.federation.rounds + 1), desc=algorithm.name,
                   unit="round", initial=first_round - 1, total=config.federation.rounds,
                   disable=not progress)
+    stopped_before = None
     for rnd in rounds:
+        if config.privacy.enabled and over_budget(config, result.history):
+            stopped_before = rnd  # a client's next round would spend more than its epsilon
+            break
         entry = run_round(rnd, algorithm, transport, trained, result, writer)
         rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
         transport.round_done(entry, result.metric)
         if writer:
             save_round(rnd, writer, algorithm, roster, transport, trained, result)
     result.wall_seconds = time.perf_counter() - start
+    if config.privacy.enabled:
+        result.privacy = privacy_report(
+            config, {c.client_id: c.num_examples for c in roster.clients},
+            type(algorithm).releases_embedding(config), result.history, stopped_before)
     if writer:
         if finish is None:
             writer.finish(result, {})  # the final adapters and heads stay on the clients

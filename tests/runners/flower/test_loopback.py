@@ -34,9 +34,14 @@ def run_config_for(config, tmp_path, **settings) -> dict:
     """The Flower run config that stands for ``config`` (overrides of every section)."""
     parts = config_to_dict(config)
     parts["output"]["dir"] = str(tmp_path / "flower-out")
-    inline = ", ".join(f"{section}.{key} = {json.dumps(value)}"
+    inline = ", ".join(f"{section}.{key} = {toml_value(value)}"
                        for section, values in parts.items() for key, value in values.items())
     return {"config": "", "overrides": "{" + inline + "}", **settings}
+
+
+def toml_value(value) -> str:
+    """JSON is TOML for these values, but for infinity (privacy.epsilon's default)."""
+    return "inf" if value == float("inf") else json.dumps(value)
 
 
 def run_on_loopback(config, tmp_path, num_nodes=4, silent_after=(), **settings):

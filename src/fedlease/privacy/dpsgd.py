@@ -1,0 +1,97 @@
+"""DP-SGD as a client's local update: Poisson-sampled batches, per-example gradients of every
+trainable tensor (Opacus' hooks; the mixture layer's own sampler, ``grad_sampler.py``), each
+example's gradient clipped to ``max_grad_norm``, Gaussian noise on their sum (Opacus'
+``DPOptimizer`` around the same AdamW the non-private step uses), steps counted into the
+client's accounting history (``accounting.py``)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import warnings
+
+import torch
+from opacus.grad_sample import GradSampleHooks
+from opacus.optimizers import DPOptimizer
+
+from fedlease.errors import PrivacyBudgetExceeded
+from fedlease.privacy.accounting import (
+    EPSILON_SLACK,
+    HISTORY_KEY,
+    ClientPlan,
+    add_steps,
+    epsilon_of,
+    history_tensor,
+    read_history,
+)
+from fedlease.privacy.grad_sampler import record_dropout
+
+
+def noise_generator(seeded: bool, seed: int) -> torch.Generator:
+    """The client's source of noise and batch sampling: the instruction's seed (reproducible,
+    known to the server: experiments only) or a secret one from the operating system."""
+    return torch.Generator().manual_seed(seed if seeded else secrets.randbits(63))
+
+
+def private_train(trainer, state: dict[str, torch.Tensor], layout, seed: int,
+                  plan: ClientPlan, seeded: bool):
+    """One round of DP-SGD on ``trainer``'s data: ``plan.steps_per_round`` noisy steps, each
+    over a Poisson sample of the training set; the new state (with the longer history) and
+    the round's metrics (epsilon spent so far and after one more such round)."""
+    history = read_history(state)
+    if history is None:
+        history = plan.initial_history()
+    after = add_steps(history, plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+    epsilon = epsilon_of(after, plan.delta, plan.accountant)
+    if epsilon > plan.epsilon + EPSILON_SLACK:
+        raise PrivacyBudgetExceeded(
+            f"privacy.epsilon = {plan.epsilon:g}: this client has spent "
+            f"{epsilon_of(history, plan.delta, plan.accountant):.4g}; another round would "
+            f"bring it to {epsilon:.4g}")
+    torch.manual_seed(seed)  # dropout
+    generator = noise_generator(seeded, seed)
+    model = trainer.model
+    model.load_state(state, layout)
+    model.train()
+    params = model.trainable_parameters()
+    # hooks after load_state: it installs new parameter tensors, the hooks see these
+    hooks = GradSampleHooks(model, loss_reduction="mean", strict=False)
+    dropout_hooks = [record_dropout(layer) for layer in model.adapters.values()]
+    optimizer = DPOptimizer(
+        torch.optim.AdamW(params, lr=trainer.lr, weight_decay=trainer.weight_decay),
+        noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+        expected_batch_size=plan.expected_batch_size, generator=generator)
+    start, tokens = time.perf_counter(), 0
+    with warnings.catch_warnings():
+        # Opacus' backward hooks on layers whose input needs no gradient (the first adapted
+        # layer): PyTorch warns that the hook sees output gradients only, all Opacus needs
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        try:
+            for _ in range(plan.steps_per_round):
+                sample = (torch.rand(trainer.num_train, generator=generator)
+                          < plan.sample_rate).nonzero().flatten()
+                optimizer.zero_grad(set_to_none=True)
+                if len(sample) == 0:  # an empty Poisson sample: the step is noise only
+                    for p in params:
+                        p.grad_sample = torch.zeros((0, *p.shape), device=p.device)
+                for inputs, targets in trainer.batches("train", sample):
+                    trainer.loss(inputs, targets).backward()
+                    tokens += int(inputs["attention_mask"].sum())
+                optimizer.step()
+        finally:
+            hooks.remove_hooks()
+            for handle in dropout_hooks:
+                handle.remove()
+    model.eval()
+    new_state = {**model.state(), HISTORY_KEY: history_tensor(after)}
+    # no training loss: it is a statistic of the private examples without noise
+    metrics = {
+        "train_steps": plan.steps_per_round,
+        "train_tokens": tokens,
+        "train_seconds": time.perf_counter() - start,
+        "trainable_params": sum(p.numel() for p in params),
+        "epsilon": epsilon,
+        "epsilon_next": plan.epsilon_after(after, plan.steps_per_round),
+        "dp_noisy_steps": sum(steps for _, _, steps in after) - len(plan.initial_history()),
+    }
+    return new_state, metrics
