@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from fedlease.algorithms.aggregation import aggregate_uploads, aggregation_rule
 from fedlease.errors import ProtocolError
 from fedlease.model.lora import AdapterLayout, init_lora
 from fedlease.model.model import ADAPTER_PREFIX, HEAD_PREFIX
@@ -181,19 +182,6 @@ def select_upload(state: Tensors, spec: UploadSpec | None) -> Tensors:
     return out
 
 
-def weighted_mean(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """FedAvg: the average weighted by each client's number of training examples."""
-    total = float(sum(weights))
-    return sum(t * (w / total) for t, w in zip(tensors, weights, strict=True))
-
-
-def fedavg(replies: list[Reply]) -> Tensors:
-    """Every uploaded tensor averaged over ``replies``, weighted by their training examples."""
-    weights = [r.num_examples for r in replies]
-    return {key: weighted_mean([r.arrays[key] for r in replies], weights)
-            for key in replies[0].arrays}
-
-
 class AlgorithmClient:
     """The client side of an algorithm: what a client does with an ``Instruction``. Class
     methods without state of their own: the client's local state goes in and comes out (the
@@ -254,6 +242,9 @@ class Algorithm(ABC):
         # length of a client's representation vector (the base model's hidden size)
         self.representation_dim = representation_dim
         self.client_index = {c.client_id: i for i, c in enumerate(clients)}
+        # how a group's uploads are combined, per coordinate (federation.aggregation)
+        self.aggregation = aggregation_rule(config.federation.aggregation,
+                                            config.federation.trim_fraction)
 
     # -- server side: what each algorithm defines ------------------------------------------
 
@@ -297,6 +288,12 @@ class Algorithm(ABC):
         return AdapterLayout()
 
     # -- server side: shared --------------------------------------------------------------
+
+    def aggregate_replies(self, replies: list[Reply]) -> Tensors:
+        """Every uploaded tensor combined over ``replies`` by ``federation.aggregation``
+        (``mean``: weighted by the clients' training examples)."""
+        return aggregate_uploads([r.arrays for r in replies], [r.num_examples for r in replies],
+                                 self.aggregation)
 
     def configure_fit(self, rnd: int, first_time: Collection[str] = ()) -> dict[str, Instruction]:
         """``first_time``: clients that have never trained (a runner that samples clients has

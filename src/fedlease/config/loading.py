@@ -11,7 +11,9 @@ import typing
 from pathlib import Path
 
 from fedlease.config.schema import (
+    AGGREGATIONS,
     ALLOCATIONS,
+    ATTACKS,
     MAX_SEED,
     PRECISIONS,
     DataConfig,
@@ -61,6 +63,7 @@ def validate(config: RunConfig) -> RunConfig:
     need(len(set(config.data.tasks)) == len(config.data.tasks), "data.tasks",
          "each task once (a task's clients are data.clients_per_task)", config.data.tasks)
     problems += dataset_problems(config.data)
+    problems += robustness_problems(config)
     need(config.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
          config.data.clients_per_task)
     need(config.data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
@@ -109,6 +112,30 @@ def validate(config: RunConfig) -> RunConfig:
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
+
+
+def robustness_problems(config: RunConfig) -> list[str]:
+    """The aggregation rule and the attack harness's settings (the attackers' names are
+    checked against the clients once the data has loaded, ``runners.attacks``)."""
+    federation, attack = config.federation, config.attack
+    checks = [
+        (federation.aggregation in AGGREGATIONS, "federation.aggregation",
+         "one of " + ", ".join(AGGREGATIONS), federation.aggregation),
+        (0 <= federation.trim_fraction < 0.5, "federation.trim_fraction",
+         "a number in [0, 0.5): the fraction trimmed at each end must leave a client",
+         federation.trim_fraction),
+        (attack.kind in ATTACKS, "attack.kind", "one of " + ", ".join(ATTACKS), attack.kind),
+        (len(set(attack.clients)) == len(attack.clients), "attack.clients",
+         "each client once", attack.clients),
+        (1 <= attack.scale < math.inf, "attack.scale", "a number >= 1", attack.scale),
+        (attack.kind != "forged-embedding" or not attack.clients or bool(attack.target),
+         "attack.target", "the client whose cluster the forged embedding joins",
+         attack.target),
+        (attack.target not in attack.clients, "attack.target",
+         "an honest client (not one of attack.clients)", attack.target),
+    ]
+    return [f"{name} = {value!r}: expected {expected}"
+            for ok, name, expected, value in checks if not ok]
 
 
 def dataset_problems(data: DataConfig) -> list[str]:
