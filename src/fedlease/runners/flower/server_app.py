@@ -29,6 +29,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlease.algorithms import ClientInfo, Instruction, Reply
 from fedlease.config import RunConfig
+from fedlease.errors import ConfigError
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
 from fedlease.runners.engine import Federation, RunResult, client_state_bytes, run_rounds
 from fedlease.runners.flower.records import instruction_content, read_metrics, read_reply
@@ -203,6 +204,9 @@ def run_federation(grid: Grid, config: RunConfig, settings: FlowerSettings) -> R
     """Run the configured rounds on the grid's nodes; with ``settings.resume``, continue the
     run checkpointed in ``output.dir`` (the nodes must still hold their clients' state)."""
     start = time.perf_counter()
+    if config.attack.clients:
+        raise ConfigError(f"attack.clients = {config.attack.clients!r}: the attack harness is "
+                          "an experiment of the simulator (fedlease run); expected [] on Flower")
     writer = RunWriter(config.output.dir, resume=settings.resume)
     writer.check()
     node_of, infos, tasks, adapter_shapes, representation_dim, data, stateless = query_clients(
