@@ -131,6 +131,14 @@ class Reply:
     extra: object = None
 
 
+@dataclass(frozen=True)
+class MalformedReply:
+    """A reply that could not be read off the wire (a record missing, a field not JSON): the
+    server's validation rejects it with ``reason``, like any other bad upload."""
+
+    reason: str
+
+
 def read_fields(cls: type | None, value, what: str):
     """An algorithm's own message fields: ``value`` (an instance of the dataclass ``cls`` or
     its ``asdict`` form) checked against ``cls``'s field types (int, float, str, or one of

@@ -93,7 +93,11 @@ class FedLEASE(Algorithm):
             c.client_id: Instruction(
                 {**self.experts, **self.routers[self.cluster_of[c.client_id]]},
                 self.layout_for(c.client_id),
-            ) if c.client_id in self.cluster_of else Instruction({}, AdapterLayout())
+            ) if c.client_id in self.cluster_of
+            # a client the allocation left out trains a warm-up LoRA from the common init
+            # (with W = 0 no round sent it: its profile upload was rejected)
+            else Instruction(dict(self.initial_lora) if after_round == 0 else {},
+                             AdapterLayout())
             for c in self.clients
         }
 

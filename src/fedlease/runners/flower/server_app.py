@@ -14,6 +14,10 @@ checkpoint after every round: a ServerApp started again with ``resume = true`` c
 the last finished round (a node that lost its client's local state, as in a new Flower run,
 gets the initial tensors again; docs/flower.md). The clients' adapters and heads stay on their
 nodes.
+
+A reply that cannot be read (a record missing, a non-integer example count, extra fields that
+are not JSON) is a rejected upload like any other (``records.read_reply``); an evaluation
+without the task's metrics is left out: a node that sends garbage never stops the run.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlease.algorithms import ClientInfo, Instruction, Reply
 from fedlease.config import RunConfig
-from fedlease.errors import ConfigError
+from fedlease.errors import ConfigError, ProtocolError
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
 from fedlease.runners.engine import Federation, RunResult, client_state_bytes, run_rounds
 from fedlease.runners.flower.records import instruction_content, read_metrics, read_reply
 from fedlease.runners.flower.settings import FlowerSettings, read_run_config
+from fedlease.tasks import task_of
 
 app = ServerApp()
 PROFILE_MESSAGE = f"{MessageType.QUERY}.profile"  # handled by the ClientApp's profile()
@@ -183,8 +188,17 @@ class GridTransport:
         return replies
 
     def evaluate(self, rnd: int, instructions: dict[str, Instruction]) -> dict[str, dict]:
-        return {cid: read_metrics(content)
-                for cid, content in self.send(MessageType.EVALUATE, instructions).items()}
+        """The metrics of every client that answered with the task's metrics; a malformed
+        answer is left out, like a node that did not answer."""
+        columns = task_of(self.config).columns
+        evaluated = {}
+        for cid, content in self.send(MessageType.EVALUATE, instructions).items():
+            try:
+                evaluated[cid] = read_metrics(content, columns)
+            except ProtocolError as err:
+                log(WARNING, "round %s: left out the evaluation of client %r: %s", rnd, cid,
+                    err)
+        return evaluated
 
     def state(self) -> dict:
         """The sampler: a resumed run samples as the uninterrupted one would have."""
