@@ -35,16 +35,15 @@ COUNTS = (0, 1, 2)
 
 
 def cells(seeds: list[int]) -> list[tuple[str, str, str, int, int]]:
-    """(algorithm, rule, kind, count, seed), a whole seed after the other; count 0 is one
-    cell per rule (kind "none")."""
-    out = []
-    for seed in seeds:
-        for algorithm, kinds in ATTACKS.items():
-            for rule in RULES:
-                out.append((algorithm, rule, "none", 0, seed))
-                out += [(algorithm, rule, kind, count, seed)
-                        for kind in kinds for count in COUNTS if count]
-    return out
+    """(algorithm, rule, kind, count, seed); count 0 is one cell per rule (kind "none").
+    Row by row (no attack, then sign-flip for both algorithms, then FedLEASE's other attacks),
+    every rule and seed of a row before the next: a study stopped early has whole rows."""
+    rows = [(algorithm, kind, count)
+            for kind in ("none", *ATTACKS["fedlease"]) for algorithm, kinds in ATTACKS.items()
+            if kind == "none" or kind in kinds
+            for count in (COUNTS[:1] if kind == "none" else COUNTS[1:])]
+    return [(algorithm, rule, kind, count, seed)
+            for algorithm, kind, count in rows for rule in RULES for seed in seeds]
 
 
 def cell_folder(out: Path, algorithm: str, rule: str, kind: str, count: int, seed: int) -> Path:
