@@ -1,6 +1,7 @@
 """A node that sends garbage (a record missing, a non-integer example count, extra fields that
-are not JSON, evaluation metrics missing) is a rejected upload or a left-out evaluation, never
-an exception in the ServerApp: the other clients' run goes on."""
+are not JSON, evaluation metrics missing, an unreadable description) is a rejected upload, a
+left-out evaluation or a left-out node, never an exception in the ServerApp: the other
+clients' run goes on."""
 
 import json
 
@@ -109,6 +110,13 @@ def test_a_garbled_profile_reply_is_rejected_and_the_client_joins_later(small_co
     result = run_garbled(small_config, tmp_path, "query.profile", drop("arrays"))
     assert GARBLED_CLIENT not in result.report["clients"]  # not in the allocation
     assert GARBLED_CLIENT in result.report["assignment"]  # joined by its round-1 embedding
+
+
+@pytest.mark.parametrize("garble", [drop("info"), with_num_examples(12.5)])
+def test_a_node_whose_description_cannot_be_read_is_left_out(small_config, tmp_path, garble):
+    result = run_garbled(small_config, tmp_path, "query", garble)
+    assert sorted(result.tasks) == ["animals-0", "colors-0", "colors-1"]
+    assert all(len(entry["clients"]) == 3 for entry in result.history)
 
 
 def test_an_evaluation_without_metrics_is_left_out(small_config, tmp_path):

@@ -17,7 +17,6 @@ from fedlease.algorithms.base import Instruction, MalformedReply, Reply, Tensors
 from fedlease.errors import ProtocolError
 
 NUM_EXAMPLES = "num-examples"
-REPLY_RECORDS = ("arrays", "metrics", "extra")  # what a train or profile reply holds
 
 
 def to_array_record(tensors: Tensors) -> ArrayRecord:
@@ -81,6 +80,42 @@ def read_reply(content: RecordDict) -> Reply | MalformedReply:
         return MalformedReply(f"{type(err).__name__}: {err}")
 
 
+@dataclasses.dataclass(frozen=True)
+class NodeDescription:
+    """A node's answer to the query before round 1 (the ClientApp's ``describe``)."""
+
+    client_id: str
+    task: str
+    order: int  # its partition: the clients' order, as in the simulator
+    federation_size: int
+    num_examples: int
+    adapter_shapes: str  # JSON, compared as text between the nodes
+    representation_dim: int
+    data: dict
+    has_state: bool
+
+
+def read_description(content: RecordDict) -> NodeDescription:
+    """The node's description; ``ProtocolError`` naming what is missing or malformed."""
+    try:
+        info = _record(content, "info")
+        num_examples = _record(content, "metrics")["num-examples"]
+        if isinstance(num_examples, bool) or not isinstance(num_examples, int) \
+                or num_examples < 1:
+            raise ProtocolError(f"num-examples = {num_examples!r}: expected an integer >= 1")
+        data = json.loads(str(info["data"]))
+        if not isinstance(data, dict):
+            raise ProtocolError(f"data = {data!r}: expected a JSON object")
+        return NodeDescription(str(info["client-id"]), str(info["task"]), int(info["order"]),
+                               int(info["federation-size"]), num_examples,
+                               str(info["adapter-shapes"]), int(info["representation-dim"]),
+                               data, bool(info.get("has-state", False)))
+    except ProtocolError:
+        raise
+    except (KeyError, TypeError, ValueError) as err:
+        raise ProtocolError(f"description: {type(err).__name__}: {err}") from None
+
+
 def read_metrics(content: RecordDict, required: tuple[str, ...] = ()) -> dict:
     """An evaluate reply's metrics; ``ProtocolError`` if the record or one of the
     ``required`` metrics is missing or not a finite number."""
@@ -95,5 +130,5 @@ def read_metrics(content: RecordDict, required: tuple[str, ...] = ()) -> dict:
 
 def _record(content: RecordDict, name: str):
     if name not in content:
-        raise ProtocolError(f"no {name!r} record; expected {sorted(REPLY_RECORDS)}")
+        raise ProtocolError(f"no {name!r} record (it holds {sorted(content)})")
     return content[name]

@@ -36,7 +36,12 @@ from fedlease.config import RunConfig
 from fedlease.errors import ConfigError, ProtocolError
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
 from fedlease.runners.engine import Federation, RunResult, client_state_bytes, run_rounds
-from fedlease.runners.flower.records import instruction_content, read_metrics, read_reply
+from fedlease.runners.flower.records import (
+    instruction_content,
+    read_description,
+    read_metrics,
+    read_reply,
+)
 from fedlease.runners.flower.settings import FlowerSettings, read_run_config
 from fedlease.tasks import task_of
 
@@ -85,24 +90,28 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
     resumed run's nodes is gone)."""
     replies = exchange(grid, MessageType.QUERY, {n: RecordDict() for n in nodes},
                        settings.round_timeout)
-    described = sorted(replies.items(), key=lambda item: (int(item[1]["info"]["order"]),
-                                                          str(item[1]["info"]["client-id"])))
+    described = {}
+    for node, content in replies.items():
+        try:
+            described[node] = read_description(content)
+        except ProtocolError as err:
+            log(WARNING, "node %s: left out, its description cannot be read: %s", node, err)
     node_of, infos, tasks, shapes, dims, data, stateless = {}, [], {}, set(), set(), {}, set()
-    for node, content in described:
-        info = content["info"]
-        cid = str(info["client-id"])
+    for node, info in sorted(described.items(), key=lambda item: (item[1].order,
+                                                                  item[1].client_id)):
+        cid = info.client_id
         if cid in node_of:
             raise RuntimeError(f"nodes {node_of[cid]} and {node} both hold client {cid!r}: give "
                                "each SuperNode its own partition-id or data-path")
         node_of[cid] = node
-        infos.append(ClientInfo(cid, int(content["metrics"]["num-examples"])))
-        tasks[cid] = str(info["task"])
-        data[cid] = json.loads(str(info["data"]))
-        shapes.add(str(info["adapter-shapes"]))
-        dims.add(int(info["representation-dim"]))
-        if not info.get("has-state", False):
+        infos.append(ClientInfo(cid, info.num_examples))
+        tasks[cid] = info.task
+        data[cid] = info.data
+        shapes.add(info.adapter_shapes)
+        dims.add(info.representation_dim)
+        if not info.has_state:
             stateless.add(cid)
-        size = int(info["federation-size"])
+        size = info.federation_size
     if not infos:
         raise RuntimeError("no node described its client; see the warnings above")
     if len(shapes) > 1 or len(dims) > 1:
