@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from fedlease.algorithms.aggregation import aggregate_uploads, aggregation_rule
 from fedlease.errors import ProtocolError
 from fedlease.model.classifier import ADAPTER_PREFIX, HEAD_PREFIX
 from fedlease.model.lora import AdapterLayout, init_lora
@@ -130,6 +131,14 @@ class Reply:
     extra: object = None
 
 
+@dataclass(frozen=True)
+class MalformedReply:
+    """A reply that could not be read off the wire (a record missing, a field not JSON): the
+    server's validation rejects it with ``reason``, like any other bad upload."""
+
+    reason: str
+
+
 def read_fields(cls: type | None, value, what: str):
     """An algorithm's own message fields: ``value`` (an instance of the dataclass ``cls`` or
     its ``asdict`` form) checked against ``cls``'s field types (int, float, str, or one of
@@ -179,19 +188,6 @@ def select_upload(state: Tensors, spec: UploadSpec | None) -> Tensors:
         if key.startswith(ADAPTER_PREFIX) and part in spec.parts:
             out[key] = value if part == "router" else value.index_select(0, experts)
     return out
-
-
-def weighted_mean(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """FedAvg: the average weighted by each client's number of training examples."""
-    total = float(sum(weights))
-    return sum(t * (w / total) for t, w in zip(tensors, weights, strict=True))
-
-
-def fedavg(replies: list[Reply]) -> Tensors:
-    """Every uploaded tensor averaged over ``replies``, weighted by their training examples."""
-    weights = [r.num_examples for r in replies]
-    return {key: weighted_mean([r.arrays[key] for r in replies], weights)
-            for key in replies[0].arrays}
 
 
 class AlgorithmClient:
@@ -254,6 +250,9 @@ class Algorithm(ABC):
         # length of a client's representation vector (the base model's hidden size)
         self.representation_dim = representation_dim
         self.client_index = {c.client_id: i for i, c in enumerate(clients)}
+        # how a group's uploads are combined, per coordinate (federation.aggregation)
+        self.aggregation = aggregation_rule(config.federation.aggregation,
+                                            config.federation.trim_fraction)
 
     @classmethod
     def config_problems(cls, config: RunConfig) -> list[str]:
@@ -314,6 +313,12 @@ class Algorithm(ABC):
         return False
 
     # -- server side: shared --------------------------------------------------------------
+
+    def aggregate_replies(self, replies: list[Reply]) -> Tensors:
+        """Every uploaded tensor combined over ``replies`` by ``federation.aggregation``
+        (``mean``: weighted by the clients' training examples)."""
+        return aggregate_uploads([r.arrays for r in replies], [r.num_examples for r in replies],
+                                 self.aggregation)
 
     def configure_fit(self, rnd: int, first_time: Collection[str] = ()) -> dict[str, Instruction]:
         """``first_time``: clients that have never trained (a runner that samples clients has

@@ -8,7 +8,8 @@ starts expert ``c`` as the sample-weighted mean of the LoRAs of cluster ``c``. R
 each client runs all K experts behind its router (2K-1 slots, top K), trains its own expert and
 router, and uploads both; expert ``c`` and the router of cluster ``c`` are the sample-weighted
 means of the uploads of cluster ``c`` (the reference code takes a plain mean; with equal client
-sizes the two agree).
+sizes the two agree), or the coordinate-wise median or trimmed mean of them
+(``federation.aggregation``, see ``aggregation.py``).
 
 What the clients are clustered by is ``federation.allocation``: the warm-up B matrices
 (``lora-b``, the paper), or each client's mean frozen-model representation of its training
@@ -33,7 +34,6 @@ from fedlease.algorithms.base import (
     Instruction,
     Reply,
     UploadSpec,
-    weighted_mean,
 )
 from fedlease.algorithms.clustering import (
     SIGNALS,
@@ -109,7 +109,11 @@ class FedLEASE(Algorithm):
             c.client_id: Instruction(
                 {**self.experts, **self.routers[self.cluster_of[c.client_id]]},
                 self.layout_for(c.client_id),
-            ) if c.client_id in self.cluster_of else Instruction({}, AdapterLayout())
+            ) if c.client_id in self.cluster_of
+            # a client the allocation left out trains a warm-up LoRA from the common init
+            # (with W = 0 no round sent it: its profile upload was rejected)
+            else Instruction(dict(self.initial_lora) if after_round == 0 else {},
+                             AdapterLayout())
             for c in self.clients
         }
 
@@ -183,8 +187,8 @@ class FedLEASE(Algorithm):
                 if ids[0] in replies else list(self.initial_lora))
         self.experts = {
             key: torch.cat([
-                weighted_mean([replies[cid].arrays[key] for cid in group],
-                              [replies[cid].num_examples for cid in group])
+                self.aggregation([replies[cid].arrays[key] for cid in group],
+                                 [replies[cid].num_examples for cid in group])
                 if group else self.initial_lora[key]
                 for group in members
             ])
@@ -199,14 +203,15 @@ class FedLEASE(Algorithm):
         ]
 
     def aggregate_experts(self, replies: dict[str, Reply]) -> None:
-        """Expert c and router c: sample-weighted means over the replies of cluster c."""
+        """Expert c and router c: sample-weighted means over the replies of cluster c (or the
+        rule ``federation.aggregation`` names)."""
         for c in range(self.num_experts):
             group = [cid for cid in replies if self.cluster_of[cid] == c]
             if not group:
                 continue  # nobody of this cluster answered: keep its expert as it was
             weights = [replies[cid].num_examples for cid in group]
             for key in replies[group[0]].arrays:
-                mean = weighted_mean([replies[cid].arrays[key] for cid in group], weights)
+                mean = self.aggregation([replies[cid].arrays[key] for cid in group], weights)
                 if key.endswith(".router"):
                     self.routers[c][key] = mean
                 else:

@@ -2,7 +2,8 @@
 ``federation.max_experts``). Every round each client computes the loss of every cluster LoRA (with
 its own head) on its training data, picks the lowest, trains that LoRA and uploads it with the
 cluster it picked; the server averages the uploads per cluster (FedAvg, weighted by training
-examples). A client is evaluated with the cluster it picked in the latest round.
+examples, or the rule ``federation.aggregation`` names). A client is evaluated with the
+cluster it picked in the latest round.
 
 The K LoRAs start from different seeded A matrices and B = 0, so in the first round every
 candidate computes the same function and the losses tie exactly; ties are broken by a seeded
@@ -23,7 +24,6 @@ from fedlease.algorithms.base import (
     Reply,
     Tensors,
     UploadSpec,
-    fedavg,
     with_head,
 )
 from fedlease.errors import RejectedUpload
@@ -110,7 +110,7 @@ class IFCALoRA(Algorithm):
             group = [reply for cid, reply in replies.items() if self.cluster_of[cid] == c]
             if not group:
                 continue  # nobody picked this cluster: it stays as it was
-            for key, mean in fedavg(group).items():
+            for key, mean in self.aggregate_replies(group).items():
                 self.clusters[key] = self.clusters[key].clone()
                 self.clusters[key][c] = mean[0]
 

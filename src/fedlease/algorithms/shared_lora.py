@@ -4,8 +4,9 @@ Local LoRA, FedIT, FFA-LoRA, FedSA-LoRA and FedDPA differ only in which experts 
 (A, B) of the client's adapters are averaged on the server, and in what trains; each of them is a
 subclass that sets the class attributes below. Every client starts from the same seeded init
 (one LoRA per expert: A random, B zero). After each round the server averages the uploaded
-(shared) tensors over all clients, weighted by their training examples, and sends the average
-back; the client splices it into the experts it kept, so its local parts are never overwritten.
+(shared) tensors over all clients, weighted by their training examples (or combines them by the
+robust rule ``federation.aggregation`` names), and sends the average back; the client splices
+it into the experts it kept, so its local parts are never overwritten.
 Warm-up rounds do not apply: every round is the same.
 """
 
@@ -20,7 +21,6 @@ from fedlease.algorithms.base import (
     Reply,
     Tensors,
     UploadSpec,
-    fedavg,
 )
 from fedlease.model.lora import AdapterLayout
 
@@ -89,7 +89,7 @@ class SharedLoRA(Algorithm):
 
     def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
         if self.shared_parts and replies:
-            self.shared = fedavg(list(replies.values()))
+            self.shared = self.aggregate_replies(list(replies.values()))
 
     def server_experts(self) -> Tensors:
         """The global LoRA(s), when whole LoRAs are averaged (FedIT, FedDPA's global one)."""

@@ -22,6 +22,7 @@ from fedlease.algorithms.base import (
     EMBEDDING_KEY,
     Algorithm,
     Instruction,
+    MalformedReply,
     Reply,
     read_fields,
 )
@@ -63,6 +64,8 @@ def check_reply(reply: Reply, expected: dict[str, tuple[int, ...]], max_norm: fl
     """Raise ``RejectedUpload`` unless ``reply`` holds exactly the ``expected`` tensors (float32,
     finite, L2 norm <= ``max_norm`` each), a sane sample count (equal to ``declared_examples``
     when the server knows it) and numeric metrics."""
+    if isinstance(reply, MalformedReply):
+        raise RejectedUpload(f"malformed reply: {reply.reason}")
     if not isinstance(reply, Reply):
         raise RejectedUpload(f"expected a Reply, got {type(reply).__name__}")
     arrays = reply.arrays

@@ -13,7 +13,14 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from fedlease.config.schema import MAX_SEED, PRECISIONS, PRIVACY_ACCOUNTANTS, RunConfig
+from fedlease.config.schema import (
+    AGGREGATIONS,
+    ATTACKS,
+    MAX_SEED,
+    PRECISIONS,
+    PRIVACY_ACCOUNTANTS,
+    RunConfig,
+)
 from fedlease.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -44,6 +51,7 @@ def validate(config: RunConfig,
          config.model.max_length)
     need(len(set(config.data.tasks)) == len(config.data.tasks), "data.tasks",
          "each task once (a task's clients are data.clients_per_task)", config.data.tasks)
+    problems += robustness_problems(config)
     need(config.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
          config.data.clients_per_task)
     need(config.data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
@@ -109,6 +117,30 @@ def privacy_problems(config: RunConfig) -> list[str]:
              "auto, fp32 or bf16 with [privacy] on (DP-SGD takes no fp16 loss scaling)",
              config.train.precision),
         ]
+    return [f"{name} = {value!r}: expected {expected}"
+            for ok, name, expected, value in checks if not ok]
+
+
+def robustness_problems(config: RunConfig) -> list[str]:
+    """The aggregation rule and the attack harness's settings (the attackers' names are
+    checked against the clients once the data has loaded, ``runners.attacks``)."""
+    federation, attack = config.federation, config.attack
+    checks = [
+        (federation.aggregation in AGGREGATIONS, "federation.aggregation",
+         "one of " + ", ".join(AGGREGATIONS), federation.aggregation),
+        (0 <= federation.trim_fraction < 0.5, "federation.trim_fraction",
+         "a number in [0, 0.5): the fraction trimmed at each end must leave a client",
+         federation.trim_fraction),
+        (attack.kind in ATTACKS, "attack.kind", "one of " + ", ".join(ATTACKS), attack.kind),
+        (len(set(attack.clients)) == len(attack.clients), "attack.clients",
+         "each client once", attack.clients),
+        (1 <= attack.scale < math.inf, "attack.scale", "a number >= 1", attack.scale),
+        (attack.kind != "forged-embedding" or not attack.clients or bool(attack.target),
+         "attack.target", "the client whose cluster the forged embedding joins",
+         attack.target),
+        (attack.target not in attack.clients, "attack.target",
+         "an honest client (not one of attack.clients)", attack.target),
+    ]
     return [f"{name} = {value!r}: expected {expected}"
             for ok, name, expected, value in checks if not ok]
 

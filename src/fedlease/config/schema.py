@@ -17,6 +17,10 @@ MAX_SEED = 2**32 - 1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # privacy.accountant: Opacus' accountants the epsilon of a DP run is computed with
 PRIVACY_ACCOUNTANTS = ("rdp", "prv")
+# federation.aggregation: how a group's uploads are combined (algorithms/aggregation.py)
+AGGREGATIONS = ("mean", "median", "trimmed-mean")
+# attack.kind: what the attack harness's malicious clients do (runners/attacks.py)
+ATTACKS = ("sign-flip", "scale", "label-flip", "forged-embedding")
 
 
 @dataclass
@@ -113,6 +117,12 @@ class FederationConfig:
     seed: int = 0
     # the server rejects a client upload holding a tensor of larger L2 norm (inf: no bound)
     max_update_norm: float = 100.0
+    # how the server combines the uploads of a group (every client, or a cluster), per
+    # coordinate: "mean" (weighted by training examples), "median" or "trimmed-mean"
+    aggregation: str = "mean"
+    # trimmed-mean: the fraction of a group's clients left out at each end, per coordinate
+    # (floor(trim_fraction * n) each); below 0.5, so at least one client is left
+    trim_fraction: float = 0.2
 
 
 @dataclass
@@ -149,6 +159,20 @@ class PrivacyConfig:
 
 
 @dataclass
+class AttackConfig:
+    """The attack harness (an experiment tool of the simulator, not a production path): the
+    named clients behave maliciously (runners/attacks.py)."""
+
+    clients: list[str] = field(default_factory=list)  # [] = no attack
+    # sign-flip: upload start - (trained - start); scale: start + scale * (trained - start),
+    # shrunk to fit federation.max_update_norm; label-flip: train on wrong labels;
+    # forged-embedding: upload the target client's representation vector (join its cluster)
+    kind: str = "sign-flip"
+    scale: float = 10.0  # kind = "scale": the factor on the client's update
+    target: str = ""  # kind = "forged-embedding": the client whose cluster to join
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -157,3 +181,4 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)

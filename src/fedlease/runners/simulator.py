@@ -17,6 +17,7 @@ from fedlease.config import RunConfig
 from fedlease.data.client_data import ClientData
 from fedlease.reporting.data_report import data_report
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
+from fedlease.runners.attacks import attacked_clients, attacked_trainers
 from fedlease.runners.checkpoint import data_fingerprint
 from fedlease.runners.clients import base_model_path, build_trainers, load_clients
 from fedlease.runners.engine import (
@@ -127,8 +128,8 @@ def run_simulation(config: RunConfig, out_dir: str | Path | None = None,
     writer = RunWriter(out_dir, resume, overwrite) if out_dir is not None else None
     if writer:
         writer.check()
-    clients = load_clients(config)
-    trainers = build_trainers(config, clients)
+    clients = attacked_clients(config, load_clients(config))  # [attack]: an experiment
+    trainers = attacked_trainers(config, build_trainers(config, clients))
     model = next(iter(trainers.values())).model
     roster = ClientRoster([ClientInfo(c.client_id, len(c.train)) for c in clients],
                             {c.client_id: c.task for c in clients}, data_report(clients),

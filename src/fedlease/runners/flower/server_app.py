@@ -14,6 +14,10 @@ checkpoint after every round: a ServerApp started again with ``resume = true`` c
 the last finished round (a node that lost its client's local state, as in a new Flower run,
 gets the initial tensors again; docs/flower.md). The clients' adapters and heads stay on their
 nodes.
+
+A reply that cannot be read (a record missing, a non-integer example count, extra fields that
+are not JSON) is a rejected upload like any other (``records.read_reply``); an evaluation
+without the task's metrics is left out: a node that sends garbage never stops the run.
 """
 
 from __future__ import annotations
@@ -29,10 +33,17 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedlease.algorithms import ClientInfo, Instruction, Reply
 from fedlease.config import RunConfig
+from fedlease.errors import ConfigError, ProtocolError
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
 from fedlease.runners.engine import ClientRoster, RunResult, client_state_bytes, run_rounds
-from fedlease.runners.flower.records import instruction_content, read_metrics, read_reply
+from fedlease.runners.flower.records import (
+    instruction_content,
+    read_description,
+    read_metrics,
+    read_reply,
+)
 from fedlease.runners.flower.settings import FlowerSettings, read_run_config
+from fedlease.tasks import task_of
 
 app = ServerApp()
 PROFILE_MESSAGE = f"{MessageType.QUERY}.profile"  # handled by the ClientApp's profile()
@@ -79,24 +90,28 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
     resumed run's nodes is gone)."""
     replies = exchange(grid, MessageType.QUERY, {n: RecordDict() for n in nodes},
                        settings.round_timeout)
-    described = sorted(replies.items(), key=lambda item: (int(item[1]["info"]["order"]),
-                                                          str(item[1]["info"]["client-id"])))
+    described = {}
+    for node, content in replies.items():
+        try:
+            described[node] = read_description(content)
+        except ProtocolError as err:
+            log(WARNING, "node %s: left out, its description cannot be read: %s", node, err)
     node_of, infos, tasks, shapes, dims, data, stateless = {}, [], {}, set(), set(), {}, set()
-    for node, content in described:
-        info = content["info"]
-        cid = str(info["client-id"])
+    for node, info in sorted(described.items(), key=lambda item: (item[1].order,
+                                                                  item[1].client_id)):
+        cid = info.client_id
         if cid in node_of:
             raise RuntimeError(f"nodes {node_of[cid]} and {node} both hold client {cid!r}: give "
                                "each SuperNode its own partition-id or data-path")
         node_of[cid] = node
-        infos.append(ClientInfo(cid, int(content["metrics"]["num-examples"])))
-        tasks[cid] = str(info["task"])
-        data[cid] = json.loads(str(info["data"]))
-        shapes.add(str(info["adapter-shapes"]))
-        dims.add(int(info["representation-dim"]))
-        if not info.get("has-state", False):
+        infos.append(ClientInfo(cid, info.num_examples))
+        tasks[cid] = info.task
+        data[cid] = info.data
+        shapes.add(info.adapter_shapes)
+        dims.add(info.representation_dim)
+        if not info.has_state:
             stateless.add(cid)
-        size = int(info["federation-size"])
+        size = info.federation_size
     if not infos:
         raise RuntimeError("no node described its client; see the warnings above")
     if len(shapes) > 1 or len(dims) > 1:
@@ -182,8 +197,17 @@ class GridTransport:
         return replies
 
     def evaluate(self, rnd: int, instructions: dict[str, Instruction]) -> dict[str, dict]:
-        return {cid: read_metrics(content)
-                for cid, content in self.send(MessageType.EVALUATE, instructions).items()}
+        """The metrics of every client that answered with the task's metrics; a malformed
+        answer is left out, like a node that did not answer."""
+        columns = task_of(self.config).columns
+        evaluated = {}
+        for cid, content in self.send(MessageType.EVALUATE, instructions).items():
+            try:
+                evaluated[cid] = read_metrics(content, columns)
+            except ProtocolError as err:
+                log(WARNING, "round %s: left out the evaluation of client %r: %s", rnd, cid,
+                    err)
+        return evaluated
 
     def state(self) -> dict:
         """The sampler: a resumed run samples as the uninterrupted one would have."""
@@ -203,6 +227,9 @@ def run_on_grid(grid: Grid, config: RunConfig, settings: FlowerSettings) -> RunR
     """Run the configured rounds on the grid's nodes; with ``settings.resume``, continue the
     run checkpointed in ``output.dir`` (the nodes must still hold their clients' state)."""
     start = time.perf_counter()
+    if config.attack.clients:
+        raise ConfigError(f"attack.clients = {config.attack.clients!r}: the attack harness is "
+                          "an experiment of the simulator (fedlease run); expected [] on Flower")
     writer = RunWriter(config.output.dir, resume=settings.resume)
     writer.check()
     node_of, infos, tasks, adapter_shapes, representation_dim, data, stateless = query_clients(
