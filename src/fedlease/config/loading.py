@@ -61,6 +61,7 @@ def validate(config: RunConfig) -> RunConfig:
     need(len(set(config.data.tasks)) == len(config.data.tasks), "data.tasks",
          "each task once (a task's clients are data.clients_per_task)", config.data.tasks)
     problems += dataset_problems(config.data)
+    problems += scale_problems(config)
     need(config.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
          config.data.clients_per_task)
     need(config.data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
@@ -109,6 +110,30 @@ def validate(config: RunConfig) -> RunConfig:
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
+
+
+def scale_problems(config: RunConfig) -> list[str]:
+    """Client sampling and label skew: ranges (a source whose client count depends on its files
+    is checked against ``clients_per_round`` once they are read, ``runners.sampling``)."""
+    problems = []
+    per_round, skew = config.federation.clients_per_round, config.data.label_skew
+    if per_round < 0:
+        problems.append(f"federation.clients_per_round = {per_round!r}: expected an integer "
+                        ">= 0 (0: all clients every round)")
+    from fedlease.data.sources import SOURCES
+
+    source = SOURCES.get(config.data.source)
+    if source is not None and source.uses_tasks:
+        total = len(config.data.tasks) * config.data.clients_per_task
+        if per_round > total:
+            problems.append(f"federation.clients_per_round = {per_round!r}: expected at most "
+                            f"the {total} clients of data.tasks x data.clients_per_task")
+    if not 0 <= skew < math.inf:
+        problems.append(f"data.label_skew = {skew!r}: expected a number >= 0 (0: balanced)")
+    elif skew > 0 and (source is None or not source.uses_tasks):
+        problems.append(f"data.label_skew = {skew!r}: applies to data.source = builtin or glue"
+                        f", not {config.data.source!r}; set it to 0")
+    return problems
 
 
 def dataset_problems(data: DataConfig) -> list[str]:

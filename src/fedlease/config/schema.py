@@ -83,6 +83,9 @@ class DataConfig:
     test_per_client: int = 48
     # source = "datasets": the [[data.datasets]] tables, each partitioned into clients
     datasets: list[DatasetConfig] = field(default_factory=list)
+    # builtin / glue: the label mix of each client, drawn per client from Dirichlet(label_skew)
+    # over the task's labels (smaller = more skewed); 0 = every client label-balanced
+    label_skew: float = 0.0
 
 
 @dataclass
@@ -111,6 +114,9 @@ class FederationConfig:
     seed: int = 0
     # the server rejects a client upload holding a tensor of larger L2 norm (inf: no bound)
     max_update_norm: float = 100.0
+    # clients that train per round, drawn by a rule of (seed, round, client list) that every
+    # runner shares (runners/sampling.py); 0 = all clients every round
+    clients_per_round: int = 0
 
 
 @dataclass

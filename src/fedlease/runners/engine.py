@@ -37,6 +37,8 @@ from fedlease.runners.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from fedlease.runners.sampling import check_clients_per_round
+from fedlease.runners.traffic import TrafficMeter
 from fedlease.tasks import task_of
 
 
@@ -178,8 +180,10 @@ def run_rounds(config: RunConfig, federation: Federation, transport: Transport,
     algorithm_cls = ALGORITHMS[config.federation.algorithm]
     algorithm = algorithm_cls(config, federation.clients, federation.adapter_shapes,
                               federation.representation_dim)
+    check_clients_per_round(config.federation.clients_per_round, len(federation.clients))
     result = RunResult(config, federation.tasks, data=federation.data)
     out_dir = writer.dir if writer else None
+    meter = TrafficMeter()
     trained: set[str] = set()  # clients whose upload was accepted at least once
     first_round = 1
     if resume:
@@ -195,8 +199,9 @@ def run_rounds(config: RunConfig, federation: Federation, transport: Transport,
     else:
         profile = algorithm.configure_profile()
         if profile:  # before round 1: whatever the algorithm asks of every client once
-            accepted, rejected = accept_replies(algorithm, 0, profile,
-                                                transport.profile(profile))
+            profiled = transport.profile(profile)
+            meter.sent(profile, profiled)
+            accepted, rejected = accept_replies(algorithm, 0, profile, profiled)
             if rejected and not accepted:
                 raise UploadsRejected(0, rejected, config.federation.max_update_norm)
             algorithm.aggregate_profile(accepted)
@@ -213,6 +218,7 @@ def run_rounds(config: RunConfig, federation: Federation, transport: Transport,
         chosen, first_time = transport.choose_fit(rnd, trained)
         fit = algorithm.configure_fit(rnd, first_time=first_time)
         replies = transport.fit(rnd, {cid: fit[cid] for cid in chosen})
+        meter.sent({cid: fit[cid] for cid in chosen}, replies)
         accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
         if rejected and not accepted:
             raise UploadsRejected(rnd, rejected, config.federation.max_update_norm,
@@ -220,13 +226,21 @@ def run_rounds(config: RunConfig, federation: Federation, transport: Transport,
         trained.update(accepted)
         algorithm.aggregate_fit(rnd, accepted)
         evaluate = algorithm.configure_evaluate(rnd)
-        chosen = transport.choose_evaluate(rnd, list(evaluate), trained)
-        evaluated = transport.evaluate(rnd, {cid: evaluate[cid] for cid in chosen})
+        picked = transport.choose_evaluate(rnd, list(evaluate), trained)
+        newcomers = [cid for cid in picked if cid not in trained]
+        if config.federation.clients_per_round and newcomers:
+            # never sampled: evaluated as it would start training next round (sampling.py)
+            fresh = algorithm.configure_fit(rnd + 1, first_time=newcomers)
+            evaluate.update({cid: fresh[cid] for cid in newcomers})
+        asked = {cid: evaluate[cid] for cid in picked}
+        evaluated = transport.evaluate(rnd, asked)
+        meter.sent(asked, {})
         if not evaluated:
             raise RuntimeError(f"round {rnd}: no client answered; see the warnings above")
         entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated,
                             result.columns)
         entry["rejected"] = rejected
+        entry["traffic"] = meter.round_total()
         result.history.append(entry)
         result.report = algorithm.report()
         rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
