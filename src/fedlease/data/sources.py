@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from fedlease.data.federation import ClientData, Example, split_task
 from fedlease.data.partitioned import load_partitioned
+from fedlease.data.skewed import split_task_skewed
 from fedlease.errors import DataError
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
@@ -37,8 +38,13 @@ def _split_all(data: DataConfig, seed: int, pools: dict[str, tuple[list[str], li
     clients = []
     for task in data.tasks:
         labels, pool = pools[task]
-        clients += split_task(task, labels, pool, data.clients_per_task,
-                              data.train_per_client, data.test_per_client, seed)
+        if data.label_skew > 0:  # many small label-skewed clients (skewed.py)
+            clients += split_task_skewed(task, labels, pool, data.clients_per_task,
+                                         data.train_per_client, data.test_per_client,
+                                         data.label_skew, seed)
+        else:
+            clients += split_task(task, labels, pool, data.clients_per_task,
+                                  data.train_per_client, data.test_per_client, seed)
     return clients
 
 

@@ -5,7 +5,8 @@ and every runner is measured the same way: a download is the tensors of an ``Ins
 sent to a client (train, evaluate and profile messages), an upload the tensors of a
 ``Reply`` received (rejected ones included: they travelled). Bytes are the float32 payload
 (``numel * element_size``); Flower's message framing (``.npy`` headers, the JSON fields) is
-not counted. The profile step before round 1 is counted in round 1.
+not counted. The profile step before round 1 is counted in round 1. Run totals:
+``reporting.traffic``.
 """
 
 from __future__ import annotations
@@ -39,17 +40,3 @@ class TrafficMeter:
         self._down.clear()
         self._up.clear()
         return out
-
-
-def run_traffic(history: list[dict], num_clients: int) -> dict:
-    """Run totals from the rounds' ``traffic`` (rounds without it, from older runs, count 0):
-    bytes downloaded / uploaded in all, per client of the federation, and per client and
-    round over the clients that took part in a round."""
-    rounds = [entry.get("traffic") for entry in history if entry.get("traffic")]
-    down = sum(r["download"] for r in rounds)
-    up = sum(r["upload"] for r in rounds)
-    visits = sum(len(r["clients"]) for r in rounds)
-    return {"download": down, "upload": up,
-            "download_per_client": down / num_clients, "upload_per_client": up / num_clients,
-            "download_per_client_round": down / visits if visits else 0.0,
-            "upload_per_client_round": up / visits if visits else 0.0}
