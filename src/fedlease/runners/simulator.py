@@ -110,9 +110,13 @@ class InProcessTransport:
 
     def finish(self, writer: RunWriter, algorithm, result: RunResult) -> None:
         """Each client's final model (what it kept locally plus the last download), the
-        server's experts, and ``run.json`` describing them (see ``fedlease.saved_models``)."""
+        server's experts, and ``run.json`` describing them (see ``fedlease.saved_models``);
+        clients that never trained (never sampled) have none."""
         config = result.config
-        final = algorithm.configure_evaluate(config.federation.rounds)
+        # a client never sampled (client sampling) trained nothing: it has no model to save
+        final = {cid: ins for cid, ins in
+                 algorithm.configure_evaluate(config.federation.rounds).items()
+                 if self.local_states.has(cid)}
         experts = algorithm.server_experts()
         if experts:
             writer.write_tensors("adapters/server.safetensors", experts)
