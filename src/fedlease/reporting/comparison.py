@@ -67,7 +67,10 @@ class FinishedRun:
 
     @property
     def trainable_params(self) -> float:
-        return mean(m["trainable_params"] for m in self.history[-1]["clients"].values())
+        """Over the clients that trained in the last round (under client sampling, the
+        others were only evaluated)."""
+        return mean(m["trainable_params"] for m in self.history[-1]["clients"].values()
+                    if "trainable_params" in m)
 
 
 def run_folder(out_dir: Path, algorithm: str, seed: int) -> Path:
