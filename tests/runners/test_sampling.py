@@ -137,3 +137,14 @@ def test_a_sampled_run_resumes_to_the_same_metrics(algorithm, tiny_config, tmp_p
 
     assert strip(resumed.history) == strip(reference.history)
     assert [e["traffic"] for e in resumed.history] == [e["traffic"] for e in reference.history]
+
+
+def test_compare_tables_a_sampled_run_with_never_sampled_clients(tiny_config, tmp_path):
+    # the last round evaluates clients that never trained (no training metrics): the table
+    # still has its trainable parameters (of those that trained) and its traffic
+    from fedlease.runners.compare import run_comparison
+
+    tiny_config.federation.clients_per_round = 2
+    rows = run_comparison(tiny_config, ["fedit"], [1], tmp_path / "cmp", progress=False)
+    assert rows[0]["trainable_params"] > 0 and rows[0]["download_per_client"] > 0
+    assert (tmp_path / "cmp" / "accuracy_vs_bytes.png").exists()
