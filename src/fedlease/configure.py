@@ -54,7 +54,13 @@ def registry_problems(config: RunConfig) -> list[str]:
     if config.model.task in TASKS:
         problems += TASKS[config.model.task].config_problems(config)
     if config.data.source in SOURCES:
-        problems += SOURCES[config.data.source].config_problems(config.data)
+        source = SOURCES[config.data.source]
+        problems += source.config_problems(config.data)
+        total = len(config.data.tasks) * config.data.clients_per_task
+        if source.uses_tasks and config.federation.clients_per_round > total:
+            problems.append(f"federation.clients_per_round = "
+                            f"{config.federation.clients_per_round!r}: expected at most the "
+                            f"{total} clients of data.tasks x data.clients_per_task")
     if config.federation.algorithm in ALGORITHMS:
         problems += ALGORITHMS[config.federation.algorithm].config_problems(config)
     return problems

@@ -163,3 +163,22 @@ def test_space_estimate_is_close_to_what_a_run_writes(tiny_config, tmp_path, alg
                                           model.adapter_shapes())
     estimate = run_bytes(tiny_config, algorithm_obj, trainers)
     assert peak <= estimate <= 4 * peak, (peak, estimate)
+
+
+def test_summary_stays_aligned_with_long_task_names():
+    from types import SimpleNamespace
+
+    from fedlease.reporting.summary import summary_table
+
+    tasks = {"a-very-long-client-name-0": "a-task-name-of-30-characters--",
+             "b-1": "short"}
+    result = SimpleNamespace(
+        final={cid: {"accuracy": 0.5} for cid in tasks}, report={}, columns=("accuracy",),
+        tasks=tasks, metric="accuracy", wall_seconds=1.0,
+        history=[{"clients": {}, "traffic": {"download": 10, "upload": 4,
+                                             "clients": {"b-1": [10, 4]}}}])
+    lines = summary_table(result).splitlines()
+    rows = [line for line in lines[:3]]
+    assert len({len(line) for line in rows}) == 1  # header and clients: one width
+    assert len({line.index("0.500") for line in lines if "0.500" in line}) == 1
+    assert "downloaded MB per client" in summary_table(result)

@@ -66,6 +66,23 @@ def test_every_algorithm_runs_and_gets_a_row(compared):
     assert by_name["feddpa"]["trainable_params"] > by_name["fedit"]["trainable_params"]
 
 
+def test_download_and_upload_are_counted_for_every_algorithm(compared):
+    # what travels, per client: fedit gets its LoRA down to train and again to evaluate each
+    # round, and sends it up once; local gets the initial LoRA once and sends nothing
+    _, out, rows = compared
+    by_name = {row["algorithm"]: row for row in rows}
+    fedit, local = by_name["fedit"], by_name["local"]
+    assert fedit["upload_bytes"] > 0
+    assert fedit["download_per_client_round"] == pytest.approx(2 * fedit["upload_bytes"])
+    assert local["upload_per_client"] == 0
+    assert local["download_per_client"] == pytest.approx(fedit["download_per_client"] / 4)
+    # FedLEASE uploads its embedding before round 1, so more than its LoRA traffic alone
+    assert by_name["fedlease"]["upload_per_client"] > 0
+    text = (out / "results.md").read_text()
+    assert "download B/client/round" in text and "upload MB/client/run" in text
+    assert (out / "accuracy_vs_bytes.png").stat().st_size > 1000
+
+
 def test_results_table_csv_and_plot_are_written(compared):
     _, out, rows = compared
     text = (out / "results.md").read_text()

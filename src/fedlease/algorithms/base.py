@@ -223,7 +223,10 @@ class AlgorithmClient:
 
     @classmethod
     def evaluate(cls, ins: Instruction, local_state: Tensors, trainer) -> dict:
-        return trainer.evaluate(cls.install(ins, local_state), ins.layout)
+        """A client that never trained (under client sampling) has no head of its own yet:
+        it is evaluated with the common head init, as it would start."""
+        return trainer.evaluate(with_head(cls.install(ins, local_state), ins, trainer),
+                                ins.layout)
 
 
 class Algorithm(ABC):

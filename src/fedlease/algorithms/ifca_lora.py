@@ -60,17 +60,33 @@ class IFCALoRAClient(AlgorithmClient):
         return {**local_state, **cls.cluster_lora(ins.arrays, ins.extra.cluster)}
 
     @classmethod
-    def fit(cls, ins: Instruction, local_state: Tensors, trainer) -> tuple[Reply, Tensors]:
-        """Every cluster's loss on the training data, then train and upload the lowest."""
-        state = with_head(local_state, ins, trainer)
+    def pick_cluster(cls, ins: Instruction, state: Tensors, trainer) -> tuple[int, list, list]:
+        """Every cluster's loss on the training data: the lowest's index, the candidate
+        states (``state`` with each cluster's LoRA) and the losses."""
         num_clusters = next(iter(ins.arrays.values())).shape[0]
         candidates = [{**state, **cls.cluster_lora(ins.arrays, c)} for c in range(num_clusters)]
         losses = [trainer.train_loss(s, ins.layout) for s in candidates]
-        best = pick_lowest(losses, torch.Generator().manual_seed(ins.seed))
+        return pick_lowest(losses, torch.Generator().manual_seed(ins.seed)), candidates, losses
+
+    @classmethod
+    def fit(cls, ins: Instruction, local_state: Tensors, trainer) -> tuple[Reply, Tensors]:
+        """Every cluster's loss on the training data, then train and upload the lowest."""
+        best, candidates, losses = cls.pick_cluster(ins, with_head(local_state, ins, trainer),
+                                                    trainer)
         reply, new_state = cls.train_and_upload(candidates[best], ins, trainer)
         reply.extra = ChosenCluster(best)
         reply.metrics["cluster_loss"] = losses[best]
         return reply, new_state
+
+    @classmethod
+    def evaluate(cls, ins: Instruction, local_state: Tensors, trainer) -> dict:
+        """A client that never trained (under client sampling) picks its cluster as its first
+        training round would: the lowest loss."""
+        if ins.extra.cluster is None:
+            state = with_head(local_state, ins, trainer)
+            best, candidates, _ = cls.pick_cluster(ins, state, trainer)
+            return trainer.evaluate(candidates[best], ins.layout)
+        return super().evaluate(ins, local_state, trainer)
 
 
 class IFCALoRA(Algorithm):

@@ -52,6 +52,7 @@ def validate(config: RunConfig,
     need(len(set(config.data.tasks)) == len(config.data.tasks), "data.tasks",
          "each task once (a task's clients are data.clients_per_task)", config.data.tasks)
     problems += robustness_problems(config)
+    problems += scale_problems(config)
     need(config.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
          config.data.clients_per_task)
     need(config.data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
@@ -119,6 +120,20 @@ def privacy_problems(config: RunConfig) -> list[str]:
         ]
     return [f"{name} = {value!r}: expected {expected}"
             for ok, name, expected, value in checks if not ok]
+
+
+def scale_problems(config: RunConfig) -> list[str]:
+    """Client sampling and label skew: ranges (their fit to the data source is
+    ``DataSource.config_problems``; a source whose client count depends on its files is
+    checked against ``clients_per_round`` once they are read, ``runners.sampling``)."""
+    problems = []
+    per_round, skew = config.federation.clients_per_round, config.data.label_skew
+    if per_round < 0:
+        problems.append(f"federation.clients_per_round = {per_round!r}: expected an integer "
+                        ">= 0 (0: all clients every round)")
+    if not 0 <= skew < math.inf:
+        problems.append(f"data.label_skew = {skew!r}: expected a number >= 0 (0: balanced)")
+    return problems
 
 
 def robustness_problems(config: RunConfig) -> list[str]:

@@ -88,6 +88,9 @@ class DataConfig:
     test_per_client: int = 48
     # source = "datasets": the [[data.datasets]] tables, each partitioned into clients
     datasets: list[DatasetConfig] = field(default_factory=list)
+    # builtin / glue: the label mix of each client, drawn per client from Dirichlet(label_skew)
+    # over the task's labels (smaller = more skewed); 0 = every client label-balanced
+    label_skew: float = 0.0
 
 
 @dataclass
@@ -123,6 +126,9 @@ class FederationConfig:
     # trimmed-mean: the fraction of a group's clients left out at each end, per coordinate
     # (floor(trim_fraction * n) each); below 0.5, so at least one client is left
     trim_fraction: float = 0.2
+    # clients that train per round, drawn by a rule of (seed, round, client list) that every
+    # runner shares (runners/sampling.py); 0 = all clients every round
+    clients_per_round: int = 0
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from fedlease.data.client_data import ClientData, Example, split_task
 from fedlease.data.partitioned import dataset_problems, load_partitioned
+from fedlease.data.skewed import split_task_skewed
 from fedlease.errors import DataError
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
@@ -37,8 +38,13 @@ def _split_all(data: DataConfig, seed: int, pools: dict[str, tuple[list[str], li
     clients = []
     for task in data.tasks:
         labels, pool = pools[task]
-        clients += split_task(task, labels, pool, data.clients_per_task,
-                              data.train_per_client, data.test_per_client, seed)
+        if data.label_skew > 0:  # many small label-skewed clients (skewed.py)
+            clients += split_task_skewed(task, labels, pool, data.clients_per_task,
+                                         data.train_per_client, data.test_per_client,
+                                         data.label_skew, seed)
+        else:
+            clients += split_task(task, labels, pool, data.clients_per_task,
+                                  data.train_per_client, data.test_per_client, seed)
     return clients
 
 
@@ -338,6 +344,9 @@ class DataSource:
         if self.uses_tasks and not data.tasks:
             problems.append(f"data.tasks = {data.tasks!r}: expected a non-empty list of task "
                             "names")
+        if data.label_skew > 0 and not self.uses_tasks:
+            problems.append(f"data.label_skew = {data.label_skew!r}: applies to data.source = "
+                            f"builtin or glue, not {data.source!r}; set it to 0")
         if self.datasets_problems is not None:
             problems += self.datasets_problems(data)
         elif data.datasets:

@@ -4,10 +4,14 @@ Read from the run folders ``OUT/<algorithm>/seed-<s>/`` (``metrics.json`` + ``re
 a table can be rebuilt from finished runs without running anything.
 
 Columns: the final-round primary metric (accuracy; ROUGE-L for generation) per task and averaged
-over tasks (mean ± sample std over seeds; ± 0 with one seed), upload bytes per client per round
-(averaged over all rounds and clients, so FedLEASE's upload-free warm-up rounds count),
+over tasks (mean ± sample std over seeds; ± 0 with one seed), bytes downloaded and uploaded per
+client per round (averaged over the rounds and the clients that took part in each, so FedLEASE's
+upload-free warm-up rounds count; ``reporting.traffic``) and per client over the whole run,
 trainable parameters per client (the tensors the optimizer updates in the last round, adapters +
-router + head, averaged over clients) and wall time per run (mean over seeds).
+router + head, averaged over clients) and wall time per run (mean over seeds). A run recorded
+before downloads were counted shows "-" for them and its clients' own upload counts (the same
+number when every client takes part in every round). Besides the curves per round, a plot of
+final score against the bytes a client exchanges in a run (``<metric>_vs_bytes.png``).
 """
 
 from __future__ import annotations
@@ -22,8 +26,14 @@ from statistics import mean, stdev
 from fedlease.errors import ConfigError
 from fedlease.reporting.files import atomic_write
 from fedlease.reporting.outputs import METRICS_FILE
-from fedlease.reporting.plots import METRIC_LABELS, plot_metric_curves, task_metric_curves
+from fedlease.reporting.plots import (
+    METRIC_LABELS,
+    plot_metric_curves,
+    plot_score_vs_bytes,
+    task_metric_curves,
+)
 from fedlease.reporting.summary import task_means
+from fedlease.reporting.traffic import run_traffic
 
 RESULT_FILE = "result.json"  # written last: its presence marks a finished run
 
@@ -43,12 +53,25 @@ class FinishedRun:
         return task_means(self.tasks, self.history[-1]["clients"], self.metric)
 
     @property
+    def traffic(self) -> dict | None:
+        return run_traffic(self.history, len(self.tasks))
+
+    @property
     def upload_bytes(self) -> float:
+        """Per client and round that it took part in."""
+        if self.traffic:
+            return self.traffic["upload_per_client_round"]
         return mean(m.get("upload_bytes", 0) for r in self.history for m in r["clients"].values())
+
+    def traffic_value(self, key: str) -> float | None:
+        return self.traffic[key] if self.traffic else None
 
     @property
     def trainable_params(self) -> float:
-        return mean(m["trainable_params"] for m in self.history[-1]["clients"].values())
+        """Over the clients that trained in the last round (under client sampling, the
+        others were only evaluated)."""
+        return mean(m["trainable_params"] for m in self.history[-1]["clients"].values()
+                    if "trainable_params" in m)
 
 
 def run_folder(out_dir: Path, algorithm: str, seed: int) -> Path:
@@ -71,6 +94,18 @@ def load_run(folder: Path) -> FinishedRun:
                        result["wall_seconds"], metrics.get("metric", "accuracy"))
 
 
+# reporting.traffic keys shown besides the upload per client and round
+TRAFFIC_COLUMNS = ("download_per_client_round", "download_per_client", "upload_per_client")
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else mean(values)
+
+
+def _number(value: float | None, scale: float = 1.0, digits: int = 0) -> str:
+    return "-" if value is None else f"{value / scale:,.{digits}f}"
+
+
 def _spread(values: list[float]) -> tuple[float, float]:
     return mean(values), (stdev(values) if len(values) > 1 else 0.0)
 
@@ -89,6 +124,8 @@ def comparison_rows(runs: list[FinishedRun]) -> list[dict]:
             "score": {key: _spread([a[key] for a in scores]) for key in scores[0]},
             "overall_by_seed": {run.seed: run.scores["overall"] for run in group},
             "upload_bytes": mean(run.upload_bytes for run in group),
+            **{key: _mean_or_none([run.traffic_value(key) for run in group])
+               for key in TRAFFIC_COLUMNS},
             "trainable_params": mean(run.trainable_params for run in group),
             "wall_seconds": mean(run.wall_seconds for run in group),
         })
@@ -105,12 +142,17 @@ def _tasks(rows: list[dict]) -> list[str]:
 def markdown_table(rows: list[dict]) -> str:
     tasks = _tasks(rows)
     header = (["rank", "algorithm"] + tasks
-              + ["average", "upload B/client/round", "trainable params/client", "wall s", "seeds"])
+              + ["average", "download B/client/round", "upload B/client/round",
+                 "download MB/client/run", "upload MB/client/run", "trainable params/client",
+                 "wall s", "seeds"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         scores = [f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in
                   (row["score"][key] for key in tasks + ["overall"])]
-        cells = [str(row["rank"]), row["algorithm"], *scores, f"{row['upload_bytes']:,.0f}",
+        cells = [str(row["rank"]), row["algorithm"], *scores,
+                 _number(row["download_per_client_round"]), f"{row['upload_bytes']:,.0f}",
+                 _number(row["download_per_client"], 1e6, 3),
+                 _number(row["upload_per_client"], 1e6, 3),
                  f"{row['trainable_params']:,.0f}", f"{row['wall_seconds']:.0f}",
                  str(row["seeds"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -123,10 +165,14 @@ def csv_table(rows: list[dict]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["rank", "algorithm", *score_columns, "upload_bytes_per_client_round",
-                     "trainable_params_per_client", "wall_seconds", "seeds"])
+                     "download_bytes_per_client_round", "download_bytes_per_client",
+                     "upload_bytes_per_client", "trainable_params_per_client", "wall_seconds",
+                     "seeds"])
     for row in rows:
         scores = [f"{v:.4f}" for key in tasks + ["overall"] for v in row["score"][key]]
+        traffic = ["" if row[key] is None else f"{row[key]:.1f}" for key in TRAFFIC_COLUMNS]
         writer.writerow([row["rank"], row["algorithm"], *scores, f"{row['upload_bytes']:.1f}",
+                         *traffic,
                          f"{row['trainable_params']:.1f}", f"{row['wall_seconds']:.1f}",
                          row["seeds"]])
     return out.getvalue()
@@ -200,4 +246,11 @@ def write_comparison(runs: list[FinishedRun], out_dir: Path) -> list[dict]:
     atomic_write(out_dir / "results.csv", csv_table(rows))
     plot_metric_curves(mean_score_curves(runs), out_dir / f"{metric}_per_round.png",
                   f"average {label} per round (mean over {len(seeds)} seed(s))", metric)
+    costs = {row["algorithm"]: (row["download_per_client"] + row["upload_per_client"],
+                                *row["score"]["overall"])
+             for row in rows if row["download_per_client"] is not None}
+    if costs:
+        plot_score_vs_bytes(costs, out_dir / f"{metric}_vs_bytes.png",
+                            f"final average {label} vs bytes per client "
+                            f"({len(seeds)} seed(s))", metric)
     return rows

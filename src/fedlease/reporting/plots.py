@@ -20,6 +20,9 @@ from fedlease.errors import OutputError
 from fedlease.reporting.files import atomic_write_bytes
 from fedlease.tasks import METRIC_LABELS
 
+MAX_PLOT_INCHES = 40  # widest plot drawn (a thousand clients would make a 450-inch bar chart)
+MAX_NAMED_CLIENTS = 80  # beyond it, per-client plots drop the client names
+
 
 def _save(fig, path: Path) -> None:
     """Render in memory, then write the file whole (``OutputError`` naming it if that fails)."""
@@ -32,9 +35,11 @@ def _save(fig, path: Path) -> None:
 
 def plot_dendrogram(distance: np.ndarray, names: list[str], path: Path,
                     signal: AllocationSignal = SIGNALS["lora-b"]) -> None:
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names)), 4))
+    fig, ax = plt.subplots(figsize=(min(max(6, 0.45 * len(names)), MAX_PLOT_INCHES), 4))
     condensed = squareform(np.asarray(distance), checks=False)
-    dendrogram(linkage(condensed, method="average"), labels=names, ax=ax, leaf_rotation=90)
+    dendrogram(linkage(condensed, method="average"), ax=ax, leaf_rotation=90,
+               labels=names if len(names) <= MAX_NAMED_CLIENTS else None,
+               no_labels=len(names) > MAX_NAMED_CLIENTS)
     ax.set_ylabel(f"{signal.distance_name}  (average linkage)")
     ax.set_title(f"Clients clustered by {signal.title}")
     _save(fig, path)
@@ -42,11 +47,12 @@ def plot_dendrogram(distance: np.ndarray, names: list[str], path: Path,
 
 def plot_distance_heatmap(distance: np.ndarray, names: list[str], path: Path,
                           signal: AllocationSignal = SIGNALS["lora-b"]) -> None:
-    size = max(5, 0.4 * len(names))
+    size = min(max(5, 0.4 * len(names)), MAX_PLOT_INCHES / 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(distance, cmap="viridis")
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
+    if len(names) <= MAX_NAMED_CLIENTS:
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
     fig.colorbar(im, ax=ax, label=signal.distance_name)
     ax.set_title(f"Distance between clients by {signal.title}")
     _save(fig, path)
@@ -82,6 +88,22 @@ def plot_metric_curves(curves: dict[str, list[float]], path: Path, title: str,
     _save(fig, path)
 
 
+def plot_score_vs_bytes(points: dict[str, tuple[float, float, float]], path: Path, title: str,
+                        metric: str = "accuracy") -> None:
+    """One point per algorithm: ``(bytes per client in a run, mean score, std)``; the
+    trade-off a user chooses on (bytes on a log scale: algorithms differ by orders)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (cost, score, spread) in points.items():
+        ax.errorbar([cost], [score], yerr=[spread], marker="o", capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per client in the run (download + upload)")
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    _save(fig, path)
+
+
 def plot_label_histogram(data: dict, path: Path) -> None:
     """One bar per client: its training examples, stacked by label (``task: label`` when the
     federation has several tasks); clients without labels (generation) show train and test."""
@@ -96,13 +118,17 @@ def plot_label_histogram(data: dict, path: Path) -> None:
             key = f"{summary['task']}: {label}" if several_tasks and "train_labels" in summary \
                 else label
             stacks.setdefault(key, [0] * len(names))[i] = count
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(names) + 2), 4))
+    # a bar per client up to a width a screen shows; many clients (cross-device) share it
+    fig, ax = plt.subplots(figsize=(min(max(6, 0.45 * len(names) + 2), MAX_PLOT_INCHES), 4))
     colors = plt.get_cmap("tab20" if len(stacks) > 10 else "tab10")
     bottom = np.zeros(len(names))
     for k, (label, counts) in enumerate(stacks.items()):
         ax.bar(range(len(names)), counts, bottom=bottom, label=label, color=colors(k % 20))
         bottom += counts
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    if len(names) <= MAX_NAMED_CLIENTS:
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    else:
+        ax.set_xlabel(f"{len(names)} clients, in federation order")
     ax.set_ylabel("training examples" if any("train_labels" in c for c in clients.values())
                   else "examples")
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")

@@ -7,6 +7,7 @@ from collections import defaultdict
 from sklearn.metrics import adjusted_rand_score
 
 from fedlease.privacy.report import summary_lines
+from fedlease.reporting.traffic import run_traffic
 
 
 def task_means(tasks: dict[str, str], final: dict[str, dict],
@@ -32,7 +33,11 @@ def summary_table(result) -> str:
     final = result.final
     assignment = result.report.get("assignment", {})
     columns = result.columns  # the task's metrics, its primary one first
-    lines = [f"{'client':<16} {'task':<14} {'expert':>6}"
+    # columns as wide as the longest client id and task name (long names stay aligned)
+    id_width = max([16, *(len(cid) for cid in result.tasks)])
+    task_width = max([14, *(len(task) for task in result.tasks.values())])
+    label_width = id_width + task_width + 8
+    lines = [f"{'client':<{id_width}} {'task':<{task_width}} {'expert':>6}"
              + "".join(f" {name:>11}" for name in columns)]
     for cid, task in result.tasks.items():
         expert = str(assignment.get(cid, "-"))
@@ -40,17 +45,24 @@ def summary_table(result) -> str:
             values = "".join(f" {final[cid][name]:>11.3f}" for name in columns)
         else:
             values = f" {'no result':>11}"
-        lines.append(f"{cid:<16} {task:<14} {expert:>6}{values}")
+        lines.append(f"{cid:<{id_width}} {task:<{task_width}} {expert:>6}{values}")
     lines.append("")
     means = {name: task_means(result.tasks, final, name) for name in columns}
     for task in means[result.metric]:
-        lines.append(f"{'mean ' + task:<38}"
+        lines.append(f"{'mean ' + task:<{label_width}}"
                      + "".join(f" {means[name][task]:>11.3f}" for name in columns))
     if assignment:
-        lines.append(f"{'experts (clusters)':<38} {result.report['num_experts']:>11d}")
+        lines.append(f"{'experts (clusters)':<{label_width}} {result.report['num_experts']:>11d}")
         ari = clustering_ari(result.tasks, assignment)
-        lines.append(f"{'adjusted Rand index vs tasks':<38} {ari:>11.3f}")
+        lines.append(f"{'adjusted Rand index vs tasks':<{label_width}} {ari:>11.3f}")
+    traffic = run_traffic(result.history, len(result.tasks))
+    if traffic:
+        for name, key in (("downloaded MB per client", "download_per_client"),
+                          ("uploaded MB per client", "upload_per_client"),
+                          ("downloaded MB in all", "download"),
+                          ("uploaded MB in all", "upload")):
+            lines.append(f"{name:<{label_width}} {traffic[key] / 1e6:>11.3f}")
     if getattr(result, "privacy", None):
         lines += summary_lines(result.privacy)
-    lines.append(f"{'wall time (s)':<38} {result.wall_seconds:>11.1f}")
+    lines.append(f"{'wall time (s)':<{label_width}} {result.wall_seconds:>11.1f}")
     return "\n".join(lines)

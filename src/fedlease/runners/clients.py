@@ -8,6 +8,7 @@ import torch
 
 from fedlease.algorithms import ALGORITHMS
 from fedlease.config import RunConfig
+from fedlease.data.skewed import check_every_client_has_examples
 from fedlease.data.sources import SOURCES
 from fedlease.errors import ConfigError, DataError
 from fedlease.model.classifier import position_limit
@@ -50,6 +51,7 @@ def client_trainer(config: RunConfig, model, tokenizer, client) -> LocalTrainer:
 def load_clients(config: RunConfig) -> list:
     """The federation's clients, as examples of the configured task (at least two)."""
     clients = task_of(config).load_clients(config.data, config.federation.seed)
+    check_every_client_has_examples(clients)
     if len(clients) < 2:
         where = ("data.tasks x data.clients_per_task make" if SOURCES[config.data.source].uses_tasks
                  else f"data.source = {config.data.source!r} (data.path = {config.data.path!r}) "

@@ -38,6 +38,8 @@ from fedlease.runners.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from fedlease.runners.sampling import check_clients_per_round
+from fedlease.runners.traffic import TrafficMeter
 from fedlease.tasks import task_of
 
 
@@ -180,14 +182,16 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
     start = time.perf_counter() if start is None else start
     algorithm = ALGORITHMS[config.federation.algorithm](
         config, roster.clients, roster.adapter_shapes, roster.representation_dim)
+    check_clients_per_round(config.federation.clients_per_round, len(roster.clients))
     result = RunResult(config, roster.tasks, data=roster.data)
+    meter = TrafficMeter()  # bytes each client downloads and uploads
     trained: set[str] = set()  # clients whose upload was accepted at least once
     if resume:
         first_round = resume_from_checkpoint(writer.dir, algorithm, roster, transport,
                                              result, trained)
     else:
         first_round = 1
-        run_profile_step(algorithm, transport)
+        run_profile_step(algorithm, transport, meter)
     if writer:
         writer.check_free_space(transport.run_bytes(algorithm))
         writer.start(config)
@@ -200,7 +204,7 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
         if config.privacy.enabled and over_budget(config, result.history):
             stopped_before = rnd  # a client's next round would spend more than its epsilon
             break
-        entry = run_round(rnd, algorithm, transport, trained, result, writer)
+        entry = run_round(rnd, algorithm, transport, trained, result, writer, meter)
         rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
         transport.round_done(entry, result.metric)
         if writer:
@@ -233,26 +237,29 @@ def resume_from_checkpoint(out_dir, algorithm, roster: ClientRoster, transport: 
     return checkpoint.round + 1
 
 
-def run_profile_step(algorithm, transport: Transport) -> None:
+def run_profile_step(algorithm, transport: Transport, meter: TrafficMeter) -> None:
     """Before round 1: whatever the algorithm asks of every client once (FedLEASE's
     embeddings), checked and aggregated; nothing if it asks nothing."""
     profile = algorithm.configure_profile()
     if not profile:
         return
-    accepted, rejected = accept_replies(algorithm, 0, profile, transport.profile(profile))
+    profiled = transport.profile(profile)
+    meter.sent(profile, profiled)
+    accepted, rejected = accept_replies(algorithm, 0, profile, profiled)
     if rejected and not accepted:
         raise UploadsRejected(0, rejected, algorithm.config.federation.max_update_norm)
     algorithm.aggregate_profile(accepted)
 
 
 def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], result: RunResult,
-              writer: RunWriter | None) -> dict:
+              writer: RunWriter | None, meter: TrafficMeter) -> dict:
     """Round ``rnd``: train the chosen clients, check and aggregate their uploads (adding them
     to ``trained``), evaluate; its history entry, appended to ``result``."""
     round_start = time.perf_counter()
     chosen, first_time = transport.choose_fit(rnd, trained)
     fit = algorithm.configure_fit(rnd, first_time=first_time)
     replies = transport.fit(rnd, {cid: fit[cid] for cid in chosen})
+    meter.sent({cid: fit[cid] for cid in chosen}, replies)
     accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
     if rejected and not accepted:
         raise UploadsRejected(rnd, rejected, algorithm.config.federation.max_update_norm,
@@ -260,13 +267,21 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     trained.update(accepted)
     algorithm.aggregate_fit(rnd, accepted)
     evaluate = algorithm.configure_evaluate(rnd)
-    chosen = transport.choose_evaluate(rnd, list(evaluate), trained)
-    evaluated = transport.evaluate(rnd, {cid: evaluate[cid] for cid in chosen})
+    picked = transport.choose_evaluate(rnd, list(evaluate), trained)
+    newcomers = [cid for cid in picked if cid not in trained]
+    if algorithm.config.federation.clients_per_round and newcomers:
+        # never sampled: evaluated as it would start training next round (sampling.py)
+        fresh = algorithm.configure_fit(rnd + 1, first_time=newcomers)
+        evaluate.update({cid: fresh[cid] for cid in newcomers})
+    asked = {cid: evaluate[cid] for cid in picked}
+    evaluated = transport.evaluate(rnd, asked)
+    meter.sent(asked, {})
     if not evaluated:
         raise RuntimeError(f"round {rnd}: no client answered; see the warnings above")
     entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated,
                         result.columns)
     entry["rejected"] = rejected
+    entry["traffic"] = meter.round_total()
     result.history.append(entry)
     result.report = algorithm.report()
     return entry

@@ -19,6 +19,7 @@ from fedlease.reporting.data_report import data_report
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
 from fedlease.runners.attacks import attacked_clients, attacked_trainers
 from fedlease.runners.checkpoint import data_fingerprint
+from fedlease.runners.client_states import client_states
 from fedlease.runners.clients import base_model_path, build_trainers, load_clients
 from fedlease.runners.engine import (
     ClientRoster,
@@ -26,6 +27,7 @@ from fedlease.runners.engine import (
     client_state_bytes,
     run_rounds,
 )
+from fedlease.runners.sampling import clients_to_evaluate, sampled_clients
 from fedlease.saved_models import describe_run
 from fedlease.training import LocalTrainer
 
@@ -49,7 +51,10 @@ class InProcessTransport:
                  progress: bool):
         self.config, self.clients, self.trainers = config, clients, trainers
         self.client_side = ALGORITHMS[config.federation.algorithm].client
-        self.local_states: dict[str, dict] = {c.client_id: {} for c in clients}
+        # on disk under sampling: memory must not grow with every client's state
+        self.local_states = client_states([c.client_id for c in clients],
+                                          on_disk=config.federation.clients_per_round > 0)
+        self.chosen: list[str] = []  # the clients of the current round
         self.progress = progress
         self._fingerprint: str | None = None
 
@@ -62,10 +67,18 @@ class InProcessTransport:
         return run_bytes(self.config, algorithm, self.trainers)
 
     def choose_fit(self, rnd: int, trained: set[str]) -> tuple[list[str], list[str]]:
-        return [c.client_id for c in self.clients], []  # everyone, every round
+        """``federation.clients_per_round`` of the clients (all by default), by the rule every
+        runner shares; those without a local state yet start from the initial tensors."""
+        federation = self.config.federation
+        self.chosen = sampled_clients([c.client_id for c in self.clients],
+                                      federation.clients_per_round, federation.seed, rnd)
+        return self.chosen, [cid for cid in self.chosen if not self.local_states.has(cid)]
 
     def choose_evaluate(self, rnd: int, candidates: list[str], trained: set[str]) -> list[str]:
-        return candidates
+        if not self.config.federation.clients_per_round:
+            return candidates
+        return clients_to_evaluate(rnd, self.config.federation.rounds, candidates,
+                                   self.chosen, trained)
 
     def _bar(self, ids, desc: str):
         return tqdm(ids, desc=desc, leave=False, disable=not self.progress)
@@ -98,9 +111,13 @@ class InProcessTransport:
 
     def finish(self, writer: RunWriter, algorithm, result: RunResult) -> None:
         """Each client's final model (what it kept locally plus the last download), the
-        server's experts, and ``run.json`` describing them (see ``fedlease.saved_models``)."""
+        server's experts, and ``run.json`` describing them (see ``fedlease.saved_models``);
+        clients that never trained (never sampled) have none."""
         config = result.config
-        final = algorithm.configure_evaluate(config.federation.rounds)
+        # a client never sampled (client sampling) trained nothing: it has no model to save
+        final = {cid: ins for cid, ins in
+                 algorithm.configure_evaluate(config.federation.rounds).items()
+                 if self.local_states.has(cid)}
         experts = algorithm.server_experts()
         if experts:
             writer.write_server_experts(experts)

@@ -22,6 +22,7 @@ without the task's metrics is left out: a node that sends garbage never stops th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -43,6 +44,7 @@ from fedlease.runners.flower.records import (
     read_reply,
 )
 from fedlease.runners.flower.settings import FlowerSettings, read_run_config
+from fedlease.runners.sampling import clients_to_evaluate, sampled_clients
 from fedlease.tasks import task_of
 
 app = ServerApp()
@@ -131,10 +133,24 @@ def sample(ids: list[str], fraction: float, minimum: int, rng: random.Random) ->
     return [cid for cid in ids if cid in chosen]
 
 
+def with_fraction_train(config: RunConfig, settings: FlowerSettings,
+                        num_clients: int) -> RunConfig:
+    """``fraction-train`` < 1 is ``federation.clients_per_round`` given as a share of the
+    federation: ``max(min-train-clients, int(num_clients * fraction-train))`` clients (at most
+    all), drawn by the one sampling rule. ``read_run_config`` refuses both at once."""
+    if settings.fraction_train >= 1:
+        return config
+    per_round = min(num_clients, max(int(num_clients * settings.fraction_train),
+                                     settings.min_train_clients))
+    return dataclasses.replace(config, federation=dataclasses.replace(
+        config.federation, clients_per_round=per_round))
+
+
 class GridTransport:
     """The engine's messages over a Flower grid: one message per client and step, to the node
-    that holds it; clients sampled among the connected nodes (``fraction-train``,
-    ``fraction-evaluate``); a client that does not answer is left out of that step."""
+    that holds it; the clients of each round by the one sampling rule (runners/sampling.py,
+    ``federation.clients_per_round`` or ``fraction-train``), those of them that are connected;
+    a client that does not answer is left out of that step."""
 
     def __init__(self, grid: Grid, settings: FlowerSettings, config: RunConfig,
                  roster: ClientRoster, node_of: dict[str, int], stateless: set[str]):
@@ -147,6 +163,7 @@ class GridTransport:
         self.order = [c.client_id for c in roster.clients]
         self.rng = random.Random(config.federation.seed)
         self.available: list[str] = []
+        self.chosen: list[str] = []  # the clients of the current round
 
     def fingerprint(self) -> str:
         return self.roster.fingerprint
@@ -163,15 +180,31 @@ class GridTransport:
         return [cid for cid in self.order if self.node_of[cid] in nodes]
 
     def choose_fit(self, rnd: int, trained: set[str]) -> tuple[list[str], list[str]]:
+        """The clients of ``federation.clients_per_round``'s rule (runners/sampling.py, as in
+        the simulator) whose node is connected."""
         self.available = self.online()
-        chosen = sample(self.available, self.settings.fraction_train,
-                        self.settings.min_train_clients, self.rng)
-        log(INFO, "round %s: training %s of %s available clients", rnd, len(chosen),
+        online = set(self.available)
+        federation = self.config.federation
+        self.chosen = [cid for cid in sampled_clients(self.order, federation.clients_per_round,
+                                                      federation.seed, rnd) if cid in online]
+        log(INFO, "round %s: training %s of %s available clients", rnd, len(self.chosen),
             len(self.available))
-        return chosen, [cid for cid in chosen if cid not in trained or cid in self.stateless]
+        return self.chosen, [cid for cid in self.chosen
+                             if cid not in trained or cid in self.stateless]
 
     def choose_evaluate(self, rnd: int, candidates: list[str], trained: set[str]) -> list[str]:
-        evaluable = [cid for cid in self.available if cid in trained and cid in candidates]
+        """Without sampling: the connected clients that have trained; with it, the rule of
+        ``sampling.clients_to_evaluate``. ``fraction-evaluate`` thins every round but the
+        last (whose table covers every client)."""
+        if self.config.federation.clients_per_round:
+            online = set(self.available)
+            evaluable = clients_to_evaluate(rnd, self.config.federation.rounds,
+                                            [c for c in candidates if c in online],
+                                            self.chosen, trained)
+            if rnd == self.config.federation.rounds:
+                return evaluable
+        else:
+            evaluable = [cid for cid in self.available if cid in trained and cid in candidates]
         return sample(evaluable, self.settings.fraction_evaluate, 1, self.rng)
 
     def send(self, message_type: str,
@@ -236,6 +269,7 @@ def run_on_grid(grid: Grid, config: RunConfig, settings: FlowerSettings) -> RunR
         grid, wait_for_nodes(grid, settings), settings)
     log(INFO, "federation: %s clients on %s nodes", len(infos), len(node_of))
     roster = ClientRoster(infos, tasks, data, adapter_shapes, representation_dim)
+    config = with_fraction_train(config, settings, len(infos))
     transport = GridTransport(grid, settings, config, roster, node_of,
                               stateless if settings.resume else set())
     return run_rounds(config, roster, transport, writer, settings.resume, progress=False,

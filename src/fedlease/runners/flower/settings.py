@@ -23,7 +23,9 @@ else:  # pragma: no cover
 
 @dataclass(frozen=True)
 class FlowerSettings:
-    fraction_train: float = 1.0  # share of the available clients that train each round
+    # share of the federation's clients that train each round: federation.clients_per_round
+    # given as a share (server_app.with_fraction_train); 1 = that setting decides
+    fraction_train: float = 1.0
     fraction_evaluate: float = 1.0  # share of the trained clients evaluated each round
     min_train_clients: int = 1  # train at least this many each round (if available)
     min_available_clients: int = 2  # wait for this many nodes before the run starts
@@ -86,6 +88,10 @@ def read_run_config(run_config: dict) -> tuple[RunConfig, FlowerSettings]:
     for key in ("connect-timeout", "round-timeout"):
         if getattr(settings, SETTING_KEYS[key]) <= 0:
             problems.append(f"{key} = {getattr(settings, SETTING_KEYS[key])!r}: expected > 0")
+    if settings.fraction_train < 1 and config.federation.clients_per_round:
+        problems.append(f"fraction-train = {settings.fraction_train!r} and "
+                        f"federation.clients_per_round = {config.federation.clients_per_round}"
+                        ": both set how many clients train per round; keep one")
     if problems:
         raise ConfigError("invalid Flower run config:\n  " + "\n  ".join(problems))
     return config, settings
