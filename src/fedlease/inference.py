@@ -47,7 +47,7 @@ class ClientModel:
         self.saved = saved
         self.config = dataclasses.replace(saved.config, train=train)
         self._task = task_of(self.config)
-        self.model, self.tokenizer = load_base_model(self.config)
+        self.model, self.tokenizer = load_base_model(self.config, training=False)
         try:
             self.model.load_state(saved.state, saved.layout)
         except (KeyError, ValueError) as err:

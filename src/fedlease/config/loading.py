@@ -14,7 +14,9 @@ from fedlease.config.schema import (
     ALLOCATIONS,
     MAX_SEED,
     PRECISIONS,
+    QUANTIZATIONS,
     DataConfig,
+    ModelConfig,
     RunConfig,
 )
 from fedlease.errors import ConfigError
@@ -61,6 +63,7 @@ def validate(config: RunConfig) -> RunConfig:
     need(len(set(config.data.tasks)) == len(config.data.tasks), "data.tasks",
          "each task once (a task's clients are data.clients_per_task)", config.data.tasks)
     problems += dataset_problems(config.data)
+    problems += model_loading_problems(config.model)
     need(config.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
          config.data.clients_per_task)
     need(config.data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
@@ -109,6 +112,18 @@ def validate(config: RunConfig) -> RunConfig:
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     return config
+
+
+def model_loading_problems(model: ModelConfig) -> list[str]:
+    """What is wrong with how the base model is loaded (quantization, a hub id's revision)."""
+    problems = []
+    if model.quantization not in QUANTIZATIONS:
+        problems.append(f"model.quantization = {model.quantization!r}: expected one of "
+                        + ", ".join(QUANTIZATIONS))
+    if model.revision and (not model.path or Path(model.path).expanduser().is_dir()):
+        problems.append(f"model.revision = {model.revision!r}: expected \"\" unless model.path "
+                        "is a hub id (a local folder has no revisions)")
+    return problems
 
 
 def dataset_problems(data: DataConfig) -> list[str]:

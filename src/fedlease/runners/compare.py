@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS
 from fedlease.config import RunConfig, changed_fields, config_to_dict, load_config, with_overrides
+from fedlease.config.schema import MACHINE_SETTINGS
 from fedlease.errors import CheckpointError, ConfigError
 from fedlease.reporting.comparison import (
     is_finished,
@@ -45,7 +46,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 # fields that may differ between a finished pair and the comparison that reuses it
-REUSABLE_CHANGES = {("output", "dir"), ("train", "device")}
+REUSABLE_CHANGES = {("output", "dir"), ("train", "device")} | MACHINE_SETTINGS
 
 
 def parse_algorithms(text: str) -> list[str]:
