@@ -21,7 +21,11 @@ from torch import nn
 from fedlease.errors import ConfigError
 from fedlease.model.hub import resolve_model_path
 from fedlease.model.lora import AdapterLayout, MixtureLoRALinear
-from fedlease.model.quantization import quantization_error, quantization_kwargs
+from fedlease.model.quantization import (
+    keep_trainable,
+    quantization_error,
+    quantization_kwargs,
+)
 
 ADAPTER_PREFIX = "adapter."
 HEAD_PREFIX = "head."
@@ -204,6 +208,8 @@ def load_pretrained(path: str, auto_class_name: str = "AutoModel", *, download: 
         if not quantized:
             raise
         raise quantization_error(quantization, err) from None
+    if quantized:
+        keep_trainable(backbone)
     backbone.eval()
     return backbone, tokenizer
 

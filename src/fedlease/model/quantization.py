@@ -45,6 +45,18 @@ def quantization_kwargs(quantization: str, device: str) -> dict:
     return {"quantization_config": config, "device_map": {"": device}}
 
 
+def keep_trainable(backbone) -> None:
+    """Switch off bitsandbytes' CPU inference format: a 4-bit layer that runs in eval mode
+    without gradients repacks its weight, once and for good, into a layout whose matmul has no
+    backward pass, and its later training fails (or, without a bias, loses the gradients that
+    flow through it). Every client is evaluated between its trainings, so it must not."""
+    import bitsandbytes as bnb
+
+    for module in backbone.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def quantization_error(quantization: str, err: Exception) -> ConfigError:
     """The one-line error of a platform on which bitsandbytes cannot load the model."""
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
