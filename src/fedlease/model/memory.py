@@ -89,7 +89,8 @@ class MemoryEstimate:
 
 
 def gib(n: int | float) -> str:
-    return f"{n / GiB:.2f} GiB"
+    """A size in GiB, or in MiB below one GiB."""
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / 2**20:.1f} MiB"
 
 
 def read_model_shape(folder: str, auto_class_name: str, targets: list[str]) -> ModelShape:
@@ -216,8 +217,9 @@ def check_fits(shape: ModelShape, settings: MemorySettings, device: str, enforce
         advice = ("settings that would fit: " + "; ".join(fits) if fits else
                   "no setting of gradient checkpointing, 4-bit quantization and batch size "
                   "fits; use a device with more free memory")
-        raise ConfigError(f"train.device = {device!r}: the {line} is too little; {advice} "
-                          "(train.check_memory = false runs anyway)")
+        raise ConfigError(f"train.device = {device!r}: the estimated peak memory of one "
+                          f"training process, {estimate.describe()}, exceeds the {gib(free)} "
+                          f"free there; {advice} (train.check_memory = false runs anyway)")
     return line
 
 
@@ -227,4 +229,8 @@ def enable_gradient_checkpointing(backbone: nn.Module) -> None:
     if not getattr(backbone, "supports_gradient_checkpointing", False):
         raise ConfigError(f"train.gradient_checkpointing = true: {type(backbone).__name__} "
                           "does not support gradient checkpointing; set it to false")
-    backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
