@@ -207,6 +207,6 @@ def test_a_run_that_cannot_fit_is_refused_before_training_and_writes_nothing(
         run_simulation(tiny_generation_config, out, progress=False)
     assert not out.exists() or not any(out.iterdir())
     config = with_overrides(tiny_generation_config, {"train": {"check_memory": False},
-                                                     "federation": {"rounds": 1}})
+                                                     "federation": {"rounds": 2}})
     run_simulation(config, out, progress=False)  # runs anyway, and says so beforehand
     assert "free on cpu: 0.0 MiB" in capsys.readouterr().err
