@@ -147,3 +147,11 @@ def test_a_run_with_an_absent_hub_id_writes_nothing(hub_cache, tiny_generation_c
     with pytest.raises(ConfigError, match="HF_HUB_OFFLINE=1"):
         run_simulation(config, out, progress=False)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_revision_needs_a_hub_id(tiny_llama_dir):
+    from fedlease.config import load_config
+
+    with pytest.raises(ConfigError, match="model.revision = 'v2'"):
+        load_config(overrides={"model": {"path": str(tiny_llama_dir), "revision": "v2"}})
+    load_config(overrides={"model": {"path": REPO, "revision": "v2"}})

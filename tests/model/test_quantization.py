@@ -148,3 +148,11 @@ def test_a_4bit_run_trains_and_aggregates_as_a_full_one(task, tiny_config,
     tensors = load_file(f"{config.output.dir}/adapters/{client}.safetensors")
     assert any(k.endswith("lora_B") and v.abs().sum() > 0 for k, v in tensors.items())
     assert all(v.dtype == torch.float32 for v in tensors.values())
+
+
+def test_an_unknown_quantization_is_refused_by_the_config():
+    from fedlease.config import load_config
+
+    with pytest.raises(ConfigError, match="model.quantization = '3bit': expected one of none, "
+                                          "8bit, 4bit"):
+        load_config(overrides={"model": {"quantization": "3bit"}})

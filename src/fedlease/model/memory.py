@@ -33,10 +33,14 @@ from fedlease.model.quantization import BYTES_PER_WEIGHT
 from fedlease.training import autocast_dtype
 
 GiB = 2**30
-# per token and layer, the hidden-size tensors a layer keeps for backward: the inputs of its two
-# norms, attention's query and output; and the MLP's gate, up and activated tensors
-HIDDEN_TENSORS_PER_LAYER = 4
+# per token and layer, what a decoder layer keeps for backward (counted with autograd's saved-tensor
+# hooks on SmolLM2): six hidden-size tensors (the inputs of its two norms and of its attention,
+# attention's query and output, the residual), keys and values, the MLP's gate, up and activated
+# tensors; and per adapted linear its input and its dropout's output (the router reads the
+# input), the experts' rank outputs and the router's logits and weights
+HIDDEN_TENSORS_PER_LAYER = 6
 MLP_TENSORS_PER_LAYER = 3
+ADAPTER_INPUT_TENSORS = 2
 # logits of the answer positions kept by the loss: the logits, their log-softmax, its gradient
 LOGIT_COPIES = 3
 FLOAT32 = 4
@@ -144,7 +148,7 @@ def estimate_memory(shape: ModelShape, s: MemorySettings) -> MemoryEstimate:
         stored += s.experts * s.rank * (d_in + d_out) + slots * d_in
         trainable += s.rank * (d_in + d_out) + slots * d_in
     adapters = FLOAT32 * (stored + 4 * trainable)  # the trainable copy, its grad, 2 moments
-    adapted_per_layer = sum(d_in + s.experts * s.rank + slots
+    adapted_per_layer = sum(ADAPTER_INPUT_TENSORS * d_in + s.experts * s.rank + 2 * slots
                             for d_in, _ in shape.adapted) / max(shape.layers, 1)
     layer = (HIDDEN_TENSORS_PER_LAYER * shape.hidden + 2 * shape.kv_hidden
              + MLP_TENSORS_PER_LAYER * shape.intermediate + adapted_per_layer
