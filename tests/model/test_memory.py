@@ -210,3 +210,16 @@ def test_a_run_that_cannot_fit_is_refused_before_training_and_writes_nothing(
                                                      "federation": {"rounds": 2}})
     run_simulation(config, out, progress=False)  # runs anyway, and says so beforehand
     assert "free on cpu: 0.0 MiB" in capsys.readouterr().err
+
+
+def test_a_model_whose_config_cannot_be_read_is_left_to_the_loader(tmp_path):
+    """No estimate (said so), and the loader's own one-line error names the folder."""
+    from fedlease.config import load_config
+    from fedlease.runners.clients import load_base_model, memory_line
+
+    (tmp_path / "empty").mkdir()
+    config = load_config(overrides={"model": {"path": str(tmp_path / "empty")}})
+    assert memory_line(config, config.model.path, "AutoModel", 64).startswith(
+        "no memory estimate for this model (OSError")
+    with pytest.raises(ConfigError, match="not a loadable local model directory"):
+        load_base_model(config)

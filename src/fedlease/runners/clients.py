@@ -54,7 +54,10 @@ def load_base_model(config: RunConfig, training: bool = True):
 def memory_line(config: RunConfig, path: str, auto_class: str, longest: int) -> str:
     """The memory estimate of one training process beside the device's free memory."""
     folder = resolve_model_path(path, config.model.download, config.model.revision)
-    shape = read_model_shape(folder, auto_class, config.model.target_modules)
+    try:
+        shape = read_model_shape(folder, auto_class, config.model.target_modules)
+    except (AttributeError, KeyError, OSError, TypeError, ValueError) as err:  # unreadable
+        return f"no memory estimate for this model ({type(err).__name__}: {err})"
     return check_fits(shape, run_settings(config, shape, longest), config.train.device,
                       enforce=config.train.check_memory)
 
