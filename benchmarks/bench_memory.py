@@ -156,8 +156,9 @@ def main() -> None:
                       file=sys.stderr)
                 break
             measured = json.loads(done.stdout.strip().splitlines()[-1])
-            row = {**measured, **row, f"measured_training ({allocator})":
-                   measured["measured_training"]}
+            row = {**measured, **row,
+                   f"measured_weights ({allocator})": measured["measured_weights"],
+                   f"measured_training ({allocator})": measured["measured_training"]}
         else:
             rows.append(row)
             print_row(row)
@@ -166,12 +167,13 @@ def main() -> None:
 
 
 def print_row(row: dict) -> None:
-    """| case | weights: estimated, measured | training: estimated, measured (glibc default,
-    returned at once) | total: estimated, measured (both) | step seconds |"""
-    est = row["estimated_weights"] + row["estimated_training"]
-    measured = [row[f"measured_training ({a})"] for a in ALLOCATORS]
-    cells = [row["estimated_weights"], row["measured_weights"], row["estimated_training"],
-             *measured, est, *(row["measured_weights"] + m for m in measured)]
+    """| case | weights: estimated, measured (glibc default, returned at once) | training:
+    the same | total: the same | step seconds |"""
+    weights = [row[f"measured_weights ({a})"] for a in ALLOCATORS]
+    training = [row[f"measured_training ({a})"] for a in ALLOCATORS]
+    cells = [row["estimated_weights"], *weights, row["estimated_training"], *training,
+             row["estimated_weights"] + row["estimated_training"],
+             *(w + t for w, t in zip(weights, training, strict=True))]
     print(f"| {row['case']} | " + " | ".join(f"{c / GiB:.2f}" for c in cells)
           + f" | {row['step_seconds']:.0f} |", flush=True)
 
