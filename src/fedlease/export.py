@@ -115,7 +115,8 @@ def write_peft(model: SavedModel, out: Path, loras) -> None:
 
 @torch.no_grad()
 def write_merged(model: SavedModel, out: Path, loras) -> None:
-    base, tokenizer = load_pretrained(model.config.model.path, task_of(model.config).auto_class)
+    base, tokenizer = load_pretrained(model.config.model.path, task_of(model.config).auto_class,
+                                      revision=model.config.model.revision)
     scaling = model.config.lora.alpha / model.config.lora.rank
     for module, (A, B) in loras.items():
         weight = base.get_submodule(module).weight

@@ -47,7 +47,7 @@ class ClientModel:
         self.saved = saved
         self.config = dataclasses.replace(saved.config, train=train)
         self.run_task = task_of(self.config)  # the ``Task``: what the model can be asked
-        self.model, self.tokenizer = load_base_model(self.config)
+        self.model, self.tokenizer = load_base_model(self.config, training=False)
         try:
             self.model.load_state(saved.state, saved.layout)
         except (KeyError, ValueError) as err:

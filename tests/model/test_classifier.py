@@ -39,5 +39,5 @@ def test_unmatched_target_modules_is_a_clear_error(tiny_model_dir):
 
 
 def test_missing_model_dir_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="not a loadable local model directory"):
+    with pytest.raises(ValueError, match="no such folder"):
         load_classifier(str(tmp_path / "nope"), ["query"], 4, 8, 0.0)

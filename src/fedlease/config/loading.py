@@ -19,6 +19,8 @@ from fedlease.config.schema import (
     MAX_SEED,
     PRECISIONS,
     PRIVACY_ACCOUNTANTS,
+    QUANTIZATIONS,
+    ModelConfig,
     RunConfig,
 )
 from fedlease.errors import ConfigError
@@ -53,6 +55,7 @@ def validate(config: RunConfig,
          "each task once (a task's clients are data.clients_per_task)", config.data.tasks)
     problems += robustness_problems(config)
     problems += scale_problems(config)
+    problems += model_loading_problems(config.model)
     need(config.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
          config.data.clients_per_task)
     need(config.data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
@@ -120,6 +123,18 @@ def privacy_problems(config: RunConfig) -> list[str]:
         ]
     return [f"{name} = {value!r}: expected {expected}"
             for ok, name, expected, value in checks if not ok]
+
+
+def model_loading_problems(model: ModelConfig) -> list[str]:
+    """What is wrong with how the base model is loaded (quantization, a hub id's revision)."""
+    problems = []
+    if model.quantization not in QUANTIZATIONS:
+        problems.append(f"model.quantization = {model.quantization!r}: expected one of "
+                        + ", ".join(QUANTIZATIONS))
+    if model.revision and (not model.path or Path(model.path).expanduser().is_dir()):
+        problems.append(f"model.revision = {model.revision!r}: expected \"\" unless model.path "
+                        "is a hub id (a local folder has no revisions)")
+    return problems
 
 
 def scale_problems(config: RunConfig) -> list[str]:

@@ -21,6 +21,12 @@ PRIVACY_ACCOUNTANTS = ("rdp", "prv")
 AGGREGATIONS = ("mean", "median", "trimmed-mean")
 # attack.kind: what the attack harness's malicious clients do (runners/attacks.py)
 ATTACKS = ("sign-flip", "scale", "label-flip", "forged-embedding")
+# model.quantization: how the frozen base's linear layers are stored (model/quantization.py)
+QUANTIZATIONS = ("none", "8bit", "4bit")
+# settings of how a run uses its machine, not of what it computes: a resumed run or a reused
+# comparison may change them (runners/checkpoint.py, runners/compare.py)
+MACHINE_SETTINGS = {("model", "download"), ("train", "check_memory"),
+                    ("train", "gradient_checkpointing")}
 
 
 @dataclass
@@ -34,6 +40,13 @@ class ModelConfig:
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
     max_length: int = 64  # tokens per example / per prompt (longer inputs are truncated)
     max_new_tokens: int = 16  # generation: answer tokens learned and generated
+    # a hub id in path: fetch what the local Hugging Face cache lacks (safetensors only; never
+    # with HF_HUB_OFFLINE=1); false: the cache only (model/hub.py)
+    download: bool = False
+    revision: str = ""  # a hub id's branch, tag or commit; "" = main
+    # the frozen base's linear layers: none | 8bit | 4bit (NF4, bf16 compute), bitsandbytes;
+    # adapters, routers and heads stay float32
+    quantization: str = "none"
 
 
 @dataclass
@@ -101,6 +114,10 @@ class TrainConfig:
     local_epochs: int = 1
     device: str = "cpu"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: bf16 (or fp16) on CUDA, fp32 on CPU
+    # recompute each layer's activations in the backward pass: less memory, more time
+    gradient_checkpointing: bool = False
+    # refuse a run whose estimated peak memory exceeds the device's free memory (model/memory.py)
+    check_memory: bool = True
 
 
 @dataclass

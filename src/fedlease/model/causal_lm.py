@@ -146,6 +146,6 @@ class FederatedCausalLM(AdaptedModel):
 
 
 def load_causal_lm(path: str, targets: list[str], rank: int, alpha: float, dropout: float,
-                   device: str = "cpu"):
-    lm, tokenizer = load_pretrained(path, "AutoModelForCausalLM")
+                   device: str = "cpu", **load_options):
+    lm, tokenizer = load_pretrained(path, "AutoModelForCausalLM", device=device, **load_options)
     return FederatedCausalLM(lm, targets, rank, alpha, dropout).to(device), tokenizer

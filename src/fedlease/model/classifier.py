@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from fedlease.errors import ConfigError
+from fedlease.model.hub import resolve_model_path
 from fedlease.model.lora import AdapterLayout, MixtureLoRALinear
+from fedlease.model.quantization import (
+    keep_trainable,
+    quantization_error,
+    quantization_kwargs,
+)
 
 ADAPTER_PREFIX = "adapter."
 HEAD_PREFIX = "head."
@@ -181,25 +187,35 @@ def position_limit(backbone: nn.Module, tokenizer) -> int | None:
     return min(limits, default=None)
 
 
-def load_pretrained(path: str, auto_class_name: str = "AutoModel"):
-    """Tokenizer and frozen model (``transformers.<auto_class_name>``) from a local directory,
-    never from a hub."""
+def load_pretrained(path: str, auto_class_name: str = "AutoModel", *, download: bool = False,
+                    revision: str = "", quantization: str = "none", device: str = "cpu"):
+    """Tokenizer and frozen model (``transformers.<auto_class_name>``) from a local directory
+    or a hub id's snapshot in the local cache (``model/hub.py``), its linear layers quantized
+    as ``model.quantization`` says (``model/quantization.py``)."""
     import transformers
 
+    folder = resolve_model_path(path, download, revision)
+    quantized = quantization_kwargs(quantization, device)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
         # safetensors weights only: a pickled pytorch_model.bin could run code when loaded
         backbone = getattr(transformers, auto_class_name).from_pretrained(
-            path, local_files_only=True, use_safetensors=True)
+            folder, local_files_only=True, use_safetensors=True, **quantized)
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.path = {path!r}: not a loadable local model directory with "
                           f"safetensors weights ({err})") from None
+    except (ImportError, RuntimeError) as err:
+        if not quantized:
+            raise
+        raise quantization_error(quantization, err) from None
+    if quantized:
+        keep_trainable(backbone)
     backbone.eval()
     return backbone, tokenizer
 
 
 def load_classifier(path: str, targets: list[str], rank: int, alpha: float, dropout: float,
-                    device: str = "cpu"):
-    backbone, tokenizer = load_pretrained(path)
+                    device: str = "cpu", **load_options):
+    backbone, tokenizer = load_pretrained(path, device=device, **load_options)
     model = FederatedClassifier(backbone, targets, rank, alpha, dropout).to(device)
     return model, tokenizer

@@ -36,6 +36,7 @@ from safetensors.torch import save as save_tensors
 
 from fedlease.algorithms.base import Algorithm, Tensors
 from fedlease.config import RunConfig, changed_fields, config_to_dict
+from fedlease.config.schema import MACHINE_SETTINGS
 from fedlease.errors import CheckpointError
 from fedlease.model.classifier import ADAPTER_PREFIX, HEAD_PREFIX
 from fedlease.reporting.files import atomic_write, atomic_write_bytes
@@ -44,7 +45,7 @@ from fedlease.reporting.outputs import CHECKPOINT_DIR
 MANIFEST = "checkpoint.json"
 FORMAT = 3  # 2: content hashes recorded; 3: data_sha256 named clients_fingerprint
 # fields that may differ between the interrupted run and its resumption
-RESUMABLE_CHANGES = {("output", "dir"), ("train", "device")}
+RESUMABLE_CHANGES = {("output", "dir"), ("train", "device")} | MACHINE_SETTINGS
 
 
 

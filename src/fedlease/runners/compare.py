@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS
 from fedlease.config import RunConfig, changed_fields, config_to_dict
+from fedlease.config.schema import MACHINE_SETTINGS
 from fedlease.configure import load_config, with_overrides
 from fedlease.errors import CheckpointError, ConfigError
 from fedlease.reporting.comparison import (
@@ -47,7 +48,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 # fields that may differ between a finished pair and the comparison that reuses it
-REUSABLE_CHANGES = {("output", "dir"), ("train", "device")}
+REUSABLE_CHANGES = {("output", "dir"), ("train", "device")} | MACHINE_SETTINGS
 
 
 def parse_algorithms(text: str) -> list[str]:

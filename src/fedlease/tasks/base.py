@@ -99,3 +99,10 @@ class Task(ABC):
     @abstractmethod
     def expected(self, example):
         """The expected value of one of a client's own examples."""
+
+
+def pretrained_options(config: RunConfig) -> dict:
+    """How ``model.path`` is found and loaded (``model.load_pretrained``'s keywords): a hub
+    id's download and revision, the base's quantization."""
+    return {"download": config.model.download, "revision": config.model.revision,
+            "quantization": config.model.quantization}

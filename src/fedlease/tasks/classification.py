@@ -19,7 +19,7 @@ from fedlease.data.sources import check_labelled_row, load_jsonl_folder, load_so
 from fedlease.errors import DataError
 from fedlease.model.classifier import FederatedClassifier, default_model_path, load_classifier
 from fedlease.model.lora import AdapterLayout
-from fedlease.tasks.base import Task
+from fedlease.tasks.base import Task, pretrained_options
 from fedlease.training import LocalTrainer, local_update_options
 
 PLACEHOLDER_LABEL = 0  # label of an example to predict whose label is unknown (never scored)
@@ -40,7 +40,8 @@ class ClassificationTask(Task):
 
     def load_model(self, path: str, config: RunConfig):
         return load_classifier(path, config.model.target_modules, config.lora.rank,
-                               config.lora.alpha, config.lora.dropout, config.train.device)
+                               config.lora.alpha, config.lora.dropout, config.train.device,
+                               **pretrained_options(config))
 
     def longest_input(self, model: ModelConfig) -> tuple[int, str]:
         return model.max_length, "model.max_length"

@@ -35,7 +35,7 @@ from fedlease.model.causal_lm import (
     load_causal_lm,
 )
 from fedlease.model.lora import AdapterLayout
-from fedlease.tasks.base import Task
+from fedlease.tasks.base import Task, pretrained_options
 from fedlease.training import LocalTrainer, local_update_options
 
 IGNORE = -100  # target of a position the loss skips
@@ -58,7 +58,8 @@ class GenerationTask(Task):
 
     def load_model(self, path: str, config: RunConfig):
         return load_causal_lm(path, config.model.target_modules, config.lora.rank,
-                              config.lora.alpha, config.lora.dropout, config.train.device)
+                              config.lora.alpha, config.lora.dropout, config.train.device,
+                              **pretrained_options(config))
 
     def longest_input(self, model: ModelConfig) -> tuple[int, str]:
         return (model.max_length + model.max_new_tokens,
