@@ -315,6 +315,12 @@ def _read_client_rows(name: str, paths: list[Path], check_row):
     return rows
 
 
+def load_generation_only(data: DataConfig, seed: int) -> list[ClientData]:
+    raise DataError(f"data.source = {data.source!r} holds instruction tasks with free-text "
+                    "answers, not labelled examples: set model.task = \"generation\" (or "
+                    "data.source = \"builtin\" for the classification tasks)")
+
+
 @dataclass(frozen=True)
 class DataSource:
     """A ``data.source``: its loader, and what it reads of ``[data]``."""
@@ -330,4 +336,6 @@ SOURCES = {
     "jsonl": DataSource(lambda data, seed: load_jsonl_folder(Path(data.path)), path="folder",
                         uses_tasks=False),
     "datasets": DataSource(load_partitioned, path="unused", uses_tasks=False),
+    # generation only: data/instructions.py serves it (INSTRUCTION_SOURCES)
+    "instructions": DataSource(load_generation_only, path="none", uses_tasks=True),
 }
