@@ -1,6 +1,6 @@
 """Instruction data for generation: ``{"instruction", "input", "output"}`` examples per client.
 
-Three ways in:
+Four ways in:
 
 * a classification federation (the built-in tasks or GLUE) turned into instructions, one
   template per task, the label's word as the short answer; clients, balance and disjoint splits
