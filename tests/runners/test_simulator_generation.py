@@ -83,3 +83,19 @@ def test_every_algorithm_runs_on_the_generation_task(tiny_generation_config, tmp
     result = run_simulation(config, tmp_path / "run", progress=False)
     assert len(result.history) == 2
     assert all(0.0 <= m["rouge_l"] <= 1.0 for m in result.final.values())
+
+
+def test_builtin_instruction_tasks_run_end_to_end(tiny_generation_config, tmp_path):
+    """data.source = "instructions": the shipped tasks reach training and ROUGE-L scoring, and
+    the data report names their clients."""
+    config = dataclasses.replace(tiny_generation_config, data=dataclasses.replace(
+        tiny_generation_config.data, source="instructions", path="",
+        tasks=["headline", "spelling"], clients_per_task=2, train_per_client=4,
+        test_per_client=2))
+    config.federation.rounds = 2
+    result = run_simulation(config, tmp_path / "run", progress=False)
+    assert result.tasks == {"headline-0": "headline", "headline-1": "headline",
+                            "spelling-0": "spelling", "spelling-1": "spelling"}
+    assert all(0.0 <= m["rouge_l"] <= 1.0 for m in result.final.values())
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert "headline-0" in json.dumps(data) and "spelling-1" in json.dumps(data)

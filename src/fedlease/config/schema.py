@@ -93,7 +93,7 @@ class DatasetConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "builtin"  # builtin | glue | jsonl | datasets
+    source: str = "builtin"  # builtin | glue | jsonl | datasets | instructions (generation)
     path: str = ""  # glue: the glue_data folder; jsonl: a folder of per-client files
     tasks: list[str] = field(default_factory=lambda: ["sentiment", "news", "spam", "uncertainty"])
     clients_per_task: int = 4

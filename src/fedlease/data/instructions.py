@@ -1,6 +1,6 @@
 """Instruction data for generation: ``{"instruction", "input", "output"}`` examples per client.
 
-Three ways in:
+Four ways in:
 
 * a classification federation (the built-in tasks or GLUE) turned into instructions, one
   template per task, the label's word as the short answer; clients, balance and disjoint splits
@@ -8,18 +8,24 @@ Three ways in:
 * a folder of per-client JSONL files the user brings (same layout as the classification JSONL
   folder, see ``load_jsonl_folder``), lines ``{"instruction", "input", "output"}``;
 * local tables (``data.source = "datasets"``), each partitioned into clients
-  (``partition_datasets``), with instruction / input / output columns.
+  (``partition_datasets``), with instruction / input / output columns;
+* the built-in instruction tasks (``data.source = "instructions"``): FLAN-style generation
+  tasks with free-text answers (headlines, subject lines, spelling fixes, labels with their
+  reasons), shipped as package data (DATA.md section 4).
 """
 
 from __future__ import annotations
 
+import gzip
+import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedlease.data.client_data import ClientData, Example
 from fedlease.data.partitioned import columns, partition_datasets, text_value
-from fedlease.data.sources import load_source_clients, read_jsonl_clients
+from fedlease.data.sources import builtin_dir, load_source_clients, read_jsonl_clients
 from fedlease.errors import DataError
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
@@ -146,9 +152,53 @@ def load_instruction_jsonl(folder: Path) -> list[InstructionClientData]:
             for name, task, splits in clients]
 
 
+def builtin_instruction_tasks() -> dict[str, dict]:
+    """The manifest's tasks of the built-in instruction sample: name -> file, source, licence."""
+    return json.loads((builtin_dir() / "instructions" / "manifest.json").read_text())["tasks"]
+
+
+def deal_examples(task: str, pool: list[InstructionExample], data: DataConfig,
+                  seed: int) -> list[InstructionClientData]:
+    """``data.clients_per_task`` clients of one task with disjoint train / test splits, drawn
+    from the pool shuffled with ``seed`` (as ``split_task`` does for labelled examples)."""
+    size = data.train_per_client + data.test_per_client
+    need = data.clients_per_task * size
+    if len(pool) < need:
+        raise DataError(f"task {task!r}: {len(pool)} examples, but {data.clients_per_task} "
+                        f"clients x ({data.train_per_client} train + {data.test_per_client} "
+                        f"test) need {need}; lower data.train_per_client / test_per_client / "
+                        "clients_per_task")
+    shuffled = list(pool)
+    random.Random(f"{seed}:{task}").shuffle(shuffled)
+    clients = []
+    for i in range(data.clients_per_task):
+        mine = shuffled[i * size:(i + 1) * size]
+        clients.append(InstructionClientData(f"{task}-{i}", task, mine[:data.train_per_client],
+                                             mine[data.train_per_client:]))
+    return clients
+
+
+def load_builtin_instructions(data: DataConfig, seed: int) -> list[InstructionClientData]:
+    """``data.source = "instructions"``: ``data.clients_per_task`` clients per task of
+    ``data.tasks``, each with examples no other client has."""
+    manifest = builtin_instruction_tasks()
+    unknown = [t for t in data.tasks if t not in manifest]
+    if unknown:
+        raise DataError(f"data.tasks: {unknown} are not built-in instruction tasks "
+                        f"(data.source = 'instructions'); expected some of {sorted(manifest)}")
+    clients = []
+    for task in data.tasks:
+        path = builtin_dir() / "instructions" / manifest[task]["file"]
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            pool = [InstructionExample(**json.loads(line)) for line in f]
+        clients += deal_examples(task, pool, data, seed)
+    return clients
+
+
 # data.source -> loader of instruction clients; other sources are classification federations
 # turned into instructions (``to_instructions``)
 INSTRUCTION_SOURCES = {
+    "instructions": load_builtin_instructions,
     "jsonl": lambda data, seed: load_instruction_jsonl(Path(data.path)),
     "datasets": load_instruction_datasets,
 }

@@ -321,6 +321,12 @@ def _read_client_rows(name: str, paths: list[Path], check_row):
     return rows
 
 
+def load_generation_only(data: DataConfig, seed: int) -> list[ClientData]:
+    raise DataError(f"data.source = {data.source!r} holds instruction tasks with free-text "
+                    "answers, not labelled examples: set model.task = \"generation\" (or "
+                    "data.source = \"builtin\" for the classification tasks)")
+
+
 @dataclass(frozen=True)
 class DataSource:
     """A ``data.source``: its loader, what it reads of ``[data]``, and its own config checks."""
@@ -363,4 +369,6 @@ SOURCES = {
                         uses_tasks=False),
     "datasets": DataSource(load_partitioned, path="unused", uses_tasks=False,
                            datasets_problems=dataset_problems),
+    # generation only: data/instructions.py serves it (INSTRUCTION_SOURCES)
+    "instructions": DataSource(load_generation_only, path="none", uses_tasks=True),
 }
