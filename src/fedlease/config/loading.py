@@ -39,8 +39,7 @@ def validate(config: RunConfig,
     problems = []
 
     def need(ok: bool, name: str, expected: str, value):
-        if not ok:
-            problems.append(f"{name} = {value!r}: expected {expected}")
+        problems.extend(failed([(ok, name, expected, value)]))
 
     need(config.lora.rank >= 1, "lora.rank", "an integer >= 1", config.lora.rank)
     need(0 < config.lora.alpha < math.inf, "lora.alpha", "a number > 0", config.lora.alpha)
@@ -53,9 +52,6 @@ def validate(config: RunConfig,
          config.model.max_length)
     need(len(set(config.data.tasks)) == len(config.data.tasks), "data.tasks",
          "each task once (a task's clients are data.clients_per_task)", config.data.tasks)
-    problems += robustness_problems(config)
-    problems += scale_problems(config)
-    problems += model_loading_problems(config.model)
     need(config.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
          config.data.clients_per_task)
     need(config.data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
@@ -87,7 +83,8 @@ def validate(config: RunConfig,
     need(not config.output.tensorboard or importlib.util.find_spec("tensorboard") is not None,
          "output.tensorboard", "false, or the tensorboard package installed (pip install "
          "'fedlease[tensorboard]')", config.output.tensorboard)
-    problems += privacy_problems(config)
+    problems += failed(model_loading_checks(config.model) + scale_checks(config)
+                       + robustness_checks(config) + privacy_checks(config))
     for check in more_checks:
         problems += check(config)
     if problems:
@@ -95,7 +92,17 @@ def validate(config: RunConfig,
     return config
 
 
-def privacy_problems(config: RunConfig) -> list[str]:
+# one range check: (passes, the field, what is expected, its value)
+Check = tuple[bool, str, str, object]
+
+
+def failed(checks: list[Check]) -> list[str]:
+    """One message per failed check, in the form every config error takes."""
+    return [f"{name} = {value!r}: expected {expected}"
+            for ok, name, expected, value in checks if not ok]
+
+
+def privacy_checks(config: RunConfig) -> list[Check]:
     """The ``[privacy]`` section's ranges, and what DP-SGD cannot combine with."""
     privacy = config.privacy
     checks = [
@@ -121,41 +128,38 @@ def privacy_problems(config: RunConfig) -> list[str]:
              "auto, fp32 or bf16 with [privacy] on (DP-SGD takes no fp16 loss scaling)",
              config.train.precision),
         ]
-    return [f"{name} = {value!r}: expected {expected}"
-            for ok, name, expected, value in checks if not ok]
+    return checks
 
 
-def model_loading_problems(model: ModelConfig) -> list[str]:
-    """What is wrong with how the base model is loaded (quantization, a hub id's revision)."""
-    problems = []
-    if model.quantization not in QUANTIZATIONS:
-        problems.append(f"model.quantization = {model.quantization!r}: expected one of "
-                        + ", ".join(QUANTIZATIONS))
-    if model.revision and (not model.path or Path(model.path).expanduser().is_dir()):
-        problems.append(f"model.revision = {model.revision!r}: expected \"\" unless model.path "
-                        "is a hub id (a local folder has no revisions)")
-    return problems
+def model_loading_checks(model: ModelConfig) -> list[Check]:
+    """How the base model is loaded (quantization, a hub id's revision)."""
+    return [
+        (model.quantization in QUANTIZATIONS, "model.quantization",
+         "one of " + ", ".join(QUANTIZATIONS), model.quantization),
+        (not model.revision or (bool(model.path)
+                                and not Path(model.path).expanduser().is_dir()),
+         "model.revision", "\"\" unless model.path is a hub id (a local folder has no "
+         "revisions)", model.revision),
+    ]
 
 
-def scale_problems(config: RunConfig) -> list[str]:
+def scale_checks(config: RunConfig) -> list[Check]:
     """Client sampling and label skew: ranges (their fit to the data source is
     ``DataSource.config_problems``; a source whose client count depends on its files is
     checked against ``clients_per_round`` once they are read, ``runners.sampling``)."""
-    problems = []
     per_round, skew = config.federation.clients_per_round, config.data.label_skew
-    if per_round < 0:
-        problems.append(f"federation.clients_per_round = {per_round!r}: expected an integer "
-                        ">= 0 (0: all clients every round)")
-    if not 0 <= skew < math.inf:
-        problems.append(f"data.label_skew = {skew!r}: expected a number >= 0 (0: balanced)")
-    return problems
+    return [
+        (per_round >= 0, "federation.clients_per_round",
+         "an integer >= 0 (0: all clients every round)", per_round),
+        (0 <= skew < math.inf, "data.label_skew", "a number >= 0 (0: balanced)", skew),
+    ]
 
 
-def robustness_problems(config: RunConfig) -> list[str]:
+def robustness_checks(config: RunConfig) -> list[Check]:
     """The aggregation rule and the attack harness's settings (the attackers' names are
     checked against the clients once the data has loaded, ``runners.attacks``)."""
     federation, attack = config.federation, config.attack
-    checks = [
+    return [
         (federation.aggregation in AGGREGATIONS, "federation.aggregation",
          "one of " + ", ".join(AGGREGATIONS), federation.aggregation),
         (0 <= federation.trim_fraction < 0.5, "federation.trim_fraction",
@@ -171,8 +175,6 @@ def robustness_problems(config: RunConfig) -> list[str]:
         (attack.target not in attack.clients, "attack.target",
          "an honest client (not one of attack.clients)", attack.target),
     ]
-    return [f"{name} = {value!r}: expected {expected}"
-            for ok, name, expected, value in checks if not ok]
 
 
 def _build(cls, values: dict, where: str):
