@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_simulator import child_figures, peak_rss_kib  # noqa: E402
 
 TASKS = 4  # the built-in federation's tasks
 
@@ -38,14 +41,6 @@ def bench_config(args, clients: int):
         "federation": {"rounds": 3, "warmup_rounds": 1, "allocation": "embedding",
                        "clients_per_round": args.per_round, "seed": 0},
     })
-
-
-def peak_rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise RuntimeError("/proc/self/status has no VmHWM")
 
 
 def adapter_state_bytes(config, num_experts: int, num_labels: int) -> int:
@@ -97,10 +92,7 @@ def run_points(args) -> list[dict]:
                "--test-per-client", str(args.test_per_client)]
         if args.model:
             cmd += ["--model", args.model]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"the {clients}-client run failed:\n{proc.stderr[-3000:]}")
-        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        out.append(child_figures(cmd, f"the {clients}-client run"))
         print(f"  {clients} clients: {out[-1]['wall']:.0f} s", file=sys.stderr)
     return out
 

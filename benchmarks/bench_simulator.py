@@ -127,11 +127,17 @@ def memory_scaling(args) -> list[dict]:
                "--test-per-client", str(args.memory_test_per_client)]
         if args.model:
             cmd += ["--model", args.model]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"the {clients}-client run failed:\n{proc.stderr}")
-        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        out.append(child_figures(cmd, f"the {clients}-client run"))
     return out
+
+
+def child_figures(cmd: list[str], what: str) -> dict:
+    """Run ``cmd`` (this or another benchmark measuring one point in a fresh process, so its
+    peak memory is its own) and return the JSON object it printed last."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def report(args, timing: dict | None, memory: list[dict]) -> str:
