@@ -8,22 +8,37 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedlease.algorithms import ALGORITHMS
+from fedlease.algorithms.aggregation import AGGREGATION_RULES
 from fedlease.algorithms.clustering import SIGNALS
 from fedlease.config import RunConfig, build_config, overridden, read_toml, set_defaults
+from fedlease.config.loading import (
+    collect_config,
+    did_you_mean,
+    problems_message,
+    value_problems,
+)
 from fedlease.config.loading import validate as check_values
 from fedlease.data.sources import SOURCES
+from fedlease.errors import ConfigError
+from fedlease.plugins import load_plugins
 from fedlease.tasks import TASKS
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
     """Defaults (the library's, then the task's), then the TOML file, then ``overrides``
-    (``{"section": {"key": value}}``); raises ``ConfigError`` naming every problem."""
+    (``{"section": {"key": value}}``); raises ``ConfigError`` naming every problem at once:
+    unknown keys (with the closest known one), wrong types, impossible values."""
+    load_plugins()
     data = read_toml(path, overrides)
     model_table = data.get("model")
     task = model_table.get("task") if isinstance(model_table, dict) else None
     if isinstance(task, str) and task in TASKS:
         set_defaults(data, TASKS[task].defaults)
-    return validate(build_config(data, path))
+    config, problems = collect_config(data)
+    problems += value_problems(config, registry_problems)
+    if problems:
+        raise ConfigError(problems_message(problems, path))
+    return config
 
 
 def with_overrides(config: RunConfig, overrides: dict) -> RunConfig:
@@ -39,18 +54,20 @@ def validate(config: RunConfig) -> RunConfig:
 
 
 def registry_problems(config: RunConfig) -> list[str]:
-    """The names a config gives must be in their registries; then each named entry checks the
-    config itself."""
+    """The names a config gives must be in their registries (built-in or a plugin's,
+    ``fedlease.plugins``); then each named entry checks the config itself."""
+    load_plugins()
     problems = []
     for label, value, registry in (
         ("model.task", config.model.task, TASKS),
         ("data.source", config.data.source, SOURCES),
         ("federation.allocation", config.federation.allocation, SIGNALS),
         ("federation.algorithm", config.federation.algorithm, ALGORITHMS),
+        ("federation.aggregation", config.federation.aggregation, AGGREGATION_RULES),
     ):
         if value not in registry:
-            names = sorted(registry) if registry is ALGORITHMS else list(registry)
-            problems.append(f"{label} = {value!r}: expected one of {', '.join(names)}")
+            problems.append(f"{label} = {value!r}: expected one of {', '.join(registry)}"
+                            + did_you_mean(value, registry))
     if config.model.task in TASKS:
         problems += TASKS[config.model.task].config_problems(config)
     if config.data.source in SOURCES:

@@ -6,6 +6,7 @@ imports nothing above ``config``."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import math
 import sys
@@ -14,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedlease.config.schema import (
-    AGGREGATIONS,
     ATTACKS,
     MAX_SEED,
     PRECISIONS,
@@ -33,6 +33,21 @@ else:  # pragma: no cover
 
 def validate(config: RunConfig,
              *more_checks: Callable[[RunConfig], list[str]]) -> RunConfig:
+    """``config`` if every value can work, else ``ConfigError`` listing every problem."""
+    problems = value_problems(config, *more_checks)
+    if problems:
+        raise ConfigError(problems_message(problems))
+    return config
+
+
+def problems_message(problems: list[str], path: str | Path | None = None) -> str:
+    """One error message for every problem of a configuration (of the file ``path``)."""
+    where = f" {path}" if path else ""
+    return f"invalid configuration{where}:\n  " + "\n  ".join(problems)
+
+
+def value_problems(config: RunConfig,
+                   *more_checks: Callable[[RunConfig], list[str]]) -> list[str]:
     """Values that parse but cannot work; one message per problem, all at once. ``more_checks``:
     the checks of the layers above (``fedlease.configure``: the registries'), run here so that
     every problem is reported in one message."""
@@ -87,9 +102,7 @@ def validate(config: RunConfig,
                        + robustness_checks(config) + privacy_checks(config))
     for check in more_checks:
         problems += check(config)
-    if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
-    return config
+    return problems
 
 
 # one range check: (passes, the field, what is expected, its value)
@@ -160,8 +173,6 @@ def robustness_checks(config: RunConfig) -> list[Check]:
     checked against the clients once the data has loaded, ``runners.attacks``)."""
     federation, attack = config.federation, config.attack
     return [
-        (federation.aggregation in AGGREGATIONS, "federation.aggregation",
-         "one of " + ", ".join(AGGREGATIONS), federation.aggregation),
         (0 <= federation.trim_fraction < 0.5, "federation.trim_fraction",
          "a number in [0, 0.5): the fraction trimmed at each end must leave a client",
          federation.trim_fraction),
@@ -177,28 +188,41 @@ def robustness_checks(config: RunConfig) -> list[Check]:
     ]
 
 
-def _build(cls, values: dict, where: str):
-    """Construct dataclass ``cls`` from a TOML table, rejecting unknown keys and wrong types."""
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known`` to a mistyped ``name``, else ``""``."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build(cls, values: dict, where: str, problems: list[str]):
+    """Construct dataclass ``cls`` from a TOML table; an unknown key or a value of the wrong type
+    is appended to ``problems`` and left at its default, so that every problem is found."""
     if not isinstance(values, dict):
-        raise ConfigError(f"[{where}] must be a table, got {type(values).__name__}")
+        problems.append(f"[{where}] must be a table, got {type(values).__name__}")
+        return cls()
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        place = f"[{where}]" if where else "the top level"
-        raise ConfigError(f"unknown key(s) {unknown} in {place}; expected some of {sorted(known)}")
+    place = f"[{where}]" if where else "the top level"
+    for key in sorted(set(values) - known):
+        problems.append(f"unknown key(s) {[key]} in {place}{did_you_mean(key, known)}; "
+                        f"expected some of {sorted(known)}")
     kwargs = {}
     for name, value in values.items():
+        if name not in known:
+            continue
         hint = hints[name]
         label = f"{where}.{name}" if where else name
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, label)
-        else:
-            kwargs[name] = _check_type(value, hint, label)
+            kwargs[name] = _build(hint, value, label, problems)
+            continue
+        try:
+            kwargs[name] = _check_type(value, hint, label, problems)
+        except ConfigError as err:
+            problems.append(str(err))
     return cls(**kwargs)
 
 
-def _check_type(value, hint, label: str):
+def _check_type(value, hint, label: str, problems: list[str]):
     origin = typing.get_origin(hint)
     if origin is list:
         (item,) = typing.get_args(hint)
@@ -206,7 +230,7 @@ def _check_type(value, hint, label: str):
             if not isinstance(value, list):
                 raise ConfigError(f"{label} = {value!r}: expected a list of tables "
                                   f"([[{label}]])")
-            return [_build(item, v, f"{label}[{i}]") for i, v in enumerate(value)]
+            return [_build(item, v, f"{label}[{i}]", problems) for i, v in enumerate(value)]
         if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
             raise ConfigError(f"{label} = {value!r}: expected a list of {item.__name__}")
         return value
@@ -258,10 +282,17 @@ def set_defaults(data: dict, defaults: dict[str, dict]) -> None:
 def build_config(data: dict, path: str | Path | None = None) -> RunConfig:
     """The ``RunConfig`` of ``data`` (``read_toml``'s), every key known and of its type;
     ``path``: the file it came from, named in the error."""
-    try:
-        return _build(RunConfig, data, "")
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}" if path else str(err)) from None
+    config, problems = collect_config(data)
+    if problems:
+        raise ConfigError(problems_message(problems, path))
+    return config
+
+
+def collect_config(data: dict) -> tuple[RunConfig, list[str]]:
+    """The ``RunConfig`` of ``data`` with every unknown key and mistyped value left at its
+    default, and one message per such problem (so range checks can still run on the rest)."""
+    problems: list[str] = []
+    return _build(RunConfig, data, "", problems), problems
 
 
 def overridden(config: RunConfig, overrides: dict) -> dict:

@@ -17,7 +17,8 @@ MAX_SEED = 2**32 - 1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # privacy.accountant: Opacus' accountants the epsilon of a DP run is computed with
 PRIVACY_ACCOUNTANTS = ("rdp", "prv")
-# federation.aggregation: how a group's uploads are combined (algorithms/aggregation.py)
+# federation.aggregation: the built-in rules of combining a group's uploads
+# (algorithms/aggregation.py; a plugin adds more, fedlease.plugins)
 AGGREGATIONS = ("mean", "median", "trimmed-mean")
 # attack.kind: what the attack harness's malicious clients do (runners/attacks.py)
 ATTACKS = ("sign-flip", "scale", "label-flip", "forged-embedding")

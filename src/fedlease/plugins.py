@@ -1,0 +1,125 @@
+"""Algorithms, tasks, data sources and aggregation rules from outside the package.
+
+A third-party package adds to fedlease's registries in one of two ways (docs/extending.md):
+
+* an entry point in its ``pyproject.toml``, found when a config is loaded, so it reaches
+  ``fedlease run``, ``fedlease compare``, ``fedlease list`` and the Flower apps without any
+  code of the user's::
+
+      [project.entry-points."fedlease.algorithms"]
+      fedprox = "fedprox_plugin:FedProx"
+
+* a call to ``register_algorithm`` (``register_task``, ``register_source``,
+  ``register_aggregation``) before ``fedlease.run(config)``, for code that drives fedlease from
+  Python.
+
+Groups and what their object is: ``fedlease.algorithms``: an ``Algorithm`` subclass (named by
+its ``name``); ``fedlease.tasks``: a ``Task`` (instance or class; named by its ``name``);
+``fedlease.sources``: a ``DataSource`` (named by the entry point); ``fedlease.aggregations``: an
+aggregation rule ``(tensors, weights) -> tensor`` (named by the entry point).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+from fedlease.algorithms import ALGORITHMS, Algorithm
+from fedlease.algorithms.aggregation import AGGREGATION_RULES, AggregationRule
+from fedlease.data.sources import SOURCES, DataSource
+from fedlease.errors import ConfigError
+from fedlease.tasks import METRIC_LABELS, TASKS, Task
+
+
+def _claim(registry: dict, kind: str, name: str, entry) -> None:
+    """Put ``entry`` under ``name`` unless another entry holds it already."""
+    if not isinstance(name, str) or not name or any(c.isspace() or c in "+,=" for c in name):
+        raise ConfigError(f"{kind} name {name!r}: expected a non-empty name without spaces, "
+                          "'+', ',' or '=' (they separate compare's variants)")
+    held = registry.get(name)
+    if held is not None and held is not entry:
+        raise ConfigError(f"{kind} {name!r} is registered already ({held!r}); choose another "
+                          "name")
+    registry[name] = entry
+
+
+def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
+    """Make ``cls`` (an ``Algorithm`` subclass) a ``federation.algorithm`` by its ``name``;
+    returns it, so it works as a class decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise ConfigError(f"algorithm {cls!r}: expected a subclass of "
+                          "fedlease.algorithms.Algorithm")
+    _claim(ALGORITHMS, "algorithm", cls.name, cls)
+    return cls
+
+
+def register_task(task: Task | type[Task]) -> Task:
+    """Make ``task`` (a ``Task``, or its class) a ``model.task`` by its ``name``."""
+    if isinstance(task, type) and issubclass(task, Task):
+        task = task()
+    if not isinstance(task, Task):
+        raise ConfigError(f"task {task!r}: expected a fedlease.tasks.Task")
+    held = TASKS.get(task.name)
+    if held is not None and type(held) is type(task):
+        return held
+    _claim(TASKS, "task", task.name, task)
+    METRIC_LABELS.setdefault(task.metric, task.metric_label)
+    return task
+
+
+def register_source(name: str, source: DataSource) -> DataSource:
+    """Make ``source`` (a ``DataSource``: its loader and what it reads of ``[data]``) a
+    ``data.source`` named ``name``."""
+    if not isinstance(source, DataSource):
+        raise ConfigError(f"data source {name!r}: expected a fedlease.data.sources.DataSource, "
+                          f"got {type(source).__name__}")
+    _claim(SOURCES, "data source", name, source)
+    return source
+
+
+def register_aggregation(name: str, rule: AggregationRule) -> AggregationRule:
+    """Make ``rule`` (``(tensors of one key, the clients' weights) -> tensor``) a
+    ``federation.aggregation`` named ``name``."""
+    if not callable(rule):
+        raise ConfigError(f"aggregation {name!r}: expected a function (tensors, weights) -> "
+                          "tensor")
+    factory = AGGREGATION_RULES.get(name)
+    if factory is None or factory(0.0) is not rule:
+        _claim(AGGREGATION_RULES, "aggregation", name, _fixed(rule))
+    return rule
+
+
+def _fixed(rule: AggregationRule) -> Callable[[float], AggregationRule]:
+    """A rule as the registry holds it: made from ``federation.trim_fraction`` (unused here)."""
+    return lambda trim_fraction: rule
+
+
+# entry-point group -> how its object is registered (entry point name, object)
+ENTRY_POINT_GROUPS: dict[str, Callable[[str, object], object]] = {
+    "fedlease.algorithms": lambda name, obj: register_algorithm(obj),
+    "fedlease.tasks": lambda name, obj: register_task(obj),
+    "fedlease.sources": register_source,
+    "fedlease.aggregations": register_aggregation,
+}
+
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Register what every installed package declares under ``ENTRY_POINT_GROUPS`` (once per
+    process); a plugin that fails to import or register is a ``ConfigError`` naming it."""
+    global _loaded
+    if _loaded:
+        return
+    for group, register in ENTRY_POINT_GROUPS.items():
+        for point in entry_points(group=group):
+            where = f"plugin {point.name!r} ({group}: {point.value}" + (
+                f", package {point.dist.name})" if point.dist is not None else ")")
+            try:
+                register(point.name, point.load())
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from None
+            except Exception as err:  # a plugin's own bug: name it, not fedlease
+                raise ConfigError(f"{where} cannot be loaded: {type(err).__name__}: {err}") \
+                    from None
+    _loaded = True
