@@ -1,8 +1,9 @@
-"""The ``fedlease`` command line: one subcommand per user task."""
+"""The fedlease command line: one subcommand per user task."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -10,9 +11,33 @@ import time
 import traceback
 from pathlib import Path
 
+from fedlease import __version__
 from fedlease.config import PRECISIONS
+from fedlease.config.loading import parse_setting
 from fedlease.errors import CheckpointError, ConfigError, DataError, ModelFileError, OutputError
 
+DESCRIPTION = ("Federated fine-tuning of language models with LoRA experts (FedLEASE) and its "
+               "baselines. Start with: fedlease run --config examples/quickstart.toml")
+EXIT_CODES = """exit codes:
+  0    done
+  1    an output folder that cannot be written, or an unforeseen error (the traceback goes to
+       fedlease-error.log in the output folder; --debug prints it)
+  2    a configuration, data, checkpoint or model file that cannot work (the message names the
+       file and field)
+  130  interrupted (Ctrl-C)"""
+# what to do after Ctrl-C, per command (OUT: the command's output folder)
+INTERRUPT_HINTS = {
+    "run": "metrics of finished rounds are in {out}; continue with: fedlease run --resume {out}",
+    "compare": "finished (algorithm, seed) runs are kept in {out}; run the same command again "
+               "to continue",
+    "config": "nothing was written",
+    "list": "nothing was written",
+    "predict": "nothing to resume: run the command again",
+    "export": "the export folder may be incomplete: run the command again with an empty --out",
+}
+
+# what `fedlease list` lists (fedlease.plugins.registry_listing)
+REGISTRY_KINDS = ("algorithms", "tasks", "sources", "partitioners", "signals", "aggregations")
 # what to install when an optional package is missing (by the top-level module name)
 INSTALL_HINTS = {
     "flwr": 'pip install -e ".[flower]"',
@@ -27,8 +52,12 @@ INSTALL_HINTS = {
 
 
 def _overrides(args) -> dict:
-    """Command-line flags that override the config file."""
+    """Command-line flags that override the config file: ``--set`` first, then the named
+    flags (``--rounds 3`` wins over ``--set federation.rounds=5``)."""
     out: dict = {}
+    for text in getattr(args, "set", None) or []:
+        section, key, value = parse_setting(text, where="--set")
+        out.setdefault(section, {})[key] = value
     if getattr(args, "algorithm", None):
         out.setdefault("federation", {})["algorithm"] = args.algorithm
     if args.rounds is not None:
@@ -49,11 +78,12 @@ def _overrides(args) -> dict:
 
 
 def _resume_config(args):
+    """The configuration an interrupted run began with (only the device may change)."""
     from fedlease.configure import load_config
     from fedlease.reporting.outputs import CONFIG_FILE
 
-    """The configuration an interrupted run began with (only the device may change)."""
     fixed = [flag for flag, value in (("--config", args.config), ("--algorithm", args.algorithm),
+                                      ("--set", args.set),
                                       ("--rounds", args.rounds), ("--seed", args.seed),
                                       ("--precision", args.precision),
                                       ("--data-path", args.data_path), ("--out", args.out),
@@ -71,7 +101,7 @@ def _resume_config(args):
 
 def cmd_run(args) -> int:
     from fedlease.configure import load_config
-    from fedlease.reporting.summary import summary_table
+    from fedlease.reporting.summary import summary_record, summary_table
     from fedlease.runners.simulator import run_simulation
 
     if args.resume:
@@ -84,6 +114,9 @@ def cmd_run(args) -> int:
           file=sys.stderr)
     result = run_simulation(config, config.output.dir, progress=not args.quiet,
                             resume=bool(args.resume), overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(summary_record(result)))
+        return 0
     print(summary_table(result))
     print(f"\nmetrics, plots and adapters written to {config.output.dir}/")
     return 0
@@ -96,15 +129,27 @@ def cmd_compare(args) -> int:
 
     config = load_config(args.config, _overrides(args))
     algorithms = parse_algorithms(args.algorithms)
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds {args.seeds}: expected an integer >= 1")
-    seeds = [config.federation.seed + i for i in range(args.seeds)]
+    num_seeds = args.num_seeds
+    if args.seeds is not None:
+        if num_seeds is not None:
+            raise ConfigError("--seeds is the old name of --num-seeds; give only --num-seeds")
+        print("fedlease compare: --seeds N is deprecated: use --num-seeds N (and --seed S for "
+              "the first seed)", file=sys.stderr)
+        num_seeds = args.seeds
+    num_seeds = 3 if num_seeds is None else num_seeds
+    if num_seeds < 1:
+        raise ConfigError(f"--num-seeds {num_seeds}: expected an integer >= 1")
+    seeds = [config.federation.seed + i for i in range(num_seeds)]
     out = args.out or "runs/compare"
     args.output_dir = out
-    print(f"fedlease compare: {len(algorithms)} algorithm(s) x {len(seeds)} seed(s), "
-          f"{config.federation.rounds} rounds, output in {out}", file=sys.stderr)
-    run_comparison(config, algorithms, seeds, out, progress=not args.quiet,
-                   rerun_stale=args.rerun_stale)
+    print(f"fedlease compare: {len(algorithms)} algorithm(s) x seeds {seeds[0]}.."
+          f"{seeds[-1]}, {config.federation.rounds} rounds, output in {out}", file=sys.stderr)
+    rows = run_comparison(config, algorithms, seeds, out, progress=not args.quiet,
+                          rerun_stale=args.rerun_stale)
+    if args.json:
+        print(json.dumps({"output_dir": str(out), "seeds": seeds,
+                          "metric": task_of(config).metric, "rows": rows}))
+        return 0
     print((Path(out) / "results.md").read_text())
     print(f"table: {out}/results.md, {out}/results.csv; "
           f"plot: {out}/{task_of(config).metric}_per_round.png")
@@ -112,8 +157,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import json
-
     from fedlease.inference import (
         file_inputs,
         load_client_model,
@@ -163,15 +206,67 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_list(args) -> int:
+    from fedlease.plugins import registry_listing
+
+    for name, description in registry_listing(args.what):
+        print(f"{name:<24} {description}" if description else name)
+    return 0
+
+
+def cmd_config_init(args) -> int:
+    from fedlease.config.reference import config_template
+    from fedlease.configure import load_config
+
+    config = load_config(overrides={"model": {"task": args.task}})
+    text = config_template(config, f"fedlease {__version__}: a {args.task} run (fedlease run "
+                                   "--config THIS_FILE)")
+    if args.file in (None, "-"):
+        print(text)
+        return 0
+    path = Path(args.file)
+    if path.exists():
+        raise ConfigError(f"{path} exists; choose another file name (nothing was written)")
+    path.write_text(text, encoding="utf-8")
+    print(f"fedlease config init: wrote {path}; check it with: fedlease config check {path}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_config_check(args) -> int:
+    from fedlease.configure import load_config
+    from fedlease.runners.clients import check_config_data
+
+    config = load_config(args.file, _overrides(args))
+    print(f"{args.file}: the configuration is valid ({config.model.task}, "
+          f"{config.federation.algorithm}, {config.federation.rounds} rounds)")
+    for line in check_config_data(config):
+        print(line)
+    print(f"nothing was trained; run it with: fedlease run --config {args.file}")
+    return 0
+
+
 def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
-    """The flags ``run`` and ``compare`` share: a config file and what overrides it."""
-    parser.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    """The flags ``run``, ``compare`` and ``config check`` share: a config file (check: its
+    positional argument) and what overrides it."""
+    if command != "check":
+        parser.add_argument("--config", help="TOML config file (default: built-in defaults)")
     parser.add_argument("--rounds", type=int, help="override federation.rounds")
     parser.add_argument("--device", help="override train.device (cpu, cuda)")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="override train.precision (autocast; auto: bf16 on CUDA, fp32 on "
                              "CPU)")
     parser.add_argument("--data-path", help="override data.path (a glue_data or JSONL folder)")
+    parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="override any config key (repeatable); VALUE is TOML, a bare word "
+                             "a string: --set train.lr=1e-3 --set data.tasks='[\"news\"]'; a "
+                             "key without a section is under [federation]")
+    if command in ("run", "compare"):
+        parser.add_argument("--json", action="store_true",
+                            help="print the summary as one JSON object on stdout (for scripts)")
+    if command == "check":
+        parser.set_defaults(out=None)
+        return
     if command == "run":
         parser.add_argument("--out", help="override output.dir")
     else:
@@ -180,8 +275,10 @@ def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedlease", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="fedlease", description=DESCRIPTION, epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fedlease {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run one federated fine-tuning (default: FedLEASE on the "
                                      "built-in federation)")
@@ -205,8 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="'all' (default) or a comma-separated list of algorithm names; "
                               "NAME+KEY=VALUE is a variant with a setting changed, e.g. "
                               "fedlease+allocation=embedding")
-    compare.add_argument("--seeds", type=int, default=3,
-                         help="number of seeds, from federation.seed on (default 3)")
+    compare.add_argument("--seed", type=int,
+                         help="the first seed (override federation.seed; default 0)")
+    compare.add_argument("--num-seeds", type=int, metavar="N",
+                         help="run each algorithm with N seeds: --seed, --seed + 1, ... "
+                              "(default 3)")
+    compare.add_argument("--seeds", type=int, help=argparse.SUPPRESS)  # old name of --num-seeds
     compare.add_argument("--rerun-stale", action="store_true",
                          help="run again the finished (algorithm, seed) runs in --out whose "
                               "configuration differs from this one (default: refuse)")
@@ -245,11 +346,37 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
     export.set_defaults(func=cmd_export)
 
+    listing = sub.add_parser("list", help="the names a config may give: algorithms, tasks, "
+                                          "data sources, ... (plugins included)")
+    listing.add_argument("what", choices=REGISTRY_KINDS, help="which names to list")
+    listing.set_defaults(func=cmd_list)
+
+    config = sub.add_parser("config", help="write a commented config template, or check a "
+                                           "config without training")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    init = config_sub.add_parser("init", help="write a template with every key, its default "
+                                              "and its meaning")
+    init.add_argument("file", nargs="?", metavar="FILE",
+                      help="where to write it (a new file; default: print it)")
+    init.add_argument("--task", default="classification",
+                      help="the task whose defaults the template holds (classification, "
+                           "generation; default classification)")
+    init.set_defaults(func=cmd_config_init)
+    check = config_sub.add_parser(
+        "check", help="load and validate a config (every problem at once), load its data and "
+                      "estimate the memory of a run, without training; exit 0 or 2")
+    check.add_argument("file", metavar="CONFIG", help="the TOML config file")
+    add_setting_flags(check, "check")
+    check.set_defaults(func=cmd_config_check)
+
     debug_help = "on an error, show Python's full traceback instead of one line"
     parser.add_argument("--debug", action="store_true", help=debug_help)
-    for command in sub.choices.values():  # `fedlease COMMAND ... --debug` works as well
+    for command in [*sub.choices.values(), *config_sub.choices.values()]:
+        # `fedlease COMMAND ... --debug` works as well; every command documents its exit codes
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help=debug_help)
+        command.epilog = EXIT_CODES
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -286,6 +413,12 @@ def unexpected_error(err: Exception, command: list[str], args) -> str:
     return f"{what} (traceback in {log}; --debug prints it)"
 
 
+def interrupt_hint(args) -> str:
+    """What to do after Ctrl-C in this command: resume a run, rerun a comparison, ..."""
+    out = getattr(args, "output_dir", None) or getattr(args, "out", None) or "OUTPUT_DIR"
+    return INTERRUPT_HINTS[args.command].format(out=out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.debug:  # errors end in Python's own traceback
@@ -299,8 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedlease: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("fedlease: interrupted; metrics of finished rounds are in the output folder; "
-              "continue with: fedlease run --resume OUTPUT_DIR", file=sys.stderr)
+        print(f"fedlease: interrupted; {interrupt_hint(args)}", file=sys.stderr)
         return 130
     except Exception as err:  # not foreseen: one line here, the traceback in a log file
         message = unexpected_error(err, sys.argv[1:] if argv is None else argv, args)

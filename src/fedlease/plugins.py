@@ -21,11 +21,14 @@ aggregation rule ``(tensors, weights) -> tensor`` (named by the entry point).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from fedlease.algorithms import ALGORITHMS, Algorithm
 from fedlease.algorithms.aggregation import AGGREGATION_RULES, AggregationRule
+from fedlease.algorithms.clustering import SIGNALS
+from fedlease.data.partitioners import PARTITIONERS
 from fedlease.data.sources import SOURCES, DataSource
 from fedlease.errors import ConfigError
 from fedlease.tasks import METRIC_LABELS, TASKS, Task
@@ -123,3 +126,42 @@ def load_plugins() -> None:
                 raise ConfigError(f"{where} cannot be loaded: {type(err).__name__}: {err}") \
                     from None
     _loaded = True
+
+
+def _first_line(*docs: str | None) -> str:
+    """The first sentence-line of the first non-empty docstring."""
+    for doc in docs:
+        if doc and doc.strip():
+            text = " ".join(doc.strip().split("\n\n")[0].split()).replace("``", "")
+            return text.split(". ")[0].rstrip(".")
+    return ""
+
+
+def _module_doc(obj) -> str | None:
+    return getattr(sys.modules.get(getattr(obj, "__module__", ""), None), "__doc__", None)
+
+
+def registry_listing(kind: str) -> list[tuple[str, str]]:
+    """(name, what it is) of every entry a config may name for ``kind``: ``algorithms``
+    (federation.algorithm), ``tasks`` (model.task), ``sources`` (data.source),
+    ``partitioners`` ([[data.datasets]] partitioner), ``signals`` (federation.allocation),
+    ``aggregations`` (federation.aggregation); plugins included."""
+    load_plugins()
+    if kind == "algorithms":
+        return [(name, _first_line(cls.__doc__ if cls.__doc__ != Algorithm.__doc__ else None,
+                                   _module_doc(cls))) for name, cls in ALGORITHMS.items()]
+    if kind == "tasks":
+        return [(name, f"metric {task.metric}; " + _first_line(type(task).__doc__))
+                for name, task in TASKS.items()]
+    if kind == "sources":
+        return [(name, _first_line(source.load.__doc__)) for name, source in SOURCES.items()]
+    if kind == "partitioners":
+        return [(name, _first_line(function.__doc__)) for name, function in PARTITIONERS.items()]
+    if kind == "signals":
+        return [(name, f"clusters clients by {signal.title}: {signal.distance_name}")
+                for name, signal in SIGNALS.items()]
+    if kind == "aggregations":
+        return [(name, _first_line(getattr(factory(0.2), "func", factory(0.2)).__doc__))
+                for name, factory in AGGREGATION_RULES.items()]
+    raise ConfigError(f"fedlease list {kind!r}: expected one of algorithms, tasks, sources, "
+                      "partitioners, signals, aggregations")

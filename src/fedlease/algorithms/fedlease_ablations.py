@@ -21,6 +21,8 @@ FIXED_TOP_M = 2
 
 
 class FedLEASEFixedTopM(FedLEASE):
+    """FedLEASE with a fixed top-2 router instead of the adaptive top-M (an ablation)."""
+
     name = "fedlease-fixed-top-m"
 
     def layout_for(self, client_id: str) -> AdapterLayout:
@@ -30,6 +32,8 @@ class FedLEASEFixedTopM(FedLEASE):
 
 
 class FedLEASENoCluster(FedLEASE):
+    """FedLEASE with the clients' expert assignment shuffled at random (an ablation)."""
+
     name = "fedlease-no-cluster"
 
     def assign(self, clustering: Clustering) -> list[int]:

@@ -241,6 +241,22 @@ def _check_type(value, hint, label: str, problems: list[str]):
     return value
 
 
+def parse_setting(text: str, where: str = "--set") -> tuple[str, str, object]:
+    """``SECTION.KEY=VALUE`` (``--set``, a compare variant's ``+KEY=VALUE``) as (section, key,
+    value): VALUE is TOML, a bare word is a string; a key without a section is under
+    ``[federation]``. Whether the key exists is checked with the rest of the config."""
+    key, sep, value_text = text.partition("=")
+    section, _, name = key.strip().rpartition(".")
+    if not sep or not name or not value_text:
+        raise ConfigError(f"{where} {text!r}: expected SECTION.KEY=VALUE, e.g. "
+                          "federation.rounds=3 or train.lr=1e-3")
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text  # a bare word: a string
+    return section or "federation", name, value
+
+
 def read_toml(path: str | Path | None = None, overrides: dict | None = None) -> dict:
     """The TOML file's tables (none without ``path``), then ``overrides`` (``{"section":
     {"key": value}}``) over them; not yet type-checked (``build_config``)."""
@@ -326,18 +342,18 @@ def dump_toml(config: RunConfig) -> str:
     for section, values in config_to_dict(config).items():
         lines.append(f"[{section}]")
         for key, value in values.items():
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{key} = {toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(value) -> str:
+def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):  # an inline table (an item of [[data.datasets]])
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     return repr(value)

@@ -38,6 +38,8 @@ class ModelConfig:
     # local Hugging Face model directory; "" = the default model of the task
     # (all-MiniLM-L6-v2 for classification, SmolLM2-135M-Instruct for generation)
     path: str = ""
+    # names of the linear layers that get LoRA adapters (a suffix of the module name); the
+    # generation task's default is ["q_proj", "v_proj"]
     target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
     max_length: int = 64  # tokens per example / per prompt (longer inputs are truncated)
     max_new_tokens: int = 16  # generation: answer tokens learned and generated
@@ -52,9 +54,9 @@ class ModelConfig:
 
 @dataclass
 class LoRAConfig:
-    rank: int = 4
-    alpha: float = 16.0
-    dropout: float = 0.05
+    rank: int = 4  # r: the inner dimension of every LoRA (A is r x d_in, B is d_out x r)
+    alpha: float = 16.0  # the LoRA update is scaled by alpha / rank
+    dropout: float = 0.05  # dropout on the adapters' input while training
 
 
 @dataclass
@@ -69,12 +71,12 @@ class DatasetConfig:
     # columns, classification
     text: str = "text"
     text_pair: str = ""  # "" = single-text examples
-    label: str = "label"
+    label: str = "label"  # the label column
     labels: list[str] = field(default_factory=list)  # label order; [] = sorted label values
     # columns, generation
     instruction: str = "instruction"
     input: str = "input"  # "" = no input column
-    output: str = "output"
+    output: str = "output"  # the answer column
     # partitioning (Flower Datasets): iid | dirichlet | shard | pathological | natural
     partitioner: str = "iid"
     num_partitions: int = 4  # clients; natural: 0 = one per value of partition_by
@@ -96,10 +98,12 @@ class DatasetConfig:
 class DataConfig:
     source: str = "builtin"  # builtin | glue | jsonl | datasets | instructions (generation)
     path: str = ""  # glue: the glue_data folder; jsonl: a folder of per-client files
+    # builtin / glue / instructions: the tasks of the federation (builtin: sentiment, news, spam,
+    # uncertainty; glue: SST-2, QNLI, MRPC, QQP; instructions: DATA.md section 4)
     tasks: list[str] = field(default_factory=lambda: ["sentiment", "news", "spam", "uncertainty"])
-    clients_per_task: int = 4
-    train_per_client: int = 128
-    test_per_client: int = 48
+    clients_per_task: int = 4  # builtin / glue / instructions: clients made of each task
+    train_per_client: int = 128  # builtin / glue / instructions: training examples per client
+    test_per_client: int = 48  # builtin / glue / instructions: test examples per client
     # source = "datasets": the [[data.datasets]] tables, each partitioned into clients
     datasets: list[DatasetConfig] = field(default_factory=list)
     # builtin / glue: the label mix of each client, drawn per client from Dirichlet(label_skew)
@@ -109,11 +113,11 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    batch_size: int = 16
-    local_epochs: int = 1
-    device: str = "cpu"
+    lr: float = 3e-3  # AdamW learning rate of the local update
+    weight_decay: float = 0.05  # AdamW weight decay
+    batch_size: int = 16  # examples per local step
+    local_epochs: int = 1  # passes over the client's training examples per round
+    device: str = "cpu"  # cpu, cuda or cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto: bf16 (or fp16) on CUDA, fp32 on CPU
     # recompute each layer's activations in the backward pass: less memory, more time
     gradient_checkpointing: bool = False
@@ -123,8 +127,9 @@ class TrainConfig:
 
 @dataclass
 class FederationConfig:
-    algorithm: str = "fedlease"
-    rounds: int = 8
+    algorithm: str = "fedlease"  # fedlease list algorithms names them (plugins included)
+    rounds: int = 8  # communication rounds, warm-up included
+    # FedLEASE: rounds in which every client trains its own LoRA before the clustering
     warmup_rounds: int = 3
     max_experts: int = 4  # M_max: the largest number of clusters tried
     # what FedLEASE clusters clients by: "embedding" (the mean frozen-model representation of
@@ -135,7 +140,7 @@ class FederationConfig:
     allocation: str = "embedding"
     # std of the Gaussian noise a client adds to its (unit-length) embedding before uploading it
     embedding_noise: float = 0.0
-    seed: int = 0
+    seed: int = 0  # seeds the data split, the initial adapters, dropout and batch order
     # the server rejects a client upload holding a tensor of larger L2 norm (inf: no bound)
     max_update_norm: float = 100.0
     # how the server combines the uploads of a group (every client, or a cluster), per
@@ -151,7 +156,7 @@ class FederationConfig:
 
 @dataclass
 class OutputConfig:
-    dir: str = "runs/latest"
+    dir: str = "runs/latest"  # the run folder (a folder holding a run is refused: --overwrite)
     # per-round metrics as TensorBoard events in the run folder (needs fedlease[tensorboard])
     tensorboard: bool = False
 

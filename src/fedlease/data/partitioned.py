@@ -73,7 +73,9 @@ def dataset_problems(data: DataConfig) -> list[str]:
 
 
 def load_partitioned(data: DataConfig, seed: int) -> list[ClientData]:
-    """Classification clients: columns ``text`` (+ ``text_pair``) and ``label``."""
+    """Local tables ([[data.datasets]]) split into clients by a partitioner (DATA.md).
+
+    Classification clients: columns ``text`` (+ ``text_pair``) and ``label``."""
     return partition_datasets(data, seed, read_labelled, ClientData)
 
 

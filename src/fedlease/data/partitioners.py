@@ -39,6 +39,7 @@ def _flwr():
 
 @partitioner("iid")
 def iid(dataset, seed: int):
+    """Rows dealt to the clients uniformly at random (IID)."""
     return _flwr().IidPartitioner(num_partitions=dataset.num_partitions)
 
 

@@ -55,6 +55,7 @@ def builtin_dir():
 
 
 def load_builtin(data: DataConfig, seed: int) -> list[ClientData]:
+    """The real text shipped with the package (DATA.md): data.tasks x data.clients_per_task."""
     manifest = json.loads((builtin_dir() / "manifest.json").read_text())["tasks"]
     unknown = [t for t in data.tasks if t not in manifest]
     if unknown:
@@ -113,6 +114,7 @@ def read_glue_task(folder: Path, task: str) -> list[Example]:
 
 
 def load_glue(data: DataConfig, seed: int) -> list[ClientData]:
+    """A standard glue_data folder at data.path (SST-2, QNLI, MRPC, QQP)."""
     folder = Path(data.path)
     if not folder.is_dir():
         raise DataError(f"data.path = {str(folder)!r}: not a folder (expected a glue_data folder)")
@@ -321,7 +323,13 @@ def _read_client_rows(name: str, paths: list[Path], check_row):
     return rows
 
 
+def load_jsonl(data: DataConfig, seed: int) -> list[ClientData]:
+    """One JSONL file (or folder) per client in data.path, your own data (DATA.md)."""
+    return load_jsonl_folder(Path(data.path))
+
+
 def load_generation_only(data: DataConfig, seed: int) -> list[ClientData]:
+    """The built-in instruction tasks with free-text answers (model.task = "generation")."""
     raise DataError(f"data.source = {data.source!r} holds instruction tasks with free-text "
                     "answers, not labelled examples: set model.task = \"generation\" (or "
                     "data.source = \"builtin\" for the classification tasks)")
@@ -365,8 +373,7 @@ class DataSource:
 SOURCES = {
     "builtin": DataSource(load_builtin, path="none", uses_tasks=True),
     "glue": DataSource(load_glue, path="folder", uses_tasks=True),
-    "jsonl": DataSource(lambda data, seed: load_jsonl_folder(Path(data.path)), path="folder",
-                        uses_tasks=False),
+    "jsonl": DataSource(load_jsonl, path="folder", uses_tasks=False),
     "datasets": DataSource(load_partitioned, path="unused", uses_tasks=False,
                            datasets_problems=dataset_problems),
     # generation only: data/instructions.py serves it (INSTRUCTION_SOURCES)

@@ -66,3 +66,25 @@ def summary_table(result) -> str:
         lines += summary_lines(result.privacy)
     lines.append(f"{'wall time (s)':<{label_width}} {result.wall_seconds:>11.1f}")
     return "\n".join(lines)
+
+
+def summary_record(result) -> dict:
+    """The final table as one JSON-able object (``fedlease run --json``): per client its task,
+    expert and metrics, the means per task and overall, the clustering and the wall time."""
+    final = result.final
+    assignment = result.report.get("assignment", {})
+    record = {
+        "output_dir": result.config.output.dir,
+        "algorithm": result.config.federation.algorithm,
+        "rounds": len(result.history),
+        "metric": result.metric,
+        "clients": {cid: {"task": task, "expert": assignment.get(cid),
+                          **{name: final[cid][name] for name in result.columns}}
+                    for cid, task in result.tasks.items() if cid in final},
+        "means": {name: task_means(result.tasks, final, name) for name in result.columns},
+        "wall_seconds": result.wall_seconds,
+    }
+    if assignment:
+        record["experts"] = result.report["num_experts"]
+        record["adjusted_rand_index"] = clustering_ari(result.tasks, assignment)
+    return record

@@ -22,6 +22,7 @@ from fedlease.model.memory import (
     run_settings,
 )
 from fedlease.privacy.client import client_privacy
+from fedlease.runners.sampling import check_clients_per_round
 from fedlease.tasks import task_of
 from fedlease.training import LocalTrainer
 
@@ -63,6 +64,29 @@ def memory_line(config: RunConfig, path: str, auto_class: str, longest: int) -> 
         return f"no memory estimate for this model ({type(err).__name__}: {err})"
     return check_fits(shape, run_settings(config, shape, longest), config.train.device,
                       enforce=config.train.check_memory)
+
+
+def check_config_data(config: RunConfig) -> list[str]:
+    """What ``fedlease config check`` reports after the config itself: the clients its data
+    makes (loaded and checked as a run would) and the memory estimate of one training process
+    (refused, as a run would be, if it does not fit); no model weights are read."""
+    clients = load_clients(config)
+    check_clients_per_round(config.federation.clients_per_round, len(clients))
+    by_task: dict[str, int] = {}
+    for client in clients:
+        by_task[client.task] = by_task.get(client.task, 0) + 1
+    task = task_of(config)
+    longest, _ = task.longest_input(config.model)
+    return [f"data: {len(clients)} clients ("
+            + ", ".join(f"{name}: {count}" for name, count in by_task.items()) + "); "
+            + ", ".join(f"{split} examples per client "
+                        f"{span([len(getattr(c, split)) for c in clients])}"
+                        for split in ("train", "test")),
+            memory_line(config, base_model_path(config), task.auto_class, longest)]
+
+
+def span(values: list[int]) -> str:
+    return str(values[0]) if min(values) == max(values) else f"{min(values)}-{max(values)}"
 
 
 def client_trainer(config: RunConfig, model, tokenizer, client) -> LocalTrainer:

@@ -28,9 +28,11 @@ from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS
 from fedlease.config import RunConfig, changed_fields, config_to_dict
+from fedlease.config.loading import parse_setting
 from fedlease.config.schema import MACHINE_SETTINGS
 from fedlease.configure import load_config, with_overrides
 from fedlease.errors import CheckpointError, ConfigError
+from fedlease.plugins import load_plugins
 from fedlease.reporting.comparison import (
     is_finished,
     load_run,
@@ -43,9 +45,9 @@ from fedlease.runners.checkpoint import MANIFEST, checkpoint_dir
 from fedlease.runners.simulator import run_simulation
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 # fields that may differ between a finished pair and the comparison that reuses it
 REUSABLE_CHANGES = {("output", "dir"), ("train", "device")} | MACHINE_SETTINGS
@@ -53,6 +55,7 @@ REUSABLE_CHANGES = {("output", "dir"), ("train", "device")} | MACHINE_SETTINGS
 
 def parse_algorithms(text: str) -> list[str]:
     """``all`` or a comma-separated list of algorithm names and variants (checked here)."""
+    load_plugins()
     if text.strip() == "all":
         return list(ALGORITHMS)
     names = [name.strip() for name in text.split(",") if name.strip()]
@@ -67,18 +70,12 @@ def parse_algorithms(text: str) -> list[str]:
 
 
 def variant_overrides(name: str) -> dict:
-    """``{"section": {"key": value}}`` of a variant name's ``+KEY=VALUE`` parts."""
+    """``{"section": {"key": value}}`` of a variant name's ``+KEY=VALUE`` parts (the syntax of
+    ``--set``, ``parse_setting``)."""
     overrides: dict = {}
     for part in name.split("+")[1:]:
-        key, sep, text = part.partition("=")
-        if not sep or not key or not text:
-            raise ConfigError(f"--algorithms: {part!r} in {name!r}: expected KEY=VALUE")
-        section, _, field = key.rpartition(".")
-        try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text  # a bare word: a string
-        overrides.setdefault(section or "federation", {})[field] = value
+        section, key, value = parse_setting(part, where=f"--algorithms {name!r}:")
+        overrides.setdefault(section, {})[key] = value
     return overrides
 
 

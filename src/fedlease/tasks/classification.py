@@ -26,6 +26,8 @@ PLACEHOLDER_LABEL = 0  # label of an example to predict whose label is unknown (
 
 
 class ClassificationTask(Task):
+    """Label classification with a sequence encoder and a head of each client's own."""
+
     name = "classification"
     metric = "accuracy"
     columns = ("accuracy",)

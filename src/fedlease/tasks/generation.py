@@ -43,6 +43,8 @@ INPUT_MARK = "\u241fFEDLEASE-INPUT\u241f"  # where the input goes in a rendered 
 
 
 class GenerationTask(Task):
+    """Instruction following with a causal LM, scored with ROUGE-L and exact match."""
+
     name = "generation"
     metric = "rouge_l"
     columns = ("rouge_l", "exact_match")
