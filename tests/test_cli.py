@@ -38,7 +38,7 @@ def test_compare_takes_the_run_flags_and_prints_the_table(tiny_model_dir, tiny_f
         "federation": {"warmup_rounds": 1},
     })
     out = tmp_path / "compare"
-    assert main(["compare", "--config", str(path), "--algorithms", "local,fedit", "--seeds", "1",
+    assert main(["compare", "--config", str(path), "--algorithms", "local,fedit", "--num-seeds", "1",
                  "--rounds", "2", "--precision", "fp32", "--data-path", str(tiny_federation),
                  "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out

@@ -12,11 +12,16 @@ from __future__ import annotations
 import contextlib
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 
 from fedlease.config.schema import PRECISIONS, RunConfig
 from fedlease.model.lora import AdapterLayout
+
+# a term an algorithm adds to the task's loss at every local step: a function of the trainable
+# tensors by name and of their values when the local update began (FedProx's proximal term)
+LocalLoss = Callable[[dict[str, torch.nn.Parameter], dict[str, torch.Tensor]], torch.Tensor]
 
 
 def autocast_dtype(device: str, precision: str = "auto") -> torch.dtype | None:
@@ -125,15 +130,23 @@ class LocalTrainer(ABC):
             return contextlib.nullcontext()
         return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
 
-    def train(self, state: dict[str, torch.Tensor], layout: AdapterLayout, seed: int):
-        """Local epochs of AdamW on the layout's trainable tensors and the head."""
+    def train(self, state: dict[str, torch.Tensor], layout: AdapterLayout, seed: int,
+              local_loss: LocalLoss | None = None):
+        """Local epochs of AdamW on the layout's trainable tensors and the head; ``local_loss``
+        (an algorithm's, ``AlgorithmClient.local_loss``) is added to every step's loss."""
         if self.privacy is not None:
+            if local_loss is not None:
+                raise ValueError("an algorithm with a local loss term cannot run with "
+                                 "[privacy] on (DP-SGD clips per-example gradients of the "
+                                 "task's loss alone)")
             return self.privacy.train(self, state, layout, seed)
         torch.manual_seed(seed)  # dropout
         order_gen = torch.Generator().manual_seed(seed)
         self.model.load_state(state, layout)
         self.model.train()
         params = self.model.trainable_parameters()
+        named = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+        start = {name: p.detach().clone() for name, p in named.items()} if local_loss else {}
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
         scaler = torch.amp.GradScaler(self.model.device.type,
@@ -144,6 +157,8 @@ class LocalTrainer(ABC):
             order = torch.randperm(self.num_train, generator=order_gen)
             for inputs, targets in self.batches("train", order):
                 loss = self.loss(inputs, targets)
+                if local_loss is not None:
+                    loss = loss + local_loss(named, start)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)

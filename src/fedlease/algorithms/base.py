@@ -40,6 +40,7 @@ from fedlease.model.lora import AdapterLayout, init_lora
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
     from fedlease.config.schema import RunConfig
+    from fedlease.training import LocalLoss
 
 Tensors = dict[str, torch.Tensor]
 
@@ -207,8 +208,18 @@ class AlgorithmClient:
                                     ins, trainer)
 
     @classmethod
+    def local_loss(cls, ins: Instruction) -> LocalLoss | None:
+        """A term added to the task's loss at every local step of this instruction's update:
+        a function of the trainable tensors (by parameter name) and of their values when the
+        update began; None (the default): the task's loss alone. FedProx's proximal term
+        ``mu / 2 * ||w - w_start||^2`` is one (docs/extending.md)."""
+        return None
+
+    @classmethod
     def train_and_upload(cls, state: Tensors, ins: Instruction, trainer) -> tuple[Reply, Tensors]:
-        state, metrics = trainer.train(state, ins.layout, seed=ins.seed)
+        local_loss = cls.local_loss(ins)
+        extra = {} if local_loss is None else {"local_loss": local_loss}
+        state, metrics = trainer.train(state, ins.layout, seed=ins.seed, **extra)
         upload = select_upload(state, ins.upload)
         if ins.upload is not None and ins.upload.embedding:
             upload[EMBEDDING_KEY] = client_embedding(trainer, ins)
