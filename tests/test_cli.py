@@ -38,8 +38,9 @@ def test_compare_takes_the_run_flags_and_prints_the_table(tiny_model_dir, tiny_f
         "federation": {"warmup_rounds": 1},
     })
     out = tmp_path / "compare"
-    assert main(["compare", "--config", str(path), "--algorithms", "local,fedit", "--num-seeds", "1",
-                 "--rounds", "2", "--precision", "fp32", "--data-path", str(tiny_federation),
+    assert main(["compare", "--config", str(path), "--algorithms", "local,fedit",
+                 "--num-seeds", "1", "--rounds", "2", "--precision", "fp32",
+                 "--data-path", str(tiny_federation),
                  "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "| local |" in printed and "| fedit |" in printed

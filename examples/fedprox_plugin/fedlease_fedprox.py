@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedlease.algorithms.base import AlgorithmClient, Instruction
+from fedlease.algorithms.base import Instruction
 from fedlease.algorithms.fedit import FedIT
 
 
@@ -20,7 +20,9 @@ class ProximalWeight:
     mu: float
 
 
-class FedProxClient(AlgorithmClient):
+class FedProxClient(FedIT.client):
+    """FedIT's client side (it splices the averaged LoRA into its state) with the term."""
+
     @classmethod
     def local_loss(cls, ins: Instruction):
         mu = ins.extra.mu

@@ -146,7 +146,7 @@ class LocalTrainer(ABC):
         self.model.train()
         params = self.model.trainable_parameters()
         named = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
-        start = {name: p.detach().clone() for name, p in named.items()} if local_loss else {}
+        begun = {name: p.detach().clone() for name, p in named.items()} if local_loss else {}
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
         scaler = torch.amp.GradScaler(self.model.device.type,
@@ -158,7 +158,7 @@ class LocalTrainer(ABC):
             for inputs, targets in self.batches("train", order):
                 loss = self.loss(inputs, targets)
                 if local_loss is not None:
-                    loss = loss + local_loss(named, start)
+                    loss = loss + local_loss(named, begun)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)

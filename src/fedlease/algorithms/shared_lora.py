@@ -54,9 +54,11 @@ class SharedLoRA(Algorithm):
         self.shared: Tensors = {}  # the latest averages, [len(shared_experts), ...] per key
 
     def __init_subclass__(cls, **kwargs):
-        """Each algorithm's client splices the averages into the experts its server averages."""
+        """Each algorithm's client splices the averages into the experts its server averages;
+        it extends the client side the subclass declares (e.g. one with a ``local_loss``), else
+        the one it inherits."""
         super().__init_subclass__(**kwargs)
-        cls.client = type(f"{cls.__name__}Client", (SharedLoRAClient,),
+        cls.client = type(f"{cls.__name__}Client", (cls.client,),
                           {"shared_experts": cls.shared_experts})
 
     def client_layout_bound(self) -> AdapterLayout:
