@@ -78,7 +78,9 @@ def test_the_test_command_runs_right_after_the_install_before_any_extra_is_insta
     blocks, _ = smoke.covered_blocks()
     order = smoke.run_order(blocks)
     assert "pip install" in order[0].text
-    assert order[1].text == "python -m pytest" and order[1].after_install
+    # the test tools, then the suite: no extra beyond them
+    assert order[1].text == 'pip install -e ".[dev]" && python -m pytest'
+    assert order[1].after_install
     assert sorted(b.line for b in order) == sorted(b.line for b in blocks)  # none left out
 
 
