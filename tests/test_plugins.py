@@ -125,3 +125,15 @@ def test_fedprox_installed_as_its_own_package_runs_through_compare(tiny_model_di
     listed = subprocess.run([sys.executable, "-m", "fedlease", "list", "algorithms"],
                             capture_output=True, text=True, env=env, check=True).stdout
     assert "fedprox" in listed and "proximal term" in listed
+
+
+def test_the_public_python_api_runs_a_config(tiny_model_dir, tiny_federation, tmp_path):
+    import fedlease
+
+    config = fedlease.load_config(overrides={
+        "model": {"path": str(tiny_model_dir), "max_length": 16},
+        "data": {"source": "jsonl", "path": str(tiny_federation)},
+        "federation": {"algorithm": "fedit", "rounds": 1, "warmup_rounds": 0},
+        "output": {"dir": str(tmp_path / "out")}})
+    result = fedlease.run(config, progress=False)
+    assert len(result.history) == 1 and (tmp_path / "out" / "summary.txt").exists()
