@@ -1,5 +1,8 @@
 """`python -m fedlease`: the fedlease command line."""
 
+import sys
+
 from fedlease.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    sys.exit(main())

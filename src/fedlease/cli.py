@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 
 from fedlease import __version__
-from fedlease.config import PRECISIONS
+from fedlease.config import PRECISIONS, ModelConfig
 from fedlease.config.loading import parse_setting
 from fedlease.errors import CheckpointError, ConfigError, DataError, ModelFileError, OutputError
 
@@ -358,9 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "and its meaning")
     init.add_argument("file", nargs="?", metavar="FILE",
                       help="where to write it (a new file; default: print it)")
-    init.add_argument("--task", default="classification",
-                      help="the task whose defaults the template holds (classification, "
-                           "generation; default classification)")
+    init.add_argument("--task", default=ModelConfig.task,
+                      help="the task whose defaults the template holds (fedlease list tasks; "
+                           f"default {ModelConfig.task})")
     init.set_defaults(func=cmd_config_init)
     check = config_sub.add_parser(
         "check", help="load and validate a config (every problem at once), load its data and "
