@@ -11,8 +11,8 @@ from fedlease.algorithms import ALGORITHMS
 from fedlease.config import config_to_dict
 from fedlease.configure import load_config
 from fedlease.errors import ConfigError
-from fedlease.runners import compare
-from fedlease.runners.compare import parse_algorithms, run_comparison
+from fedlease.experiments import compare
+from fedlease.experiments.compare import parse_algorithms, run_comparison
 
 CLIENTS = ["colors-0", "colors-1", "animals-0", "animals-1"]
 
@@ -151,7 +151,7 @@ def test_a_pair_interrupted_mid_run_continues_from_its_checkpoint(compared, tmp_
                                                                    monkeypatch):
     """Killed after round 1 of 2, the pair resumes at round 2 and ends with the metrics of the
     uninterrupted run."""
-    from fedlease.runners import engine
+    from fedlease.federation import engine
 
     config, out, _ = compared
     saved = engine.save_checkpoint

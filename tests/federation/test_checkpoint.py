@@ -19,9 +19,9 @@ from fedlease import cli
 from fedlease.algorithms import ALGORITHMS
 from fedlease.config import dump_toml
 from fedlease.configure import with_overrides
+from fedlease.federation import checkpoint as ckpt
 from fedlease.reporting import outputs
-from fedlease.runners import checkpoint as ckpt
-from fedlease.runners.simulator import run_simulation
+from fedlease.transports.simulator import run_simulation
 
 from ..algorithms.test_validation import honest_replies, make_server
 

@@ -6,13 +6,13 @@ import torch
 
 from fedlease.configure import load_config
 from fedlease.errors import ConfigError
-from fedlease.runners.client_states import DiskStates, MemoryStates
-from fedlease.runners.sampling import (
+from fedlease.federation.client_states import DiskStates, MemoryStates
+from fedlease.federation.sampling import (
     check_clients_per_round,
     clients_to_evaluate,
     sampled_clients,
 )
-from fedlease.runners.simulator import run_simulation
+from fedlease.transports.simulator import run_simulation
 
 IDS = [f"c{i}" for i in range(10)]
 
@@ -142,7 +142,7 @@ def test_a_sampled_run_resumes_to_the_same_metrics(algorithm, tiny_config, tmp_p
 def test_compare_tables_a_sampled_run_with_never_sampled_clients(tiny_config, tmp_path):
     # the last round evaluates clients that never trained (no training metrics): the table
     # still has its trainable parameters (of those that trained) and its traffic
-    from fedlease.runners.compare import run_comparison
+    from fedlease.experiments.compare import run_comparison
 
     tiny_config.federation.clients_per_round = 2
     rows = run_comparison(tiny_config, ["fedit"], [1], tmp_path / "cmp", progress=False)

@@ -7,7 +7,7 @@ import torch
 
 from fedlease.algorithms import ALGORITHMS
 from fedlease.reporting.summary import clustering_ari, task_means
-from fedlease.runners.simulator import run_simulation
+from fedlease.transports.simulator import run_simulation
 
 from ..conftest import planted_config, write_planted_federation
 

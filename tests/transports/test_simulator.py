@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedlease.runners.simulator import run_simulation
+from fedlease.transports.simulator import run_simulation
 
 
 def test_fedlease_runs_end_to_end_and_writes_outputs(tiny_config, tmp_path):
@@ -26,7 +26,7 @@ def test_fedlease_runs_end_to_end_and_writes_outputs(tiny_config, tmp_path):
     assert "adjusted Rand index" in (out / "summary.txt").read_text()
     # the saved adapters are the model each client was last evaluated with
     from fedlease.model.lora import AdapterLayout
-    from fedlease.runners.clients import build_trainers, load_clients
+    from fedlease.tasks.loading import build_trainers, load_clients
 
     trainer = build_trainers(tiny_config, load_clients(tiny_config))["colors-0"]
     layout = AdapterLayout.fedlease(K, clustering["assignment"]["colors-0"])

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from fedlease.algorithms import ALGORITHMS
 from fedlease.configure import load_config
 from fedlease.reporting.summary import summary_table
-from fedlease.runners.simulator import run_simulation
+from fedlease.transports.simulator import run_simulation
 
 
 def test_fedlease_generation_runs_end_to_end_and_reports_rouge_l(tiny_generation_config,
@@ -56,7 +56,7 @@ def test_smollm2_on_the_builtin_instruction_federation(tmp_path):
 
 
 def test_compare_ranks_generation_runs_by_rouge_l(tiny_generation_config, tmp_path):
-    from fedlease.runners.compare import run_comparison
+    from fedlease.experiments.compare import run_comparison
 
     out = tmp_path / "compare"
     rows = run_comparison(tiny_generation_config, ["fedlease", "fedit"], [0], out,

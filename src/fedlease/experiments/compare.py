@@ -31,6 +31,7 @@ from fedlease.config import RunConfig, changed_fields, config_to_dict
 from fedlease.config.schema import MACHINE_SETTINGS
 from fedlease.configure import load_config, with_overrides
 from fedlease.errors import CheckpointError, ConfigError
+from fedlease.federation.checkpoint import MANIFEST, checkpoint_dir
 from fedlease.reporting.comparison import (
     is_finished,
     load_run,
@@ -39,8 +40,7 @@ from fedlease.reporting.comparison import (
     write_comparison,
 )
 from fedlease.reporting.outputs import CONFIG_FILE
-from fedlease.runners.checkpoint import MANIFEST, checkpoint_dir
-from fedlease.runners.simulator import run_simulation
+from fedlease.transports.simulator import run_simulation
 
 if sys.version_info >= (3, 11):
     import tomllib

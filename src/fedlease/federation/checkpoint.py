@@ -34,11 +34,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from fedlease.algorithms.base import Algorithm, Tensors
+from fedlease.algorithms.base import Algorithm
+from fedlease.algorithms.messages import Tensors
 from fedlease.config import RunConfig, changed_fields, config_to_dict
 from fedlease.config.schema import MACHINE_SETTINGS
 from fedlease.errors import CheckpointError
-from fedlease.model.classifier import ADAPTER_PREFIX, HEAD_PREFIX
+from fedlease.model.adapted import ADAPTER_PREFIX, HEAD_PREFIX
 from fedlease.reporting.files import atomic_write, atomic_write_bytes
 from fedlease.reporting.outputs import CHECKPOINT_DIR
 

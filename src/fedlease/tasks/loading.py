@@ -1,6 +1,6 @@
-"""The client side every runner shares: the clients' data, the frozen base model and each
-client's local trainer, of the configured task (used by the simulator for every client and by
-the Flower ClientApp for its node's client)."""
+"""Loading what the configured task trains: the clients' data, the frozen base model and each
+client's local trainer. The client side every transport shares (the simulator for every client,
+the Flower ClientApp for its node's client) and ``fedlease predict``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from fedlease.config import RunConfig
 from fedlease.data.skewed import check_every_client_has_examples
 from fedlease.data.sources import SOURCES
 from fedlease.errors import ConfigError, DataError
-from fedlease.model.classifier import position_limit
+from fedlease.model.adapted import position_limit
 from fedlease.model.hub import resolve_model_path
 from fedlease.model.memory import (
     check_fits,

@@ -2,7 +2,7 @@
 
 Per client only the small state (adapters, router, head) is kept; it is swapped into the shared
 model for that client's training or evaluation. The base model is loaded once per run. The
-rounds are the engine's (``runners.engine``); this module is its in-process ``Transport``.
+rounds are the engine's (``federation.engine``); this module is its in-process ``Transport``.
 """
 
 from __future__ import annotations
@@ -13,22 +13,22 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Instruction, Reply
+from fedlease.attacks import attacked_clients, attacked_trainers
 from fedlease.config import RunConfig
 from fedlease.data.client_data import ClientData
-from fedlease.reporting.data_report import data_report
-from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
-from fedlease.runners.attacks import attacked_clients, attacked_trainers
-from fedlease.runners.checkpoint import data_fingerprint
-from fedlease.runners.client_states import client_states
-from fedlease.runners.clients import base_model_path, build_trainers, load_clients
-from fedlease.runners.engine import (
+from fedlease.federation.checkpoint import data_fingerprint
+from fedlease.federation.client_states import client_states
+from fedlease.federation.engine import (
     ClientRoster,
     RunResult,
     client_state_bytes,
     run_rounds,
 )
-from fedlease.runners.sampling import clients_to_evaluate, sampled_clients
+from fedlease.federation.sampling import clients_to_evaluate, sampled_clients
+from fedlease.reporting.data_report import data_report
+from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
 from fedlease.saved_models import describe_run
+from fedlease.tasks.loading import base_model_path, build_trainers, load_clients
 from fedlease.training import LocalTrainer
 
 

@@ -10,7 +10,7 @@ from flwr.app import Context, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedlease.runners.flower.client_app import app as client_app
+from fedlease.transports.flower.client_app import app as client_app
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from fedlease.runners.simulator import run_simulation  # noqa: E402
+from fedlease.transports.simulator import run_simulation  # noqa: E402
 
 from .processes import LocalFlower, self_signed_certificates, wait_for  # noqa: E402
 

@@ -10,13 +10,13 @@ pytest.importorskip("flwr")
 from fedlease.algorithms import ALGORITHMS  # noqa: E402
 from fedlease.config import config_to_dict
 from fedlease.errors import ConfigError
-from fedlease.runners.flower.server_app import run_on_grid  # noqa: E402
-from fedlease.runners.flower.settings import (  # noqa: E402
+from fedlease.transports.flower.server_app import run_on_grid  # noqa: E402
+from fedlease.transports.flower.settings import (  # noqa: E402
     FlowerSettings,
     parse_overrides,
     read_run_config,
 )
-from fedlease.runners.simulator import run_simulation  # noqa: E402
+from fedlease.transports.simulator import run_simulation  # noqa: E402
 
 from .grid import LoopbackGrid, task_identity  # noqa: E402
 

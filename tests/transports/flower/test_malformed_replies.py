@@ -12,12 +12,12 @@ pytest.importorskip("flwr")
 from flwr.app import ConfigRecord, MetricRecord, RecordDict  # noqa: E402
 
 from fedlease.algorithms import Reply  # noqa: E402
-from fedlease.algorithms.base import MalformedReply  # noqa: E402
+from fedlease.algorithms.messages import MalformedReply  # noqa: E402
 from fedlease.algorithms.validation import check_reply  # noqa: E402
 from fedlease.errors import ConfigError, RejectedUpload  # noqa: E402
-from fedlease.runners.flower.records import read_reply, reply_content  # noqa: E402
-from fedlease.runners.flower.server_app import run_on_grid  # noqa: E402
-from fedlease.runners.flower.settings import read_run_config  # noqa: E402
+from fedlease.transports.flower.records import read_reply, reply_content  # noqa: E402
+from fedlease.transports.flower.server_app import run_on_grid  # noqa: E402
+from fedlease.transports.flower.settings import read_run_config  # noqa: E402
 
 from .grid import LoopbackGrid, task_identity  # noqa: E402
 from .test_loopback import run_config_for  # noqa: E402

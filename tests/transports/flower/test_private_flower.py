@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from fedlease.configure import with_overrides  # noqa: E402
-from fedlease.runners.simulator import run_simulation  # noqa: E402
+from fedlease.transports.simulator import run_simulation  # noqa: E402
 
 from .test_loopback import run_on_loopback, without_timings  # noqa: E402
 

@@ -24,17 +24,17 @@ from fedlease.config import RunConfig, config_to_dict
 from fedlease.data.client_data import ClientData
 from fedlease.errors import DataError
 from fedlease.reporting.data_report import client_data_summary
-from fedlease.runners.clients import client_trainer, load_base_model, load_clients
-from fedlease.runners.flower.records import (
+from fedlease.tasks import task_of
+from fedlease.tasks.loading import client_trainer, load_base_model, load_clients
+from fedlease.training import LocalTrainer
+from fedlease.transports.flower.records import (
     from_array_record,
     metric_record,
     read_instruction,
     reply_content,
     to_array_record,
 )
-from fedlease.runners.flower.settings import read_run_config
-from fedlease.tasks import task_of
-from fedlease.training import LocalTrainer
+from fedlease.transports.flower.settings import read_run_config
 
 LOCAL_STATE = "fedlease-local-state"
 

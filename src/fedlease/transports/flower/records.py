@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedlease.algorithms.base import Instruction, MalformedReply, Reply, Tensors
+from fedlease.algorithms.messages import Instruction, MalformedReply, Reply, Tensors
 from fedlease.errors import ProtocolError
 
 NUM_EXAMPLES = "num-examples"

@@ -7,7 +7,7 @@ of every client before training (FedLEASE's embeddings), if anything; then per r
 ``configure_fit`` -> one train message per sampled client (each its own tensors and layout, as
 FedLEASE needs) -> ``aggregate_fit`` on the replies that arrived -> ``configure_evaluate`` ->
 evaluate messages. A client that errors or does not answer within ``round-timeout`` is left out
-of that step; the run goes on with the rest. The rounds are the engine's (``runners.engine``),
+of that step; the run goes on with the rest. The rounds are the engine's (``federation.engine``),
 this module is its Flower ``Transport``. Results go to ``output.dir`` like the in-process
 simulator's (config, metrics.json, clustering.json, summary, plots), with the server's
 checkpoint after every round: a ServerApp started again with ``resume = true`` continues after
@@ -35,17 +35,17 @@ from flwr.serverapp import Grid, ServerApp
 from fedlease.algorithms import ClientInfo, Instruction, Reply
 from fedlease.config import RunConfig
 from fedlease.errors import ConfigError, ProtocolError
+from fedlease.federation.engine import ClientRoster, RunResult, client_state_bytes, run_rounds
+from fedlease.federation.sampling import clients_to_evaluate, sampled_clients
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
-from fedlease.runners.engine import ClientRoster, RunResult, client_state_bytes, run_rounds
-from fedlease.runners.flower.records import (
+from fedlease.tasks import task_of
+from fedlease.transports.flower.records import (
     instruction_content,
     read_description,
     read_metrics,
     read_reply,
 )
-from fedlease.runners.flower.settings import FlowerSettings, read_run_config
-from fedlease.runners.sampling import clients_to_evaluate, sampled_clients
-from fedlease.tasks import task_of
+from fedlease.transports.flower.settings import FlowerSettings, read_run_config
 
 app = ServerApp()
 PROFILE_MESSAGE = f"{MessageType.QUERY}.profile"  # handled by the ClientApp's profile()
@@ -148,7 +148,7 @@ def with_fraction_train(config: RunConfig, settings: FlowerSettings,
 
 class GridTransport:
     """The engine's messages over a Flower grid: one message per client and step, to the node
-    that holds it; the clients of each round by the one sampling rule (runners/sampling.py,
+    that holds it; the clients of each round by the one sampling rule (federation/sampling.py,
     ``federation.clients_per_round`` or ``fraction-train``), those of them that are connected;
     a client that does not answer is left out of that step."""
 
@@ -180,7 +180,7 @@ class GridTransport:
         return [cid for cid in self.order if self.node_of[cid] in nodes]
 
     def choose_fit(self, rnd: int, trained: set[str]) -> tuple[list[str], list[str]]:
-        """The clients of ``federation.clients_per_round``'s rule (runners/sampling.py, as in
+        """The clients of ``federation.clients_per_round``'s rule (federation/sampling.py, as in
         the simulator) whose node is connected."""
         self.available = self.online()
         online = set(self.available)

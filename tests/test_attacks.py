@@ -8,16 +8,16 @@ import torch
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo
 from fedlease.algorithms.base import with_head
-from fedlease.configure import load_config, with_overrides
-from fedlease.errors import ConfigError
-from fedlease.runners.attacks import (
+from fedlease.attacks import (
     AttackingTrainer,
     attacked_clients,
     attacked_trainers,
     poisoned_update,
 )
-from fedlease.runners.clients import build_trainers, load_clients
-from fedlease.runners.simulator import run_simulation
+from fedlease.configure import load_config, with_overrides
+from fedlease.errors import ConfigError
+from fedlease.tasks.loading import build_trainers, load_clients
+from fedlease.transports.simulator import run_simulation
 
 
 def attack(config, **values):
@@ -123,7 +123,7 @@ def test_a_forged_embedding_joins_the_target_cluster(tiny_config):
 ])
 def test_bad_attackers_fail_before_the_model_loads(tiny_config, tmp_path, monkeypatch,
                                                     values, message):
-    import fedlease.runners.simulator as simulator
+    import fedlease.transports.simulator as simulator
 
     monkeypatch.setattr(simulator, "build_trainers",
                         lambda *a: pytest.fail("the model loaded before the check"))

@@ -26,16 +26,46 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from fedlease.config import RunConfig
 from fedlease.data.client_data import ClientData
 from fedlease.errors import ConfigError
-from fedlease.model.classifier import ADAPTER_PREFIX
+from fedlease.model.adapted import ADAPTER_PREFIX
+from fedlease.registry import Registry
 from fedlease.training import LocalTrainer
 
 Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AttackKind:
+    """What an attacker of one ``attack.kind`` changes: its training labels, its upload (the
+    factor on its update, given ``attack.scale``) or its representation vector."""
+
+    flips_labels: bool = False
+    update_factor: Callable[[float], float] | None = None
+    forges_embedding: bool = False
+
+
+ATTACKS: Registry[AttackKind] = Registry("attack.kind")
+ATTACKS.register("sign-flip", AttackKind(update_factor=lambda scale: -1.0))
+ATTACKS.register("scale", AttackKind(update_factor=lambda scale: scale))
+ATTACKS.register("label-flip", AttackKind(flips_labels=True))
+ATTACKS.register("forged-embedding", AttackKind(forges_embedding=True))
+
+
+def config_problems(config: RunConfig) -> list[str]:
+    """What ``[attack]`` needs besides its ranges (``config.loading``): a forged embedding's
+    target."""
+    attack = config.attack
+    if ATTACKS[attack.kind].forges_embedding and attack.clients and not attack.target:
+        return [f"attack.target = {attack.target!r}: expected the client whose cluster the "
+                "forged embedding joins"]
+    return []
 
 
 def check_attackers(config: RunConfig, client_ids: list[str]) -> None:
@@ -48,7 +78,7 @@ def check_attackers(config: RunConfig, client_ids: list[str]) -> None:
     if attack.clients and len(attack.clients) >= len(client_ids):
         raise ConfigError(f"attack.clients = {attack.clients!r}: every client attacks; "
                           "expected at least one honest client")
-    if attack.clients and attack.kind == "forged-embedding" and attack.target not in client_ids:
+    if attack.clients and ATTACKS[attack.kind].forges_embedding and attack.target not in client_ids:
         raise ConfigError(f"attack.target = {attack.target!r}: not a client of this "
                           f"federation; expected one of {client_ids}")
 
@@ -57,7 +87,7 @@ def attacked_clients(config: RunConfig, clients: list) -> list:
     """The clients, checked against ``[attack]``; a label-flipping attacker's training labels
     replaced by the next label. Called before the model loads: a bad name costs nothing."""
     check_attackers(config, [c.client_id for c in clients])
-    if config.attack.kind != "label-flip" or not config.attack.clients:
+    if not ATTACKS[config.attack.kind].flips_labels or not config.attack.clients:
         return clients
     out = []
     for client in clients:
@@ -77,7 +107,7 @@ def attacked_trainers(config: RunConfig,
     """The trainers, those of the attackers wrapped so that what they upload is poisoned
     (label flips are already in their data)."""
     attack = config.attack
-    if attack.kind == "label-flip":
+    if ATTACKS[attack.kind].flips_labels:
         return trainers
     return {cid: AttackingTrainer(trainer, config, trainers.get(attack.target))
             if cid in attack.clients else trainer for cid, trainer in trainers.items()}
@@ -91,22 +121,22 @@ class AttackingTrainer:
     def __init__(self, trainer: LocalTrainer, config: RunConfig,
                  target: LocalTrainer | None = None):
         self.honest, self.target = trainer, target
-        self.kind, self.scale = config.attack.kind, config.attack.scale
+        self.kind, self.scale = ATTACKS[config.attack.kind], config.attack.scale
         self.max_norm = config.federation.max_update_norm
 
     def __getattr__(self, name):
         return getattr(self.honest, name)
 
     def mean_representation(self) -> torch.Tensor:
-        if self.kind == "forged-embedding":
+        if self.kind.forges_embedding:
             return self.target.mean_representation()
         return self.honest.mean_representation()
 
     def train(self, state: Tensors, layout, seed: int):
         trained, metrics = self.honest.train(state, layout, seed=seed)
-        factor = {"sign-flip": -1.0, "scale": self.scale}.get(self.kind)
-        if factor is None:
+        if self.kind.update_factor is None:
             return trained, metrics
+        factor = self.kind.update_factor(self.scale)
         poisoned = {key: poisoned_update(key, state[key], value - state[key], factor,
                                          self.max_norm)
                     if key.startswith(ADAPTER_PREFIX) and key in state else value
