@@ -14,21 +14,29 @@ import math
 import sys
 from pathlib import Path
 
+from fedlease.algorithms import ALGORITHMS
+from fedlease.algorithms.aggregation import AGGREGATION_RULES
+from fedlease.algorithms.clustering import SIGNALS
+from fedlease.attacks import ATTACKS
 from fedlease.config.reference import DATASETS_TABLE, KeyReference, schema_reference, section_doc
-from fedlease.config.schema import ATTACKS, PRECISIONS, PRIVACY_ACCOUNTANTS, QUANTIZATIONS
-from fedlease.plugins import registry_listing
+from fedlease.config.schema import PRECISIONS
+from fedlease.data.partitioners import PARTITIONERS
+from fedlease.data.sources import SOURCES
+from fedlease.model.quantization import QUANTIZATIONS
+from fedlease.privacy.accountants import ACCOUNTANTS
+from fedlease.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "configuration.md"
 
-# keys whose values are names: of a registry (`fedlease list KIND`, plugins add to them) or of
-# a fixed list in the schema
+# keys whose values are names: of a registry (the built-in entries; `fedlease list KIND` shows
+# those of the installed plugins too) or of a fixed list in the schema
 ALLOWED = {
-    "model.task": "tasks", "data.source": "sources", "federation.algorithm": "algorithms",
-    "federation.allocation": "signals", "federation.aggregation": "aggregations",
-    f"{DATASETS_TABLE}.partitioner": "partitioners",
-    "train.precision": PRECISIONS, "model.quantization": QUANTIZATIONS,
-    "attack.kind": ATTACKS, "privacy.accountant": PRIVACY_ACCOUNTANTS,
+    "model.task": TASKS, "data.source": SOURCES, "federation.algorithm": ALGORITHMS,
+    "federation.allocation": SIGNALS, "federation.aggregation": AGGREGATION_RULES,
+    f"{DATASETS_TABLE}.partitioner": PARTITIONERS, "train.precision": PRECISIONS,
+    "model.quantization": QUANTIZATIONS, "attack.kind": ATTACKS,
+    "privacy.accountant": ACCOUNTANTS,
 }
 # keys that only matter under another setting
 APPLIES = {
@@ -79,12 +87,7 @@ def shown(value) -> str:
 
 
 def allowed(key: KeyReference) -> str:
-    names = ALLOWED.get(key.name)
-    if names is None:
-        return ""
-    if isinstance(names, str):
-        return ", ".join(f"`{name}`" for name, _ in registry_listing(names))
-    return ", ".join(f"`{name}`" for name in names)
+    return ", ".join(f"`{name}`" for name in ALLOWED.get(key.name, ()))
 
 
 def cell(text: str) -> str:

@@ -17,7 +17,7 @@ from fedlease.algorithms.fedit import FedIT
 from fedlease.configure import load_config, with_overrides
 from fedlease.data.sources import SOURCES
 from fedlease.errors import ConfigError
-from fedlease.runners.simulator import run_simulation
+from fedlease.transports.simulator import run_simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "examples" / "fedprox_plugin"
@@ -26,11 +26,11 @@ PLUGIN = ROOT / "examples" / "fedprox_plugin"
 @pytest.fixture
 def registries():
     """Whatever a test registers is gone afterwards."""
-    saved = [(registry, dict(registry)) for registry in (ALGORITHMS, SOURCES, AGGREGATION_RULES)]
+    saved = [(registry, dict(registry._entries))
+             for registry in (ALGORITHMS, SOURCES, AGGREGATION_RULES)]
     yield
     for registry, before in saved:
-        registry.clear()
-        registry.update(before)
+        registry._entries = before
 
 
 def fedprox_module():

@@ -32,7 +32,7 @@ def run(config, out_dir=None, *, progress: bool = True, resume: bool = False,
     report, e.g. the clustering)."""
     from fedlease.config import RunConfig
     from fedlease.configure import load_config
-    from fedlease.runners.simulator import run_simulation
+    from fedlease.transports.simulator import run_simulation
 
     if not isinstance(config, RunConfig):
         config = load_config(config)

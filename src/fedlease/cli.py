@@ -102,7 +102,7 @@ def _resume_config(args):
 def cmd_run(args) -> int:
     from fedlease.configure import load_config
     from fedlease.reporting.summary import summary_record, summary_table
-    from fedlease.runners.simulator import run_simulation
+    from fedlease.transports.simulator import run_simulation
 
     if args.resume:
         config = _resume_config(args)
@@ -124,7 +124,7 @@ def cmd_run(args) -> int:
 
 def cmd_compare(args) -> int:
     from fedlease.configure import load_config
-    from fedlease.runners.compare import parse_algorithms, run_comparison
+    from fedlease.experiments.compare import parse_algorithms, run_comparison
     from fedlease.tasks import task_of
 
     config = load_config(args.config, _overrides(args))
@@ -235,12 +235,15 @@ def cmd_config_init(args) -> int:
 
 def cmd_config_check(args) -> int:
     from fedlease.configure import load_config
-    from fedlease.runners.clients import check_config_data
+    from fedlease.federation.sampling import check_clients_per_round
+    from fedlease.tasks.loading import data_and_memory_report, load_clients
 
     config = load_config(args.file, _overrides(args))
     print(f"{args.file}: the configuration is valid ({config.model.task}, "
           f"{config.federation.algorithm}, {config.federation.rounds} rounds)")
-    for line in check_config_data(config):
+    clients = load_clients(config)  # loaded and checked as a run loads them
+    check_clients_per_round(config.federation.clients_per_round, len(clients))
+    for line in data_and_memory_report(config, clients):
         print(line)
     print(f"nothing was trained; run it with: fedlease run --config {args.file}")
     return 0

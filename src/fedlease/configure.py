@@ -7,27 +7,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedlease import attacks
 from fedlease.algorithms import ALGORITHMS
 from fedlease.algorithms.aggregation import AGGREGATION_RULES
 from fedlease.algorithms.clustering import SIGNALS
+from fedlease.attacks import ATTACKS
 from fedlease.config import RunConfig, build_config, overridden, read_toml, set_defaults
-from fedlease.config.loading import (
-    collect_config,
-    did_you_mean,
-    problems_message,
-    value_problems,
-)
+from fedlease.config.loading import collect_config, problems_message, value_problems
 from fedlease.config.loading import validate as check_values
 from fedlease.data.sources import SOURCES
 from fedlease.errors import ConfigError
+from fedlease.model.quantization import QUANTIZATIONS
 from fedlease.plugins import load_plugins
+from fedlease.privacy.accountants import ACCOUNTANTS
+from fedlease.registry import Registry
 from fedlease.tasks import TASKS
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> RunConfig:
     """Defaults (the library's, then the task's), then the TOML file, then ``overrides``
     (``{"section": {"key": value}}``); raises ``ConfigError`` naming every problem at once:
-    unknown keys (with the closest known one), wrong types, impossible values."""
+    unknown keys (with the closest known one), wrong types, impossible values. The registries
+    hold the installed plugins' entries too (``fedlease.plugins``)."""
     load_plugins()
     data = read_toml(path, overrides)
     model_table = data.get("model")
@@ -57,17 +58,18 @@ def registry_problems(config: RunConfig) -> list[str]:
     """The names a config gives must be in their registries (built-in or a plugin's,
     ``fedlease.plugins``); then each named entry checks the config itself."""
     load_plugins()
-    problems = []
-    for label, value, registry in (
-        ("model.task", config.model.task, TASKS),
-        ("data.source", config.data.source, SOURCES),
-        ("federation.allocation", config.federation.allocation, SIGNALS),
-        ("federation.algorithm", config.federation.algorithm, ALGORITHMS),
-        ("federation.aggregation", config.federation.aggregation, AGGREGATION_RULES),
-    ):
-        if value not in registry:
-            problems.append(f"{label} = {value!r}: expected one of {', '.join(registry)}"
-                            + did_you_mean(value, registry))
+    named: list[tuple[str, Registry]] = [
+        (config.model.task, TASKS),
+        (config.model.quantization, QUANTIZATIONS),
+        (config.data.source, SOURCES),
+        (config.federation.allocation, SIGNALS),
+        (config.federation.algorithm, ALGORITHMS),
+        (config.federation.aggregation, AGGREGATION_RULES),
+        (config.privacy.accountant, ACCOUNTANTS),
+        (config.attack.kind, ATTACKS),
+    ]
+    problems = [problem for name, registry in named
+                if (problem := registry.problem(name)) is not None]
     if config.model.task in TASKS:
         problems += TASKS[config.model.task].config_problems(config)
     if config.data.source in SOURCES:
@@ -80,4 +82,6 @@ def registry_problems(config: RunConfig) -> list[str]:
                             f"{total} clients of data.tasks x data.clients_per_task")
     if config.federation.algorithm in ALGORITHMS:
         problems += ALGORITHMS[config.federation.algorithm].config_problems(config)
+    if config.attack.kind in ATTACKS:
+        problems += attacks.config_problems(config)
     return problems

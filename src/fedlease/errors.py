@@ -5,6 +5,8 @@ module may raise these without an import cycle."""
 
 from __future__ import annotations
 
+import difflib
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or impossible; the message names the field."""
@@ -55,3 +57,9 @@ class UploadsRejected(ConfigError):
 class PrivacyBudgetExceeded(ValueError):
     """A client asked to train past its privacy budget; the message names the client's
     epsilon spent and what the round would bring it to."""
+
+
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known`` to a mistyped ``name``, else ``""``."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -31,19 +31,22 @@ from fedlease.algorithms.clustering import SIGNALS
 from fedlease.data.partitioners import PARTITIONERS
 from fedlease.data.sources import SOURCES, DataSource
 from fedlease.errors import ConfigError
+from fedlease.registry import Registry
 from fedlease.tasks import METRIC_LABELS, TASKS, Task
 
 
-def _claim(registry: dict, kind: str, name: str, entry) -> None:
-    """Put ``entry`` under ``name`` unless another entry holds it already."""
+def _claim(registry: Registry, kind: str, name: str, entry) -> None:
+    """Register ``entry`` under ``name`` unless another entry holds it already (the same entry
+    again, as a second ``load_plugins`` after a failed one finds it, changes nothing)."""
     if not isinstance(name, str) or not name or any(c.isspace() or c in "+,=" for c in name):
         raise ConfigError(f"{kind} name {name!r}: expected a non-empty name without spaces, "
                           "'+', ',' or '=' (they separate compare's variants)")
-    held = registry.get(name)
-    if held is not None and held is not entry:
-        raise ConfigError(f"{kind} {name!r} is registered already ({held!r}); choose another "
-                          "name")
-    registry[name] = entry
+    if name in registry:
+        if registry[name] is not entry:
+            raise ConfigError(f"{kind} {name!r} is registered already ({registry[name]!r}); "
+                              "choose another name")
+        return
+    registry.register(name, entry)
 
 
 def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
@@ -62,9 +65,8 @@ def register_task(task: Task | type[Task]) -> Task:
         task = task()
     if not isinstance(task, Task):
         raise ConfigError(f"task {task!r}: expected a fedlease.tasks.Task")
-    held = TASKS.get(task.name)
-    if held is not None and type(held) is type(task):
-        return held
+    if task.name in TASKS and type(TASKS[task.name]) is type(task):
+        return TASKS[task.name]
     _claim(TASKS, "task", task.name, task)
     METRIC_LABELS.setdefault(task.metric, task.metric_label)
     return task
@@ -86,8 +88,7 @@ def register_aggregation(name: str, rule: AggregationRule) -> AggregationRule:
     if not callable(rule):
         raise ConfigError(f"aggregation {name!r}: expected a function (tensors, weights) -> "
                           "tensor")
-    factory = AGGREGATION_RULES.get(name)
-    if factory is None or factory(0.0) is not rule:
+    if name not in AGGREGATION_RULES or AGGREGATION_RULES[name](0.0) is not rule:
         _claim(AGGREGATION_RULES, "aggregation", name, _fixed(rule))
     return rule
 
