@@ -59,3 +59,10 @@ def test_extending_md_shows_the_fedprox_the_plugin_ships():
     shown = shown.split("```", 1)[0]
     shipped = code(plugin)
     assert all(line in shipped for line in code(shown)), "docs/extending.md differs from the plugin"
+
+
+def test_the_readme_links_every_docs_page():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    index = readme.split("## Documentation", 1)[1]
+    pages = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
+    assert [page for page in pages + ["DATA.md"] if f"]({page})" not in index] == []
