@@ -35,7 +35,7 @@ from fedlease.federation.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fedlease.federation.sampling import check_clients_per_round
+from fedlease.federation.sampling import ClientSampling
 from fedlease.federation.traffic_meter import TrafficMeter
 from fedlease.model.lora import AdapterLayout
 from fedlease.privacy.report import over_budget, privacy_report
@@ -89,9 +89,11 @@ class ClientRoster:
 class Transport(Protocol):
     """How the engine reaches the clients. ``local_states``: the clients' own state where the
     server holds it (the simulator; checkpointed and saved as final models), else empty (on
-    Flower every node keeps its client's state)."""
+    Flower every node keeps its client's state). ``sampling``: the run's one sampling rule,
+    which the transport's ``choose_*`` and the engine ask."""
 
     local_states: dict[str, Tensors]
+    sampling: ClientSampling
 
     def fingerprint(self) -> str:
         """Identifies the clients' data, as far as this runner sees it; a resume must find the
@@ -182,7 +184,7 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
     start = time.perf_counter() if start is None else start
     algorithm = ALGORITHMS[config.federation.algorithm](
         config, roster.clients, roster.adapter_shapes, roster.representation_dim)
-    check_clients_per_round(config.federation.clients_per_round, len(roster.clients))
+    transport.sampling.check(len(roster.clients))
     result = RunResult(config, roster.tasks, data=roster.data)
     meter = TrafficMeter()  # bytes each client downloads and uploads
     trained: set[str] = set()  # clients whose upload was accepted at least once
@@ -269,7 +271,7 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     evaluate = algorithm.configure_evaluate(rnd)
     picked = transport.choose_evaluate(rnd, list(evaluate), trained)
     newcomers = [cid for cid in picked if cid not in trained]
-    if algorithm.config.federation.clients_per_round and newcomers:
+    if transport.sampling.samples and newcomers:
         # never sampled: evaluated as it would start training next round (sampling.py)
         fresh = algorithm.configure_fit(rnd + 1, first_time=newcomers)
         evaluate.update({cid: fresh[cid] for cid in newcomers})
