@@ -4,6 +4,7 @@ package of its own and run through `fedlease compare`."""
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,9 +105,11 @@ def test_fedprox_installed_as_its_own_package_runs_through_compare(tiny_model_di
                                                                     tiny_federation, tmp_path):
     """pip installs examples/fedprox_plugin (offline, into a folder of its own); its entry point,
     and nothing else, makes `fedprox` an algorithm of `fedlease compare`."""
-    target = tmp_path / "site"
+    source, target = tmp_path / "fedprox_plugin", tmp_path / "site"
+    # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--no-index", "--target", str(target), str(PLUGIN)],
+                    "--no-build-isolation", "--no-index", "--target", str(target), str(source)],
                    check=True, capture_output=True, cwd=tmp_path)
     assert list(target.glob("fedlease_fedprox-*.dist-info/entry_points.txt"))
     config = tmp_path / "c.toml"

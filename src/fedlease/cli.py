@@ -235,14 +235,14 @@ def cmd_config_init(args) -> int:
 
 def cmd_config_check(args) -> int:
     from fedlease.configure import load_config
-    from fedlease.federation.sampling import check_clients_per_round
+    from fedlease.federation.sampling import ClientSampling
     from fedlease.tasks.loading import data_and_memory_report, load_clients
 
     config = load_config(args.file, _overrides(args))
     print(f"{args.file}: the configuration is valid ({config.model.task}, "
           f"{config.federation.algorithm}, {config.federation.rounds} rounds)")
     clients = load_clients(config)  # loaded and checked as a run loads them
-    check_clients_per_round(config.federation.clients_per_round, len(clients))
+    ClientSampling.of(config).check(len(clients))
     for line in data_and_memory_report(config, clients):
         print(line)
     print(f"nothing was trained; run it with: fedlease run --config {args.file}")
