@@ -75,6 +75,9 @@ def validate(config: RunConfig,
          f"an integer in [0, {MAX_SEED}]", config.federation.seed)
     need(config.federation.max_experts >= 1, "federation.max_experts", "an integer >= 1",
          config.federation.max_experts)
+    need(config.federation.exact_allocation_clients >= 2,
+         "federation.exact_allocation_clients", "an integer >= 2",
+         config.federation.exact_allocation_clients)
     need(0 <= config.federation.embedding_noise < math.inf, "federation.embedding_noise",
          "a number >= 0", config.federation.embedding_noise)
     need(config.federation.max_update_norm > 0, "federation.max_update_norm",

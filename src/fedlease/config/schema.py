@@ -132,6 +132,10 @@ class FederationConfig:
     # (the paper: their warm-up LoRA B matrices) or "hybrid" (both distances, each scaled to mean
     # 1): a name of fedlease.algorithms.clustering.SIGNALS
     allocation: str = "embedding"
+    # FedLEASE clusters the whole N x N distance up to this many clients; beyond it the same
+    # rule runs on a seeded sample of this many and every other client joins the nearest
+    # cluster by the same signal (time and memory bounded by the sample, never N x N)
+    exact_allocation_clients: int = 1000
     # std of the Gaussian noise a client adds to its (unit-length) embedding before uploading it
     embedding_noise: float = 0.0
     seed: int = 0
