@@ -68,7 +68,32 @@ def test_only_the_newest_round_files_are_kept(tmp_path):
     saved(tmp_path, server, rnd=1)
     saved(tmp_path, server, rnd=2)
     names = sorted(p.name for p in (tmp_path / "checkpoint").iterdir())
-    assert names == ["checkpoint.json", "clients-00002.safetensors", "server-00002.safetensors"]
+    assert names == ["checkpoint.json", "client-000000-00002.safetensors",
+                     "client-000001-00002.safetensors", "server-00002.safetensors"]
+
+
+def test_a_save_writes_only_the_states_that_changed(tmp_path):
+    """Round 3 changed c1 only: c0 keeps its round-2 file (not rewritten), c1 gets a new one,
+    and the load finds both states as saved."""
+    server = server_state_after_two_rounds()
+    before = saved(tmp_path, server, rnd=2)
+    folder = tmp_path / "checkpoint"
+    kept = folder / "client-000000-00002.safetensors"
+    written = kept.stat().st_mtime_ns
+    files = ckpt.load_checkpoint(tmp_path, server.config).client_files
+    changed = {**before.local_states, "c1": {"head.weight": torch.ones(2, 5)}}
+    ckpt.save_checkpoint(tmp_path, ckpt.Checkpoint(3, ckpt.algorithm_state(server), changed,
+                                                   [], ckpt.rng_state(), client_files=files),
+                         server.config, changed=["c1"])
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "checkpoint.json", "client-000000-00002.safetensors",
+        "client-000001-00003.safetensors", "server-00003.safetensors"]
+    assert kept.stat().st_mtime_ns == written
+    after = ckpt.load_checkpoint(tmp_path, server.config)
+    assert after.round == 3 and torch.equal(after.local_states["c1"]["head.weight"],
+                                            torch.ones(2, 5))
+    assert all(torch.equal(after.local_states["c0"][k], v)
+               for k, v in before.local_states["c0"].items())
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -198,12 +223,12 @@ def rewrite_manifest(folder, change):
     manifest_path(folder).write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("part", ["server", "clients"])
+@pytest.mark.parametrize("name", ["server-00002", "client-000000-00002"])
 @pytest.mark.parametrize("damage", ["bit flip", "truncated"])
-def test_changed_tensor_data_is_refused_by_its_hash(tmp_path, part, damage):
+def test_changed_tensor_data_is_refused_by_its_hash(tmp_path, name, damage):
     server = server_state_after_two_rounds()
     saved(tmp_path, server)
-    path = tmp_path / "checkpoint" / f"{part}-00002.safetensors"
+    path = tmp_path / "checkpoint" / f"{name}.safetensors"
     data = bytearray(path.read_bytes())
     if damage == "bit flip":
         data[-3] ^= 0x01  # inside the tensor data: still a valid safetensors file
@@ -222,7 +247,8 @@ def test_non_finite_values_are_refused(tmp_path):
     ckpt.save_checkpoint(tmp_path, ckpt.Checkpoint(2, ckpt.algorithm_state(server), local, [],
                                                    ckpt.rng_state()), server.config)
     with pytest.raises(ckpt.CheckpointError,
-                       match=r"clients-00002.safetensors: client 'c0': tensor 'head.weight' "
+                       match=r"client-000000-00002.safetensors: client 'c0': tensor "
+                             "'head.weight' "
                              "holds NaN or infinite values"):
         ckpt.load_checkpoint(tmp_path, server.config)
 
@@ -249,7 +275,8 @@ def test_an_edited_manifest_is_refused_by_its_hash(tmp_path):
 
 @pytest.mark.parametrize("change", [
     lambda m: m["state"].update({"__dict__": [[{"__tensor__": "nowhere"}, 1]]}),
-    lambda m: m.update({"clients": ["c0"]}),  # tensors of client 1 have no owner
+    lambda m: m.update({"clients": ["c0"]}),  # a list, not client -> [file, SHA-256]
+    lambda m: m["clients"].update({"c0": ["../c0.safetensors", "0"]}),
     lambda m: m["state"].pop("__dict__"),
     lambda m: m.update({"files": {"server": "../../etc/passwd", "clients": "x"}}),
 ])

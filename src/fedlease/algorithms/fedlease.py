@@ -91,8 +91,9 @@ class FedLEASE(Algorithm):
         self.routers: list[dict[str, torch.Tensor]] = []  # one per cluster
 
     def warmup_states(self, rnd, local_states):
-        """After the last warm-up round: every client's warm-up LoRA and head."""
-        return dict(local_states) if rnd == self.warmup_rounds else {}
+        """After the last warm-up round: every client's warm-up LoRA and head (the store
+        itself: its states are read one at a time as they are written)."""
+        return local_states if rnd == self.warmup_rounds else {}
 
     @property
     def num_experts(self) -> int:

@@ -144,7 +144,7 @@ def plot_label_histogram(data: dict, path: Path) -> None:
 
 
 def plot_cluster_tasks(assignment: dict[str, int], tasks: dict[str, str], path: Path,
-                       signal: AllocationSignal = SIGNALS["lora-b"]) -> None:
+                       algorithm: str = "fedlease") -> None:
     """One bar per cluster (expert): its clients, stacked by task; readable at any number of
     clients (the dendrogram and heat map are drawn only while the matrix is kept)."""
     clusters = sorted(set(assignment.values()))
@@ -160,7 +160,7 @@ def plot_cluster_tasks(assignment: dict[str, int], tasks: dict[str, str], path: 
     ax.set_xticks(range(len(clusters)), [f"expert {c}" for c in clusters])
     ax.set_ylabel("clients")
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    ax.set_title(f"Clients per cluster by task ({len(assignment)} clients, by {signal.name})")
+    ax.set_title(f"{algorithm}: clients per cluster by task ({len(assignment)} clients)")
     _save(fig, path)
 
 
@@ -191,11 +191,11 @@ def plot_run(result, folder: Path) -> None:
     if result.data:
         plot_label_histogram(result.data, folder / "label_histogram.png")
     report = result.report
-    if not report:
-        return
+    if "assignment" in report:  # FedLEASE, IFCA
+        plot_cluster_tasks(report["assignment"], result.tasks, folder / "clusters.png",
+                           result.config.federation.algorithm)
     signal = SIGNALS[report.get("signal", "lora-b")]
-    plot_cluster_tasks(report["assignment"], result.tasks, folder / "clusters.png", signal)
-    if report["silhouette"]:
+    if report.get("silhouette"):
         scores = {int(k): v for k, v in report["silhouette"].items()}
         plot_silhouette(scores, report["num_experts"], folder / "silhouette.png")
     if "distance" in report:  # the matrix is kept while small (clustering.MATRIX_KEPT_UP_TO)

@@ -10,6 +10,7 @@ pytest.importorskip("flwr")
 from fedlease.algorithms import ALGORITHMS  # noqa: E402
 from fedlease.config import config_to_dict
 from fedlease.errors import ConfigError
+from fedlease.reporting.outputs import read_metrics
 from fedlease.runners.flower.server_app import run_on_grid  # noqa: E402
 from fedlease.runners.flower.settings import (  # noqa: E402
     FlowerSettings,
@@ -271,7 +272,7 @@ def test_a_run_resumed_on_nodes_without_their_state_starts_them_afresh(algorithm
     with task_identity(), pytest.raises(ServerCrash):
         run_on_grid(CrashingGrid(run_config, 4, crash_round=3), flower_config,
                        flower_settings)
-    before = json.loads((tmp_path / "flower-out" / "metrics.json").read_text())["rounds"]
+    before = read_metrics(tmp_path / "flower-out")["rounds"]
     flower_config, flower_settings = read_run_config({**run_config, "resume": True})
     with task_identity():
         resumed = run_on_grid(LoopbackGrid(run_config, 4), flower_config, flower_settings)
