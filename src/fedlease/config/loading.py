@@ -75,6 +75,8 @@ def validate(config: RunConfig,
          f"an integer in [0, {MAX_SEED}]", config.federation.seed)
     need(config.federation.max_experts >= 1, "federation.max_experts", "an integer >= 1",
          config.federation.max_experts)
+    need(0 < config.federation.fraction_evaluate <= 1, "federation.fraction_evaluate",
+         "a number in (0, 1]", config.federation.fraction_evaluate)
     need(config.federation.exact_allocation_clients >= 2,
          "federation.exact_allocation_clients", "an integer >= 2",
          config.federation.exact_allocation_clients)

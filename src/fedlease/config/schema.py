@@ -150,6 +150,10 @@ class FederationConfig:
     # clients that train per round, drawn by a rule of (seed, round, client list) that every
     # runner shares (runners/sampling.py); 0 = all clients every round
     clients_per_round: int = 0
+    # share of the round's trained clients evaluated in every round but the last (which
+    # evaluates every client), drawn by the same rule on every runner (Flower's
+    # fraction-evaluate sets it); 1 = all
+    fraction_evaluate: float = 1.0
 
 
 @dataclass

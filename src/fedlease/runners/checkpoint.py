@@ -218,7 +218,7 @@ def save_checkpoint(out_dir: str | Path, checkpoint: Checkpoint, config: RunConf
     index = {cid: i for i, cid in enumerate(sorted(checkpoint.local_states))}
     client_files = dict(checkpoint.client_files)
     for cid in checkpoint.local_states if changed is None else changed:
-        state = checkpoint.local_states[cid]
+        state = checkpoint.local_states.get(cid)  # none: held by a Flower node
         if not state:
             client_files.pop(cid, None)
             continue

@@ -38,7 +38,11 @@ from fedlease.runners.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fedlease.runners.sampling import check_clients_per_round
+from fedlease.runners.sampling import (
+    check_clients_per_round,
+    clients_to_evaluate,
+    first_timers,
+)
 from fedlease.runners.traffic import TrafficMeter
 from fedlease.tasks import task_of
 
@@ -101,11 +105,17 @@ class Transport(Protocol):
     def run_bytes(self, algorithm) -> int:
         """Disk the run's output needs at its peak (see ``estimate_run_bytes``)."""
 
-    def choose_fit(self, rnd: int, trained: set[str]) -> tuple[list[str], list[str]]:
-        """The clients that train in round ``rnd``, and those of them that never trained."""
+    # clients whose local state this runner lost (a resumed Flower run's nodes): they start
+    # afresh like newcomers (``sampling.first_timers``)
+    stateless: set[str]
 
-    def choose_evaluate(self, rnd: int, candidates: list[str], trained: set[str]) -> list[str]:
-        """The clients, of ``candidates`` (``configure_evaluate``'s), evaluated in ``rnd``."""
+    def choose_fit(self, rnd: int) -> list[str]:
+        """The clients that train in round ``rnd`` (``sampling.sampled_clients``), of those
+        this runner reaches."""
+
+    def reachable(self, clients: list[str]) -> list[str]:
+        """Of ``clients`` (picked by ``sampling.clients_to_evaluate``), those this runner
+        reaches now."""
 
     def profile(self, instructions: dict[str, Instruction]) -> dict[str, Reply]: ...
 
@@ -265,8 +275,10 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     trained (their local states changed). The entry's ``train_seconds`` time this; its
     ``seconds`` too, until ``save_round`` adds the reports and the checkpoint."""
     round_start = time.perf_counter()
-    chosen, first_time = transport.choose_fit(rnd, trained)
-    fit = algorithm.configure_fit(rnd, first_time=first_time)
+    federation = algorithm.config.federation
+    chosen = transport.choose_fit(rnd)
+    fit = algorithm.configure_fit(rnd, first_time=first_timers(chosen, trained,
+                                                               transport.stateless))
     replies = transport.fit(rnd, {cid: fit[cid] for cid in chosen})
     meter.sent({cid: fit[cid] for cid in chosen}, replies)
     accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
@@ -278,10 +290,11 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     algorithm.aggregate_fit(rnd, accepted)  # with FedLEASE's allocation in its round
     aggregate_seconds = time.perf_counter() - aggregate_start
     evaluate = algorithm.configure_evaluate(rnd)
-    picked = transport.choose_evaluate(rnd, list(evaluate), trained)
-    newcomers = [cid for cid in picked if cid not in trained]
-    if algorithm.config.federation.clients_per_round and newcomers:
-        # never sampled: evaluated as it would start training next round (sampling.py)
+    picked = transport.reachable(clients_to_evaluate(
+        rnd, federation.rounds, list(evaluate), chosen, trained, federation.fraction_evaluate,
+        federation.seed))
+    newcomers = first_timers(picked, trained, transport.stateless)
+    if newcomers:  # evaluated as it would start training next round (sampling.py)
         fresh = algorithm.configure_fit(rnd + 1, first_time=newcomers)
         evaluate.update({cid: fresh[cid] for cid in newcomers})
     asked = {cid: evaluate[cid] for cid in picked}

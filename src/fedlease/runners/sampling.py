@@ -6,15 +6,23 @@ ServerApp ask the same clients (a sampled run gives the same metrics on both), a
 run samples as the uninterrupted one (no sampler state). A client picked whose Flower node is
 offline does not answer and is left out of that step.
 
-Evaluation: each round, the clients that trained in it (sampled and accepted at least once);
-in the last round every client, so the final table covers the whole federation. A client
-that never trained is then evaluated as a newcomer would start: the server's current tensors
-over the initial ones, and the common head init (``Algorithm.configure_fit(first_time=...)``).
+Newcomers (``first_timers``): a chosen client starts from the initial tensors while the server
+has never accepted an upload of it (never sampled, or every upload rejected or lost: what it
+trained is no part of the federation, whether its runner kept it or not), or when its runner
+lost its local state (a resumed Flower run).
+
+Evaluation (``clients_to_evaluate``): each round, the round's chosen clients (all, without
+sampling) that the server accepted an upload of at least once, thinned to
+``federation.fraction_evaluate`` of them (Flower's ``fraction-evaluate``) by a generator of
+(seed, round); in the last round every client, so the final table covers the whole
+federation. A newcomer is then evaluated as it would start: the server's current tensors over
+the initial ones, and the common head init (``Algorithm.configure_fit(first_time=...)``).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 
 from fedlease.errors import ConfigError
 
@@ -36,11 +44,24 @@ def sampled_clients(order: list[str], clients_per_round: int, seed: int, rnd: in
     return [cid for cid in order if cid in chosen]
 
 
+def first_timers(chosen: list[str], trained: set[str],
+                 stateless: Collection[str] = ()) -> list[str]:
+    """Of ``chosen``, the clients that start from the initial tensors: never accepted
+    (``trained`` holds the clients the server accepted an upload of) or ``stateless``."""
+    return [cid for cid in chosen if cid not in trained or cid in stateless]
+
+
 def clients_to_evaluate(rnd: int, last_round: int, candidates: list[str], chosen: list[str],
-                        trained: set[str]) -> list[str]:
-    """Under sampling: the round's ``chosen`` clients that have trained; the last round, every
-    candidate (the final table covers all clients)."""
+                        trained: set[str], fraction: float = 1.0, seed: int = 0) -> list[str]:
+    """Every round but the last: the round's ``chosen`` clients that have trained, ``fraction``
+    of them (at least one) drawn by a generator seeded with (seed, round); the last round,
+    every candidate (the final table covers all clients)."""
     if rnd == last_round:
         return list(candidates)
     picked = set(chosen) & trained
-    return [cid for cid in candidates if cid in picked]
+    evaluable = [cid for cid in candidates if cid in picked]
+    size = min(len(evaluable), max(int(len(evaluable) * fraction), 1))
+    if size == len(evaluable):
+        return evaluable
+    thinned = set(random.Random(f"fedlease-evaluate:{seed}:{rnd}").sample(evaluable, size))
+    return [cid for cid in evaluable if cid in thinned]

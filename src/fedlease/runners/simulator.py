@@ -27,7 +27,7 @@ from fedlease.runners.engine import (
     client_state_bytes,
     run_rounds,
 )
-from fedlease.runners.sampling import clients_to_evaluate, sampled_clients
+from fedlease.runners.sampling import sampled_clients
 from fedlease.saved_models import describe_run
 from fedlease.training import LocalTrainer
 
@@ -54,7 +54,7 @@ class InProcessTransport:
         # on disk under sampling: memory must not grow with every client's state
         self.local_states = client_states([c.client_id for c in clients],
                                           on_disk=config.federation.clients_per_round > 0)
-        self.chosen: list[str] = []  # the clients of the current round
+        self.stateless: set[str] = set()  # every state stays in this process
         self.progress = progress
         self._fingerprint: str | None = None
 
@@ -66,19 +66,15 @@ class InProcessTransport:
     def run_bytes(self, algorithm) -> int:
         return run_bytes(self.config, algorithm, self.trainers)
 
-    def choose_fit(self, rnd: int, trained: set[str]) -> tuple[list[str], list[str]]:
+    def choose_fit(self, rnd: int) -> list[str]:
         """``federation.clients_per_round`` of the clients (all by default), by the rule every
-        runner shares; those without a local state yet start from the initial tensors."""
+        runner shares."""
         federation = self.config.federation
-        self.chosen = sampled_clients([c.client_id for c in self.clients],
-                                      federation.clients_per_round, federation.seed, rnd)
-        return self.chosen, [cid for cid in self.chosen if not self.local_states.has(cid)]
+        return sampled_clients([c.client_id for c in self.clients],
+                               federation.clients_per_round, federation.seed, rnd)
 
-    def choose_evaluate(self, rnd: int, candidates: list[str], trained: set[str]) -> list[str]:
-        if not self.config.federation.clients_per_round:
-            return candidates
-        return clients_to_evaluate(rnd, self.config.federation.rounds, candidates,
-                                   self.chosen, trained)
+    def reachable(self, clients: list[str]) -> list[str]:
+        return clients
 
     def _bar(self, ids, desc: str):
         return tqdm(ids, desc=desc, leave=False, disable=not self.progress)
