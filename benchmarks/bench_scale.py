@@ -22,7 +22,8 @@ folder. Reported per N:
 embeddings (4 planted directions plus noise, 384 floats) allocated as ``aggregate_profile``
 does (W = 0); seconds, peak RSS, K, and the share of clients grouped with their direction.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_scale.py --clients 1000 10000 --json scale.json
+    OMP_NUM_THREADS=1 python benchmarks/bench_scale.py --source glue --clients 1000 10000 \
+        --allocation 100000 --json scale.json
     OMP_NUM_THREADS=1 python benchmarks/bench_scale.py --clients 16 --allocation 100000
 """
 
@@ -42,13 +43,32 @@ from bench_simulator import child_figures, peak_rss_kib  # noqa: E402
 TASKS = 4  # the built-in federation's tasks
 
 
+GLUE = "/work/shared/data/glue"  # the development machine's GLUE samples (--source glue)
+
+
+def glue_tables(glue: str, clients: int) -> list[dict]:
+    """3 of every 5 clients from SST-2 (20,000 rows), the others from QQP (15,000 rows): 3 rows
+    each, iid, 1 held out for test (``test_fraction`` 0.3), so 10,000 clients fit."""
+    sst2 = clients * 3 // 5
+    common = {"partitioner": "iid", "test_fraction": 0.3}
+    return [{**common, "path": f"{glue}/SST-2/train.tsv", "name": "sst2", "text": "sentence",
+             "label": "label", "num_partitions": sst2, "max_examples": 3 * sst2},
+            {**common, "path": f"{glue}/QQP/*.tsv", "name": "qqp", "text": "question1",
+             "text_pair": "question2", "label": "is_duplicate",
+             "num_partitions": clients - sst2, "max_examples": 3 * (clients - sst2)}]
+
+
 def bench_config(args, clients: int):
     from fedlease.configure import load_config
 
+    if args.source == "glue":  # as many clients as asked: data.source = "datasets"
+        data = {"source": "datasets", "datasets": glue_tables(args.glue, clients)}
+    else:  # the built-in tasks hold 1,200 clients of 3 + 1 examples at most
+        data = {"clients_per_task": clients // TASKS, "train_per_client": args.train_per_client,
+                "test_per_client": args.test_per_client, "label_skew": 0.5}
     return load_config(overrides={
         "model": {"max_length": args.max_length, **({"path": args.model} if args.model else {})},
-        "data": {"clients_per_task": clients // TASKS, "train_per_client": args.train_per_client,
-                 "test_per_client": args.test_per_client, "label_skew": 0.5},
+        "data": data,
         "train": {"batch_size": args.train_per_client, "device": args.device},
         "federation": {"rounds": 3, "warmup_rounds": 1, "allocation": "embedding",
                        "clients_per_round": args.per_round, "seed": 0,
@@ -76,6 +96,11 @@ def written_bytes() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
 
 
+def current_rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -85,11 +110,12 @@ def one_point(args) -> dict:
     from fedlease.runners.simulator import InProcessTransport, run_simulation
 
     config = bench_config(args, args.point)
-    written = {}  # round -> bytes written by the end of it
+    written, rss = {}, {}  # round -> bytes written by the end of it, VmRSS MiB then
     done = InProcessTransport.round_done
 
     def recording(self, entry, metric):
         written[entry["round"]] = written_bytes()
+        rss[entry["round"]] = current_rss_kib() / 1024
         done(self, entry, metric)
 
     InProcessTransport.round_done = recording
@@ -109,6 +135,7 @@ def one_point(args) -> dict:
             "profile_seconds": result.profile_seconds,
             "allocation_seconds": result.history[0]["aggregate_seconds"],
             "written_bytes_round": written[2] - written[1], "folder_bytes": disk,
+            "rss_mib_after_round": rss,
             "num_experts": result.report["num_experts"],
             "clustered": len(result.report["clients"]),
             "download_bytes": with_experts["traffic"]["download"],
@@ -156,7 +183,8 @@ def run_points(args) -> list[dict]:
                "--per-round", str(args.per_round), "--max-length", str(args.max_length),
                "--train-per-client", str(args.train_per_client),
                "--test-per-client", str(args.test_per_client),
-               "--exact-allocation-clients", str(args.exact_allocation_clients)]
+               "--exact-allocation-clients", str(args.exact_allocation_clients),
+               "--source", args.source, "--glue", args.glue]
         if args.model:
             cmd += ["--model", args.model]
         if args.out_root:
@@ -218,6 +246,10 @@ def parse_args(argv=None):
     parser.add_argument("--max-length", type=int, default=16)
     parser.add_argument("--train-per-client", type=int, default=3)
     parser.add_argument("--test-per-client", type=int, default=1)
+    parser.add_argument("--source", choices=["builtin", "glue"], default="builtin",
+                        help="the clients' data: the built-in tasks split N ways (at most "
+                             "1,200 clients), or GLUE's SST-2 and QQP rows, 3 per client")
+    parser.add_argument("--glue", default=GLUE, help="the glue_data folder (--source glue)")
     parser.add_argument("--exact-allocation-clients", type=int, default=1000,
                         help="federation.exact_allocation_clients")
     parser.add_argument("--allocation", type=int, nargs="*", default=[],
@@ -229,7 +261,7 @@ def parse_args(argv=None):
     parser.add_argument("--allocation-point", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.out_root = args.out_root or None
-    for n in args.clients:
+    for n in args.clients if args.source == "builtin" else ():
         if n % TASKS or n < args.per_round:
             parser.error(f"client counts must be multiples of {TASKS} (the built-in tasks) "
                          f"and at least --per-round = {args.per_round}")
