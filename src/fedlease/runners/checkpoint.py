@@ -4,7 +4,9 @@
 
     OUT/checkpoint/checkpoint.json             round, history, config, the plain server state,
                                                the file of each client's state
-    OUT/checkpoint/server-<round>.safetensors  the tensors of the server state and RNG states
+    OUT/checkpoint/server-<hash>.safetensors   the tensors of one server state field (RNG
+                                               states, runner state: one file each), named by
+                                               their content: rewritten only when they change
     OUT/checkpoint/client-<n>-<round>.safetensors  client n's local state, as of the round it
                                                last changed
 
@@ -16,7 +18,8 @@ then are the previous round's files removed: a run killed at any moment leaves o
 checkpoint.
 
 A client's state file is written only in a round that changed it (the clients that trained),
-so a round's checkpoint writes what changed, not every client's state; a load reads and verifies
+and a server field's only when its content changed (FedLEASE's N embeddings: once), so a
+round's checkpoint writes what changed, not every client's state; a load reads and verifies
 the states one at a time and hands them out on demand (``SavedClientStates``): neither holds all
 N states in memory at once.
 
@@ -52,6 +55,7 @@ from fedlease.reporting.outputs import CHECKPOINT_DIR
 
 MANIFEST = "checkpoint.json"
 # 2: content hashes recorded; 3: data_sha256 named clients_fingerprint; 4: a file per client
+# state and per server field
 FORMAT = 4
 # fields that may differ between the interrupted run and its resumption
 RESUMABLE_CHANGES = {("output", "dir"), ("train", "device")} | MACHINE_SETTINGS
@@ -211,10 +215,14 @@ def save_checkpoint(out_dir: str | Path, checkpoint: Checkpoint, config: RunConf
     server_tensors: Tensors = {}
     plain = _encode({"server": checkpoint.server_state, "rng": checkpoint.rng,
                      "runner": checkpoint.runner}, server_tensors, "state")
-    server_file = f"server-{checkpoint.round:05d}.safetensors"
-    data = save_tensors(server_tensors)
-    atomic_write_bytes(folder / server_file, data)
-    hashes = {"server": sha256(data)}
+    server_files = []
+    for group in _by_field(server_tensors):
+        data = save_tensors(group)
+        digest = sha256(data)
+        name = f"server-{digest[:24]}.safetensors"
+        if not (folder / name).exists():  # the same content as a file already there
+            atomic_write_bytes(folder / name, data)
+        server_files.append([name, digest])
     index = {cid: i for i, cid in enumerate(sorted(checkpoint.local_states))}
     client_files = dict(checkpoint.client_files)
     for cid in checkpoint.local_states if changed is None else changed:
@@ -227,17 +235,27 @@ def save_checkpoint(out_dir: str | Path, checkpoint: Checkpoint, config: RunConf
         name = client_file(index[cid], checkpoint.round)
         atomic_write_bytes(folder / name, data)
         client_files[cid] = [name, sha256(data)]
-    body = {"format": FORMAT, "round": checkpoint.round, "files": {"server": server_file},
-            "sha256": hashes, "clients": client_files, "state": plain,
+    body = {"format": FORMAT, "round": checkpoint.round, "server": server_files,
+            "clients": client_files, "state": plain,
             "history": checkpoint.history, "config": config_to_dict(config),
             "clients_fingerprint": checkpoint.clients_fingerprint}
     body = json.loads(json.dumps(body))  # the digest is of what a load reads back
     atomic_write(folder / MANIFEST, json.dumps({**body, "manifest_sha256": _manifest_digest(body)}))
-    kept = {server_file} | {name for name, _ in client_files.values()}
+    kept = {name for name, _ in [*server_files, *client_files.values()]}
     for old in folder.glob("*.safetensors"):  # superseded, or left by a save that was killed
         if old.name not in kept:
             old.unlink()
     return client_files
+
+
+def _by_field(tensors: Tensors) -> list[Tensors]:
+    """The server tensors grouped by what they belong to: each field of the server state
+    (paths ``state.0.<i>...``), the RNG states, the runner state."""
+    groups: dict[str, Tensors] = {}
+    for path, value in tensors.items():
+        parts = path.split(".")
+        groups.setdefault(".".join(parts[:3] if parts[1] == "0" else parts[:2]), {})[path] = value
+    return list(groups.values())
 
 
 def load_checkpoint(out_dir: str | Path, config: RunConfig) -> Checkpoint:
@@ -254,8 +272,11 @@ def load_checkpoint(out_dir: str | Path, config: RunConfig) -> Checkpoint:
     if changed:
         raise CheckpointError(f"{out_dir}: the configuration differs from the checkpoint's in "
                               f"{changed}; a run resumes only with the configuration it began with")
-    server_path = folder / manifest["files"]["server"]
-    server_tensors = _read_tensors(server_path, manifest["sha256"]["server"])
+    server_tensors: Tensors = {}
+    for name, digest in manifest["server"]:
+        tensors = _read_tensors(folder / name, digest)
+        _check_finite(folder / name, tensors)
+        server_tensors.update(tensors)
     try:
         plain = _decode(manifest["state"], server_tensors)
         server_state, rng, runner = plain["server"], plain["rng"], plain.get("runner", {})
@@ -264,10 +285,8 @@ def load_checkpoint(out_dir: str | Path, config: RunConfig) -> Checkpoint:
         for key in ("python", "numpy", "torch"):
             rng[key]  # noqa: B018 (a KeyError here names the missing RNG state)
     except (KeyError, IndexError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: damaged checkpoint: its state does not match "
-                              f"{manifest['files']['server']} ({type(err).__name__}: {err})") \
-            from None
-    _check_finite(server_path, server_tensors)
+        raise CheckpointError(f"{path}: damaged checkpoint: its state does not match its "
+                              f"server files ({type(err).__name__}: {err})") from None
     local_states = SavedClientStates(folder, manifest["clients"])
     for cid in local_states:  # verified now, one at a time: a damaged file never trains
         local_states[cid]  # noqa: B018
@@ -344,7 +363,7 @@ def check_fits_model(checkpoint: Checkpoint, model, rank: int, where: Path) -> N
 
 
 # what a manifest must hold, and the type of each entry
-MANIFEST_FIELDS = {"format": int, "round": int, "files": dict, "sha256": dict, "clients": dict,
+MANIFEST_FIELDS = {"format": int, "round": int, "server": list, "clients": dict,
                    "state": dict, "history": list, "config": dict, "clients_fingerprint": str,
                    "manifest_sha256": str}
 
@@ -365,22 +384,18 @@ def _read_manifest(path: Path) -> dict:
     problems = [f"{key!r} {'missing' if key not in manifest else 'is not a ' + kind.__name__}"
                 for key, kind in MANIFEST_FIELDS.items()
                 if not isinstance(manifest.get(key), kind) or isinstance(manifest[key], bool)]
-    for key in ("files", "sha256"):
-        if isinstance(manifest.get(key), dict) and not isinstance(manifest[key].get("server"),
-                                                                  str):
-            problems.append(f"{key!r} lacks the server entry")
     if problems:
         raise CheckpointError(f"{path}: damaged checkpoint: {', '.join(problems)}")
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     if _manifest_digest(body) != manifest["manifest_sha256"]:
         raise CheckpointError(f"{path}: damaged checkpoint: its content does not match its "
                               "SHA-256 (the file was changed or corrupted after it was saved)")
-    entries = manifest["clients"].values()
+    entries = [*manifest["server"], *manifest["clients"].values()]
     if not all(isinstance(entry, list) and len(entry) == 2
                and all(isinstance(part, str) for part in entry) for entry in entries):
-        raise CheckpointError(f"{path}: damaged checkpoint: 'clients' must map each client id "
-                              "to [file, SHA-256]")
-    names = [manifest["files"]["server"], *(name for name, _ in entries)]
+        raise CheckpointError(f"{path}: damaged checkpoint: 'server' must list, and 'clients' "
+                              "map each client id to, [file, SHA-256] pairs")
+    names = [name for name, _ in entries]
     if any(Path(name).name != name or not name for name in names):
         raise CheckpointError(f"{path}: damaged checkpoint: file names {names[:3]} ... must "
                               "name files in the checkpoint folder")
