@@ -13,7 +13,7 @@ folder. Reported per N:
   ``aggregate_seconds``: the clustering, exact or on the sample past
   ``federation.exact_allocation_clients``, and the experts' start);
 - peak RSS (VmHWM) and its growth per added client, next to one client's adapter state (the
-  states of clients not training live on disk, ``runners.client_states``);
+  states of clients not training live on disk, ``federation.client_states``);
 - bytes written to files in round 2 (``wchar`` of ``/proc/self/io``: the output folder and the
   client-state store) and the output folder's size at the end;
 - bytes downloaded and uploaded in round 2 (``traffic``).
@@ -81,7 +81,7 @@ def adapter_state_bytes(config, num_experts: int, num_labels: int) -> int:
     layer, and its head, float32 (read from the model's config: no weights loaded)."""
     from transformers import AutoConfig
 
-    from fedlease.runners.clients import base_model_path
+    from fedlease.tasks.loading import base_model_path
 
     model = AutoConfig.from_pretrained(base_model_path(config), local_files_only=True)
     hidden, layers = model.hidden_size, model.num_hidden_layers
@@ -107,7 +107,7 @@ def folder_bytes(folder: Path) -> int:
 
 def one_point(args) -> dict:
     """The run of ``args.point`` clients with its output folder, in this (fresh) process."""
-    from fedlease.runners.simulator import InProcessTransport, run_simulation
+    from fedlease.transports.simulator import InProcessTransport, run_simulation
 
     config = bench_config(args, args.point)
     written, rss = {}, {}  # round -> bytes written by the end of it, VmRSS MiB then
@@ -149,7 +149,7 @@ def allocation_point(args) -> dict:
     import torch
 
     from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
-    from fedlease.algorithms.base import EMBEDDING_KEY
+    from fedlease.algorithms.messages import EMBEDDING_KEY
     from fedlease.configure import load_config
 
     n, dim = args.allocation_point, 384

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedlease.registry import Registry
+
 # largest matrix kept with the clustering (checkpoint, clustering.json, dendrogram, heat map):
 # 256 clients are 0.5 MiB of float64; beyond it only the per-cluster statistics are kept
 MATRIX_KEPT_UP_TO = 256
@@ -60,14 +62,15 @@ class AllocationSignal:
         return (b_distance / b_scale + embedding_distance / embedding_scale) / 2
 
 
-SIGNALS = {signal.name: signal for signal in (
+SIGNALS: Registry[AllocationSignal] = Registry("federation.allocation", {
+    signal.name: signal for signal in (
     AllocationSignal("lora-b", True, False, "their warm-up LoRA B matrices",
                      "1 - cos(B_i, B_j)"),
     AllocationSignal("embedding", False, True, "their mean frozen-model representations",
                      "1 - cos(e_i, e_j)"),
     AllocationSignal("hybrid", True, True, "B matrices and representations (hybrid)",
                      "B and embedding distance, scaled"),
-)}
+)})
 
 
 @dataclass

@@ -31,14 +31,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from fedlease.algorithms.base import (
-    EMBEDDING_KEY,
-    EMBEDDING_PART,
-    Algorithm,
-    Instruction,
-    Reply,
-    UploadSpec,
-)
+from fedlease.algorithms.base import Algorithm
 from fedlease.algorithms.clustering import (
     SIGNALS,
     Clustering,
@@ -50,7 +43,14 @@ from fedlease.algorithms.clustering import (
     mean_embedding_distance,
     mean_offdiagonal,
 )
-from fedlease.model.classifier import ADAPTER_PREFIX
+from fedlease.algorithms.messages import (
+    EMBEDDING_KEY,
+    EMBEDDING_PART,
+    Instruction,
+    Reply,
+    UploadSpec,
+)
+from fedlease.model.adapted import ADAPTER_PREFIX
 from fedlease.model.lora import AdapterLayout, init_router
 
 LORA_PARTS = ["lora_A", "lora_B"]
