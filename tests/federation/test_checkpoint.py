@@ -375,3 +375,16 @@ def test_resuming_on_changed_data_is_refused(tiny_config, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="the clients' examples differ from those the "
                                                    "run began with"):
         run_simulation(tiny_config, out, progress=False, resume=True)
+
+
+def test_many_same_shaped_tensors_are_stored_stacked_and_come_back_the_same(tmp_path):
+    """FedLEASE's N embeddings: one stacked entry in the server file, not N (the save's
+    cost no longer grows with N entries), restored key by key."""
+    server = server_state_after_two_rounds()
+    server.embeddings = {f"c{i}": torch.randn(8) for i in range(ckpt.STACKED_DICT_MIN)}
+    saved(tmp_path, server)
+    plain = json.loads(manifest_path(tmp_path).read_text())["state"]
+    assert '"__stacked__"' in json.dumps(plain)
+    after = ckpt.load_checkpoint(tmp_path, server.config).server_state["embeddings"]
+    assert list(after) == list(server.embeddings)
+    assert all(torch.equal(after[k], v) for k, v in server.embeddings.items())

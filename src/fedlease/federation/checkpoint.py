@@ -107,6 +107,20 @@ class SavedClientStates(Mapping):
 
 # -- plain encoding of the server state ---------------------------------------------------
 
+# a dict of at least this many same-shaped tensors under string keys (FedLEASE's per-client
+# embeddings) is stored as one stacked tensor and its keys: one safetensors entry, not N
+STACKED_DICT_MIN = 64
+
+
+def _stackable(value: dict) -> bool:
+    if len(value) < STACKED_DICT_MIN:
+        return False
+    first = next(iter(value.values()))
+    return isinstance(first, torch.Tensor) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) and v.shape == first.shape
+        and v.dtype == first.dtype for k, v in value.items())
+
+
 def _encode(value, tensors: Tensors, path: str):
     """JSON-able form of ``value``; tensors and arrays are moved into ``tensors`` by path."""
     if isinstance(value, torch.Tensor):
@@ -124,6 +138,9 @@ def _encode(value, tensors: Tensors, path: str):
         return {"__dataclass__": f"{cls.__module__}:{cls.__qualname__}",
                 "fields": {f.name: _encode(getattr(value, f.name), tensors, f"{path}.{f.name}")
                            for f in dataclasses.fields(value)}}
+    if isinstance(value, dict) and _stackable(value):
+        tensors[path] = torch.stack([v.detach().cpu() for v in value.values()])
+        return {"__stacked__": path, "keys": list(value)}
     if isinstance(value, dict):  # as pairs: keeps non-string keys (e.g. k -> silhouette) intact
         return {"__dict__": [[_encode(k, tensors, f"{path}.{i}k"),
                               _encode(v, tensors, f"{path}.{i}")]
@@ -144,6 +161,11 @@ def _decode(value, tensors: Tensors):
         return tensors[value["__tensor__"]]
     if "__ndarray__" in value:
         return tensors[value["__ndarray__"]].numpy()
+    if "__stacked__" in value:
+        stacked = tensors[value["__stacked__"]]
+        if len(value["keys"]) != len(stacked):
+            raise ValueError(f"{len(value['keys'])} keys for {len(stacked)} stacked tensors")
+        return dict(zip(value["keys"], stacked.clone().unbind(0), strict=True))
     if "__tuple__" in value:
         return tuple(_decode(v, tensors) for v in value["__tuple__"])
     if "__dict__" in value:
