@@ -95,9 +95,11 @@ def estimate_run_bytes(client_bytes: int, server_bytes: int, num_clients: int,
                        rounds: int) -> int:
     """Disk a run needs at its peak, times ``SPACE_SAFETY_FACTOR``: while a round's checkpoint
     replaces the previous one, both are on disk (every client's state and the server's,
-    twice). The final adapters (one client state each) are written after the last old
-    checkpoint is gone, so they do not add to that peak. The reports grow with clients x rounds
-    (metrics.json and the checkpoint's copy of the history)."""
+    twice: exact when every client trains each round, an upper bound under sampling, where a
+    round rewrites only the states of its clients). The final adapters (one client state
+    each) are written after the last old checkpoint is gone, so they do not add to that peak.
+    The reports grow with clients x rounds (metrics.jsonl, metrics.json at the end, and the
+    checkpoint's copy of the history)."""
     checkpoints = 2 * (num_clients * client_bytes + server_bytes)
     reports = REPORT_BYTES + num_clients * (CLIENT_REPORT_BYTES + HISTORY_BYTES * rounds)
     return int(SPACE_SAFETY_FACTOR * (checkpoints + reports))
