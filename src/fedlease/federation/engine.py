@@ -35,11 +35,7 @@ from fedlease.federation.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fedlease.federation.sampling import (
-    check_clients_per_round,
-    clients_to_evaluate,
-    first_timers,
-)
+from fedlease.federation.sampling import ClientSampling
 from fedlease.federation.traffic_meter import TrafficMeter
 from fedlease.model.lora import AdapterLayout
 from fedlease.privacy.report import over_budget, privacy_report
@@ -94,9 +90,11 @@ class ClientRoster:
 class Transport(Protocol):
     """How the engine reaches the clients. ``local_states``: the clients' own state where the
     server holds it (the simulator; checkpointed and saved as final models), else empty (on
-    Flower every node keeps its client's state)."""
+    Flower every node keeps its client's state). ``sampling``: the run's one sampling rule,
+    which the transport's ``choose_*`` and the engine ask."""
 
     local_states: dict[str, Tensors]
+    sampling: ClientSampling
 
     def fingerprint(self) -> str:
         """Identifies the clients' data, as far as this runner sees it; a resume must find the
@@ -106,15 +104,15 @@ class Transport(Protocol):
         """Disk the run's output needs at its peak (see ``estimate_run_bytes``)."""
 
     # clients whose local state this runner lost (a resumed Flower run's nodes): they start
-    # afresh like newcomers (``sampling.first_timers``)
+    # afresh like newcomers (``ClientSampling.first_timers``)
     stateless: set[str]
 
     def choose_fit(self, rnd: int) -> list[str]:
-        """The clients that train in round ``rnd`` (``sampling.sampled_clients``), of those
+        """The clients that train in round ``rnd`` (``sampling.fit_clients``), of those
         this runner reaches."""
 
     def reachable(self, clients: list[str]) -> list[str]:
-        """Of ``clients`` (picked by ``sampling.clients_to_evaluate``), those this runner
+        """Of ``clients`` (picked by ``sampling.evaluate_clients``), those this runner
         reaches now."""
 
     def profile(self, instructions: dict[str, Instruction]) -> dict[str, Reply]: ...
@@ -193,7 +191,7 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
     start = time.perf_counter() if start is None else start
     algorithm = ALGORITHMS[config.federation.algorithm](
         config, roster.clients, roster.adapter_shapes, roster.representation_dim)
-    check_clients_per_round(config.federation.clients_per_round, len(roster.clients))
+    transport.sampling.check(len(roster.clients))
     result = RunResult(config, roster.tasks, data=roster.data)
     meter = TrafficMeter()  # bytes each client downloads and uploads
     trained: set[str] = set()  # clients whose upload was accepted at least once
@@ -275,10 +273,9 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     trained (their local states changed). The entry's ``train_seconds`` time this; its
     ``seconds`` too, until ``save_round`` adds the reports and the checkpoint."""
     round_start = time.perf_counter()
-    federation = algorithm.config.federation
     chosen = transport.choose_fit(rnd)
-    fit = algorithm.configure_fit(rnd, first_time=first_timers(chosen, trained,
-                                                               transport.stateless))
+    fit = algorithm.configure_fit(rnd, first_time=transport.sampling.first_timers(
+        chosen, trained, transport.stateless))
     replies = transport.fit(rnd, {cid: fit[cid] for cid in chosen})
     meter.sent({cid: fit[cid] for cid in chosen}, replies)
     accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
@@ -290,10 +287,10 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     algorithm.aggregate_fit(rnd, accepted)  # with FedLEASE's allocation in its round
     aggregate_seconds = time.perf_counter() - aggregate_start
     evaluate = algorithm.configure_evaluate(rnd)
-    picked = transport.reachable(clients_to_evaluate(
-        rnd, federation.rounds, list(evaluate), chosen, trained, federation.fraction_evaluate,
-        federation.seed))
-    newcomers = first_timers(picked, trained, transport.stateless)
+    sampling = transport.sampling
+    picked = transport.reachable(sampling.evaluate_clients(rnd, list(evaluate), chosen,
+                                                           trained))
+    newcomers = sampling.first_timers(picked, trained, transport.stateless)
     if newcomers:  # evaluated as it would start training next round (sampling.py)
         fresh = algorithm.configure_fit(rnd + 1, first_time=newcomers)
         evaluate.update({cid: fresh[cid] for cid in newcomers})

@@ -35,7 +35,7 @@ from fedlease.algorithms import ClientInfo, Instruction, Reply
 from fedlease.config import RunConfig
 from fedlease.errors import ConfigError, ProtocolError
 from fedlease.federation.engine import ClientRoster, RunResult, client_state_bytes, run_rounds
-from fedlease.federation.sampling import sampled_clients
+from fedlease.federation.sampling import ClientSampling
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
 from fedlease.tasks import task_of
 from fedlease.transports.flower.records import (
@@ -153,6 +153,7 @@ class GridTransport:
         self.roster, self.node_of = roster, node_of
         self.local_states: dict = {}  # every node keeps its own client's state
         self.order = [c.client_id for c in roster.clients]
+        self.sampling = ClientSampling.of(config)
 
     def fingerprint(self) -> str:
         return self.roster.fingerprint
@@ -173,15 +174,13 @@ class GridTransport:
         the simulator) whose node is connected."""
         available = self.online()
         online = set(available)
-        federation = self.config.federation
-        chosen = [cid for cid in sampled_clients(self.order, federation.clients_per_round,
-                                                 federation.seed, rnd) if cid in online]
+        chosen = [cid for cid in self.sampling.fit_clients(self.order, rnd) if cid in online]
         log(INFO, "round %s: training %s of %s available clients", rnd, len(chosen),
             len(available))
         return chosen
 
     def reachable(self, clients: list[str]) -> list[str]:
-        """Those whose node is connected now (the rule picked them: federation/sampling.py, with
+        """Those whose node is connected now (the rule picked them: ``ClientSampling``, with
         ``fraction-evaluate`` as ``federation.fraction_evaluate``)."""
         online = set(self.online())
         return [cid for cid in clients if cid in online]
