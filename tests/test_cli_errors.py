@@ -127,7 +127,7 @@ def test_every_upload_rejected_is_a_clean_error_keeping_the_finished_rounds(tiny
     assert "round 2: the server rejected every client upload, nothing to aggregate" in err
     assert "exceeds federation.max_update_norm = 1e-06" in err
     assert f"the metrics and checkpoint of round 1 are kept in {out}" in err
-    assert [r["round"] for r in json.loads((out / "metrics.json").read_text())["rounds"]] == [1]
+    assert [r["round"] for r in outputs.read_metrics(out)["rounds"]] == [1]
     assert json.loads((out / "checkpoint" / "checkpoint.json").read_text())["round"] == 1
 
 

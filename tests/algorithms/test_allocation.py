@@ -215,3 +215,62 @@ def test_runs_recover_the_planted_tasks(tiny_config, allocation, warmup):
     assert result.report["signal"] == allocation
     assert clustering_ari(result.tasks, result.report["assignment"]) == 1.0
     assert len(result.history) == 2
+
+
+def test_past_the_exact_limit_a_sample_is_clustered_and_the_others_join_the_nearest():
+    """12 clients, exact clustering up to 4: 4 sampled clients are clustered, the 8 others
+    are assigned by the same signal, and every client lands with its direction."""
+    config = load_config(overrides={"federation": {
+        "rounds": 3, "warmup_rounds": 0, "max_experts": 3, "allocation": "embedding",
+        "exact_allocation_clients": 4}})
+    clients = [ClientInfo(f"c{i}", 10) for i in range(12)]
+    server = ALGORITHMS["fedlease"](config, clients, SHAPES, DIM)
+    direction = {f"c{i}": i % 2 for i in range(12)}
+    server.aggregate_profile({cid: embedding_reply(d, 0.01 * i)
+                              for i, (cid, d) in enumerate(direction.items())})
+    assert len(server.clustered) == 4 and set(server.cluster_of) == set(direction)
+    assert len({server.cluster_of[c] for c in server.clustered}) == server.num_experts == 2
+    for a in direction:
+        for b in direction:
+            assert (server.cluster_of[a] == server.cluster_of[b]) == (direction[a]
+                                                                      == direction[b])
+    report = server.report()
+    assert report["clients"] == server.clustered
+    assert np.array(report["distance"]).shape == (4, 4)  # the sample's, small
+    assert sum(c["clients"] for c in report["clusters"]) == 4
+    assert sorted(c["assigned"] for c in report["clusters"]) == [6, 6]
+
+
+def test_the_allocation_sample_is_seeded_bounded_and_in_client_order():
+    from fedlease.algorithms.clustering import allocation_sample
+
+    ids = [f"c{i:03d}" for i in range(500)]
+    sample = allocation_sample(ids, 50, seed=3)
+    assert len(sample) == 50 and sample == sorted(sample)
+    assert sample == allocation_sample(ids, 50, seed=3) != allocation_sample(ids, 50, seed=4)
+    assert allocation_sample(ids[:40], 50, seed=3) == ids[:40]
+
+
+def test_mean_embedding_distance_is_average_linkage_to_the_members():
+    from fedlease.algorithms.clustering import mean_embedding_distance
+
+    gen = torch.Generator().manual_seed(0)
+    vectors = list(torch.randn(9, DIM, generator=gen))
+    full = embedding_distance_matrix(vectors)
+    groups = [[3, 4, 5], [6, 7, 8]]
+    got = mean_embedding_distance(vectors[:3], [[vectors[m] for m in g] for g in groups])
+    expected = np.array([[full[i, g].mean() for g in groups] for i in range(3)])
+    assert np.allclose(got, expected, atol=1e-12)
+
+
+def test_no_matrix_is_kept_past_the_size_a_report_holds(monkeypatch):
+    from fedlease.algorithms import clustering
+
+    monkeypatch.setattr(clustering, "MATRIX_KEPT_UP_TO", 3)
+    server = make_server()
+    server.aggregate_profile({"c0": embedding_reply(0, 0.1), "c1": embedding_reply(1, 0.1),
+                              "c2": embedding_reply(0, 0.2), "c3": embedding_reply(1)})
+    assert server.clustering.distance is None and "distance" not in server.report()
+    assert [c["clients"] for c in server.report()["clusters"]] == [2, 2]
+    assert server.report()["clusters"][0]["mean_distance_within"] < \
+        server.report()["clusters"][0]["mean_distance_to_others"]

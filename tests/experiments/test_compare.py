@@ -156,8 +156,8 @@ def test_a_pair_interrupted_mid_run_continues_from_its_checkpoint(compared, tmp_
     config, out, _ = compared
     saved = engine.save_checkpoint
 
-    def save_then_die(folder, checkpoint, cfg):
-        saved(folder, checkpoint, cfg)
+    def save_then_die(*args):
+        saved(*args)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine, "save_checkpoint", save_then_die)

@@ -67,8 +67,42 @@ def test_only_the_newest_round_files_are_kept(tmp_path):
     server = server_state_after_two_rounds()
     saved(tmp_path, server, rnd=1)
     saved(tmp_path, server, rnd=2)
-    names = sorted(p.name for p in (tmp_path / "checkpoint").iterdir())
-    assert names == ["checkpoint.json", "clients-00002.safetensors", "server-00002.safetensors"]
+    names = sorted(p.name for p in (tmp_path / "checkpoint").iterdir()
+                   if not p.name.startswith("server-"))
+    assert names == ["checkpoint.json", "client-000000-00002.safetensors",
+                     "client-000001-00002.safetensors"]
+    manifest = json.loads(manifest_path(tmp_path).read_text())
+    assert sorted(p.name for p in (tmp_path / "checkpoint").glob("server-*")) == sorted(
+        name for name, _ in manifest["server"])
+
+
+def test_a_save_writes_only_the_states_that_changed(tmp_path):
+    """Round 3 changed c1 only: c0 keeps its round-2 file (not rewritten), c1 gets a new one,
+    the server fields that did not change keep theirs, and the load finds everything as
+    saved."""
+    server = server_state_after_two_rounds()
+    before = saved(tmp_path, server, rnd=2)
+    folder = tmp_path / "checkpoint"
+    kept = folder / "client-000000-00002.safetensors"
+    written = kept.stat().st_mtime_ns
+    server_times = {p.name: p.stat().st_mtime_ns for p in folder.glob("server-*")}
+    files = ckpt.load_checkpoint(tmp_path, server.config).client_files
+    changed = {**before.local_states, "c1": {"head.weight": torch.ones(2, 5)}}
+    ckpt.save_checkpoint(tmp_path, ckpt.Checkpoint(3, ckpt.algorithm_state(server), changed,
+                                                   [], ckpt.rng_state(), client_files=files),
+                         server.config, changed=["c1"])
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("server-")) == [
+        "checkpoint.json", "client-000000-00002.safetensors",
+        "client-000001-00003.safetensors"]
+    assert kept.stat().st_mtime_ns == written
+    server_files = [name for name, _ in json.loads(manifest_path(tmp_path).read_text())["server"]]
+    assert set(server_files) == {p.name for p in folder.glob("server-*")}
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("server-*")} == server_times
+    after = ckpt.load_checkpoint(tmp_path, server.config)
+    assert after.round == 3 and torch.equal(after.local_states["c1"]["head.weight"],
+                                            torch.ones(2, 5))
+    assert all(torch.equal(after.local_states["c0"][k], v)
+               for k, v in before.local_states["c0"].items())
 
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -92,7 +126,7 @@ def test_missing_damaged_or_foreign_checkpoint_is_refused(tmp_path):
     other = with_overrides(server.config, {"federation": {"seed": 7}})
     with pytest.raises(ckpt.CheckpointError, match=r"\['federation.seed'\]"):
         ckpt.load_checkpoint(tmp_path, other)
-    (tmp_path / "checkpoint" / "server-00002.safetensors").write_bytes(b"garbage")
+    next((tmp_path / "checkpoint").glob("server-*")).write_bytes(b"garbage")
     with pytest.raises(ckpt.CheckpointError, match="damaged checkpoint"):
         ckpt.load_checkpoint(tmp_path, server.config)
 
@@ -186,12 +220,12 @@ def rewrite_manifest(folder, change):
     manifest_path(folder).write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("part", ["server", "clients"])
+@pytest.mark.parametrize("name", ["server-*", "client-000000-00002.safetensors"])
 @pytest.mark.parametrize("damage", ["bit flip", "truncated"])
-def test_changed_tensor_data_is_refused_by_its_hash(tmp_path, part, damage):
+def test_changed_tensor_data_is_refused_by_its_hash(tmp_path, name, damage):
     server = server_state_after_two_rounds()
     saved(tmp_path, server)
-    path = tmp_path / "checkpoint" / f"{part}-00002.safetensors"
+    path = max((tmp_path / "checkpoint").glob(name), key=lambda p: p.stat().st_size)
     data = bytearray(path.read_bytes())
     if damage == "bit flip":
         data[-3] ^= 0x01  # inside the tensor data: still a valid safetensors file
@@ -210,7 +244,8 @@ def test_non_finite_values_are_refused(tmp_path):
     ckpt.save_checkpoint(tmp_path, ckpt.Checkpoint(2, ckpt.algorithm_state(server), local, [],
                                                    ckpt.rng_state()), server.config)
     with pytest.raises(ckpt.CheckpointError,
-                       match=r"clients-00002.safetensors: client 'c0': tensor 'head.weight' "
+                       match=r"client-000000-00002.safetensors: client 'c0': tensor "
+                             "'head.weight' "
                              "holds NaN or infinite values"):
         ckpt.load_checkpoint(tmp_path, server.config)
 
@@ -237,9 +272,11 @@ def test_an_edited_manifest_is_refused_by_its_hash(tmp_path):
 
 @pytest.mark.parametrize("change", [
     lambda m: m["state"].update({"__dict__": [[{"__tensor__": "nowhere"}, 1]]}),
-    lambda m: m.update({"clients": ["c0"]}),  # tensors of client 1 have no owner
+    lambda m: m.update({"clients": ["c0"]}),  # a list, not client -> [file, SHA-256]
+    lambda m: m["clients"].update({"c0": ["../c0.safetensors", "0"]}),
     lambda m: m["state"].pop("__dict__"),
-    lambda m: m.update({"files": {"server": "../../etc/passwd", "clients": "x"}}),
+    lambda m: m.update({"server": [["../../etc/passwd", "x"]]}),
+    lambda m: m.update({"server": {"server": "x"}}),
 ])
 def test_structural_damage_is_a_checkpoint_error_naming_the_file(tmp_path, change):
     server = server_state_after_two_rounds()
@@ -326,3 +363,16 @@ def test_resuming_on_changed_data_is_refused(tiny_config, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="the clients' examples differ from those the "
                                                    "run began with"):
         run_simulation(tiny_config, out, progress=False, resume=True)
+
+
+def test_many_same_shaped_tensors_are_stored_stacked_and_come_back_the_same(tmp_path):
+    """FedLEASE's N embeddings: one stacked entry in the server file, not N (the save's
+    cost no longer grows with N entries), restored key by key."""
+    server = server_state_after_two_rounds()
+    server.embeddings = {f"c{i}": torch.randn(8) for i in range(ckpt.STACKED_DICT_MIN)}
+    saved(tmp_path, server)
+    plain = json.loads(manifest_path(tmp_path).read_text())["state"]
+    assert '"__stacked__"' in json.dumps(plain)
+    after = ckpt.load_checkpoint(tmp_path, server.config).server_state["embeddings"]
+    assert list(after) == list(server.embeddings)
+    assert all(torch.equal(after[k], v) for k, v in server.embeddings.items())

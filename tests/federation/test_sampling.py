@@ -33,8 +33,22 @@ def test_evaluation_covers_the_round_then_everyone():
     assert sampling.evaluate_clients(2, IDS, chosen, {"c1", "c4", "c7"}) == ["c1", "c4"]
     assert sampling.evaluate_clients(2, IDS, chosen, {"c4"}) == ["c4"]  # c1's upload rejected
     assert sampling.evaluate_clients(5, IDS, chosen, {"c4"}) == IDS
+    # without sampling every client is chosen; one never accepted waits for the last round
     everyone = ClientSampling(clients_per_round=0, seed=0, rounds=5)
-    assert not everyone.samples and everyone.evaluate_clients(2, IDS, chosen, {"c4"}) == IDS
+    accepted = set(IDS) - {"c1"}
+    assert not everyone.samples
+    assert everyone.evaluate_clients(2, IDS, IDS, accepted) == [c for c in IDS if c != "c1"]
+    assert everyone.evaluate_clients(5, IDS, IDS, accepted) == IDS
+
+
+def test_evaluation_is_thinned_by_a_seeded_draw_and_newcomers_are_the_never_accepted():
+    half = ClientSampling(clients_per_round=0, seed=3, rounds=5, fraction_evaluate=0.5)
+    picked = half.evaluate_clients(2, IDS, IDS, set(IDS))
+    assert len(picked) == 5 and picked == half.evaluate_clients(2, IDS, IDS, set(IDS))
+    assert picked != half.evaluate_clients(3, IDS, IDS, set(IDS))  # another round's draw
+    assert half.evaluate_clients(5, IDS, IDS, set(IDS)) == IDS  # the last round: everyone
+    assert half.evaluate_clients(2, IDS, IDS, {"c2"}) == ["c2"]  # at least one
+    assert ClientSampling.first_timers(["c1", "c2", "c3"], {"c2", "c3"}, {"c3"}) == ["c1", "c3"]
 
 
 @pytest.mark.parametrize("value", [-1, 11])

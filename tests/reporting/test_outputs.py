@@ -182,3 +182,34 @@ def test_summary_stays_aligned_with_long_task_names():
     assert len({len(line) for line in rows}) == 1  # header and clients: one width
     assert len({line.index("0.500") for line in lines if "0.500" in line}) == 1
     assert "downloaded MB per client" in summary_table(result)
+
+
+def test_rounds_are_appended_and_their_seconds_cover_reports_and_checkpoint(tiny_config,
+                                                                            tmp_path):
+    """metrics.jsonl gains a line per round (never rewritten whole), metrics.json is written
+    once at the end with the same rounds; a round's seconds include its reports and
+    checkpoint, train_seconds does not."""
+    tiny_config.federation.rounds = 2
+    out = tmp_path / "run"
+    writes = []
+    real = outputs.atomic_write
+
+    def recording(path, text):
+        writes.append(path.name)
+        real(path, text)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(outputs, "atomic_write", recording):
+        result = run_simulation(tiny_config, out, progress=False)
+    assert writes.count(outputs.ROUNDS_FILE) == 1  # the first round; the second is appended
+    assert writes.count(outputs.METRICS_FILE) == 1 and writes.count("clustering.json") == 1
+    lines = (out / outputs.ROUNDS_FILE).read_text().splitlines()
+    assert len(lines) == 1 + 2
+    assert outputs.read_metrics(out)["rounds"] == json.loads(
+        (out / outputs.METRICS_FILE).read_text())["rounds"]
+    for entry in result.history:
+        assert entry["seconds"] > entry["train_seconds"] > 0
+    (out / outputs.METRICS_FILE).unlink()  # as a run killed while appending round 2 left it
+    (out / outputs.ROUNDS_FILE).write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])
+    assert [r["round"] for r in outputs.read_metrics(out)["rounds"]] == [1]

@@ -32,3 +32,24 @@ def test_run_whose_plots_cannot_be_written_keeps_its_results(tiny_config, tmp_pa
     assert f"cannot create the plot folder {out / 'plots'}" in err and "Traceback" not in err
     assert len(json.loads((out / "metrics.json").read_text())["rounds"]) == 2
     assert (out / "summary.txt").exists() and (out / "adapters").is_dir()
+
+
+def test_label_histogram_draws_a_bar_per_task_past_the_named_clients(tmp_path, monkeypatch):
+    """10,000 clients: one bar per task and label, not per client (13.6 s at 2,000 before)."""
+    from fedlease.reporting import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
+    clients = {f"{task}-{i}": {"task": task, "train": 3, "test": 1,
+                               "train_labels": {"a": 2, "b": 1}}
+               for task in ("news", "spam") for i in range(5000)}
+    plots.plot_label_histogram({"clients": clients}, tmp_path / "h.png")
+    bars = drawn[0].axes[0].patches
+    assert len(bars) == 2 * 4  # 2 tasks x 4 stacks ("news: a", "news: b", "spam: a", ...)
+    assert sum(bar.get_height() for bar in bars) == 3 * 10000
+    plots.plot_cluster_tasks({cid: i % 3 for i, cid in enumerate(clients)},
+                             {cid: c["task"] for cid, c in clients.items()}, tmp_path / "c.png")
+    assert len(drawn[1].axes[0].patches) == 3 * 2  # a bar per cluster, stacked by task
+    plt = plots.plt
+    for fig in drawn:
+        plt.close(fig)

@@ -1,13 +1,12 @@
 import csv
 import io
-import json
 
 import pytest
 
 from fedlease.configure import load_config
 from fedlease.errors import ConfigError
 from fedlease.federation.engine import RunResult
-from fedlease.reporting.outputs import RunWriter
+from fedlease.reporting.outputs import RunWriter, read_metrics
 from fedlease.reporting.tracking import CSV_FILE, metrics_csv
 
 HISTORY = [
@@ -66,7 +65,8 @@ def test_without_tensorboard_asked_no_event_files(tmp_path):
     writer.start(config)
     writer.write_round(result_for(config, 2))
     assert not (tmp_path / "run" / "tensorboard").exists()
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"][-1]["round"] == 2
+    assert read_metrics(tmp_path / "run")["rounds"][-1]["round"] == 2
+    assert not (tmp_path / "run" / "metrics.json").exists()  # written whole once, at the end
 
 
 def test_tensorboard_asked_but_not_installed_is_a_config_error(monkeypatch):

@@ -5,16 +5,27 @@ B matrices (``lora-b``, the paper), the cosine distance of their mean frozen-mod
 (``embedding``), or both (``hybrid``: each matrix divided by its mean off-diagonal distance, then
 averaged, so neither signal dominates by its scale; silhouette and average linkage then see both
 equally).
+
+Up to ``federation.exact_allocation_clients`` clients the whole N x N distance is clustered;
+beyond it the same rule runs on a seeded sample of that many clients and every other client
+joins the cluster nearest by the same signal (``nearest_clusters``), so the allocation's time
+and memory stay bounded by the sample (and linear in N), never N x N. The matrix is kept (in
+the checkpoint, ``clustering.json`` and the dendrogram) only up to ``MATRIX_KEPT_UP_TO`` clients.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from fedlease.registry import Registry
+
+# largest matrix kept with the clustering (checkpoint, clustering.json, dendrogram, heat map):
+# 256 clients are 0.5 MiB of float64; beyond it only the per-cluster statistics are kept
+MATRIX_KEPT_UP_TO = 256
 
 
 @dataclass(frozen=True)
@@ -65,41 +76,91 @@ SIGNALS: Registry[AllocationSignal] = Registry("federation.allocation", {
 @dataclass
 class Clustering:
     labels: list[int]  # cluster of each client, in input order, numbered 0..K-1
-    distance: np.ndarray  # [N, N]
+    distance: np.ndarray | None  # [N, N]; None past MATRIX_KEPT_UP_TO clients
     silhouette: dict[int, float]  # k -> score, for every k tried
+    # per cluster: its clients, and the mean distance between two of them and to the clients
+    # of the other clusters (over the clients the matrix covered: all, or the sample)
+    statistics: list[dict] | None = None
 
     @property
     def num_clusters(self) -> int:
         return max(self.labels) + 1
 
 
-def b_distance_matrix(b_matrices: list[dict[str, torch.Tensor]]) -> np.ndarray:
-    """``1 - cos(vec B_i, vec B_j)`` per adapted layer, averaged over the layers of each module
-    type (the last name component, e.g. ``query``), then over module types."""
-    names = sorted(b_matrices[0])
+def cluster_statistics(distance: np.ndarray, labels: list[int]) -> list[dict]:
+    """Per cluster: size, mean distance within (between two different members; 0 alone) and
+    to the other clusters' members (0 with one cluster)."""
+    labels_array = np.asarray(labels)
+    stats = []
+    for c in range(max(labels) + 1):
+        inside = labels_array == c
+        size = int(inside.sum())
+        within = distance[np.ix_(inside, inside)]
+        outside = distance[np.ix_(inside, ~inside)]
+        stats.append({"cluster": c, "clients": size,
+                      "mean_distance_within": float(within.sum() / (size * (size - 1)))
+                      if size > 1 else 0.0,
+                      "mean_distance_to_others": float(outside.mean()) if outside.size else 0.0})
+    return stats
+
+
+def allocation_sample(ids: list[str], limit: int, seed: int) -> list[str]:
+    """The clients the allocation clusters: all up to ``limit``, else ``limit`` of them drawn
+    by a generator of the seed alone (the same on every runner and on a resume), in order."""
+    if len(ids) <= limit:
+        return list(ids)
+    chosen = set(random.Random(f"fedlease-allocation:{seed}").sample(ids, limit))
+    return [cid for cid in ids if cid in chosen]
+
+
+def unit_rows(vectors: list[torch.Tensor]) -> torch.Tensor:
+    """The vectors as float64 rows of length 1 (a zero vector stays zero)."""
+    vecs = torch.stack([v.reshape(-1).double() for v in vectors])
+    return vecs / vecs.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def mean_embedding_distance(vectors: list[torch.Tensor], members: list[list[torch.Tensor]],
+                            chunk: int = 4096) -> np.ndarray:
+    """``[len(vectors), len(members)]``: the mean ``1 - cos`` of each vector to the members of
+    each group, as average linkage measures it, in O(N x groups): the mean of ``1 - u . m``
+    over unit members ``m`` is ``1 - u . mean(m)``."""
+    centroids = torch.stack([unit_rows(group).mean(0) for group in members])
+    rows = [1.0 - unit_rows(vectors[i:i + chunk]) @ centroids.T
+            for i in range(0, len(vectors), chunk)]
+    return torch.cat(rows).clamp(0.0, 2.0).numpy()
+
+
+def b_distance_between(rows: list[dict[str, torch.Tensor]],
+                       columns: list[dict[str, torch.Tensor]]) -> np.ndarray:
+    """``[len(rows), len(columns)]``: ``1 - cos(vec B_i, vec B_j)`` per adapted layer, averaged
+    over the layers of each module type (the last name component, e.g. ``query``), then over
+    module types."""
+    names = sorted(rows[0])
     by_type: dict[str, list[str]] = {}
     for name in names:
         by_type.setdefault(name.rsplit(".", 2)[-2], []).append(name)
-    n = len(b_matrices)
     per_type = []
     for layer_names in by_type.values():
-        layer_dists = []
-        for name in layer_names:
-            vecs = torch.stack([b[name].reshape(-1).double() for b in b_matrices])
-            unit = vecs / vecs.norm(dim=1, keepdim=True).clamp(min=1e-12)
-            layer_dists.append(1.0 - unit @ unit.T)
-        per_type.append(torch.stack(layer_dists).mean(0))
-    dist = torch.stack(per_type).mean(0).numpy() if per_type else np.zeros((n, n))
-    dist = np.clip((dist + dist.T) / 2, 0.0, 2.0)
-    np.fill_diagonal(dist, 0.0)
-    return dist
+        per_type.append(torch.stack([
+            1.0 - unit_rows([b[name] for b in rows]) @ unit_rows([b[name] for b in columns]).T
+            for name in layer_names]).mean(0))
+    if not per_type:
+        return np.zeros((len(rows), len(columns)))
+    return torch.stack(per_type).mean(0).clamp(0.0, 2.0).numpy()
+
+
+def b_distance_matrix(b_matrices: list[dict[str, torch.Tensor]]) -> np.ndarray:
+    """The symmetric matrix of ``b_distance_between`` the clients, zero on the diagonal."""
+    return _symmetric(b_distance_between(b_matrices, b_matrices))
 
 
 def embedding_distance_matrix(vectors: list[torch.Tensor]) -> np.ndarray:
     """``1 - cos(v_i, v_j)`` between the clients' representation vectors."""
-    vecs = torch.stack([v.reshape(-1).double() for v in vectors])
-    unit = vecs / vecs.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    dist = (1.0 - unit @ unit.T).numpy()
+    unit = unit_rows(vectors)
+    return _symmetric((1.0 - unit @ unit.T).numpy())
+
+
+def _symmetric(dist: np.ndarray) -> np.ndarray:
     dist = np.clip((dist + dist.T) / 2, 0.0, 2.0)
     np.fill_diagonal(dist, 0.0)
     return dist
@@ -127,9 +188,9 @@ def cluster_clients(distance: np.ndarray, max_clusters: int, tol: float = 1e-6) 
 
     n = distance.shape[0]
     if n == 1 or max_clusters == 1 or distance.max() < tol:
-        return Clustering([0] * n, distance, {})
+        return _clustering([0] * n, distance, {})
     if n == 2:
-        return Clustering([0, 1], distance, {})
+        return _clustering([0, 1], distance, {})
     scores, candidates = {}, {}
     for k in range(2, min(max_clusters, n - 1) + 1):
         labels = AgglomerativeClustering(
@@ -140,7 +201,12 @@ def cluster_clients(distance: np.ndarray, max_clusters: int, tol: float = 1e-6) 
         scores[k] = float(silhouette_score(distance, labels, metric="precomputed"))
         candidates[k] = labels
     best = max(scores, key=lambda k: (scores[k], -k))
-    return Clustering(_renumber(candidates[best]), distance, scores)
+    return _clustering(_renumber(candidates[best]), distance, scores)
+
+
+def _clustering(labels: list[int], distance: np.ndarray, scores: dict) -> Clustering:
+    return Clustering(labels, distance if len(labels) <= MATRIX_KEPT_UP_TO else None, scores,
+                      cluster_statistics(distance, labels))
 
 
 def _renumber(labels) -> list[int]:

@@ -19,10 +19,14 @@ common initialisation at once), or both distances combined (``hybrid``); see ``c
 A client whose signal did not arrive for the allocation (it dropped out, or a runner that samples
 clients did not pick it) is clustered without it; it keeps training its warm-up LoRA and, the
 first time it uploads (its LoRA, and its embedding where the signal needs one), joins the nearest
-cluster by the same signal, then gets the experts like every other client.
+cluster by the same signal, then gets the experts like every other client. Past
+``federation.exact_allocation_clients`` the clustering sees a seeded sample of the clients and
+the others join the nearest cluster the same way at once (``clustering.py``).
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import torch
@@ -31,9 +35,12 @@ from fedlease.algorithms.base import Algorithm
 from fedlease.algorithms.clustering import (
     SIGNALS,
     Clustering,
+    allocation_sample,
+    b_distance_between,
     b_distance_matrix,
     cluster_clients,
     embedding_distance_matrix,
+    mean_embedding_distance,
     mean_offdiagonal,
 )
 from fedlease.algorithms.messages import (
@@ -76,14 +83,17 @@ class FedLEASE(Algorithm):
         # hybrid: the mean off-diagonal B and embedding distances the allocation divided by
         self.distance_scales: list[float] = []
         self.clustering: Clustering | None = None
-        self.clustered: list[str] = []  # the clients the clustering saw, in its order
+        # the clients the clustering saw, in its order (all, or the sample past
+        # exact_allocation_clients); the others are assigned to the nearest cluster
+        self.clustered: list[str] = []
         self.cluster_of: dict[str, int] = {}
         self.experts: dict[str, torch.Tensor] = {}  # lora_A/lora_B stacked over experts
         self.routers: list[dict[str, torch.Tensor]] = []  # one per cluster
 
     def warmup_states(self, rnd, local_states):
-        """After the last warm-up round: every client's warm-up LoRA and head."""
-        return dict(local_states) if rnd == self.warmup_rounds else {}
+        """After the last warm-up round: every client's warm-up LoRA and head (the store
+        itself: its states are read one at a time as they are written)."""
+        return local_states if rnd == self.warmup_rounds else {}
 
     @property
     def num_experts(self) -> int:
@@ -168,24 +178,42 @@ class FedLEASE(Algorithm):
         return self.signal.distance(b_distance, e_distance, self.distance_scales)
 
     def allocate_experts(self, replies: dict[str, Reply]) -> None:
-        """Phase 2: cluster the clients by the signal, one expert per cluster (the weighted
-        mean of its members' warm-up LoRAs; the common init without any), routers per cluster.
-        Clients without the signal are left out (see ``assign_late``)."""
+        """Phase 2: cluster the clients by the signal (all of them, or a seeded sample past
+        ``exact_allocation_clients`` with the others joining the nearest cluster), one expert
+        per cluster (the weighted mean of its members' warm-up LoRAs; the common init without
+        any), routers per cluster. Clients without the signal are left out (``assign_late``)."""
+        federation = self.config.federation
         ids = [c.client_id for c in self.clients
                if self.signal.has(c.client_id, replies, self.embeddings)]
         if not ids:
             raise RuntimeError(f"expert allocation ({self.signal.name}): no client uploaded what "
                                "it needs (warm-up LoRA or embedding); see the rejected uploads")
-        self.clustered = ids
-        self.clustering = cluster_clients(self.allocation_distance(ids, replies),
-                                          self.config.federation.max_experts)
-        self.cluster_of = dict(zip(ids, self.assign(self.clustering), strict=True))
-        K = self.num_experts
+        self.clustered = allocation_sample(ids, federation.exact_allocation_clients,
+                                           federation.seed)
+        self.clustering = cluster_clients(self.allocation_distance(self.clustered, replies),
+                                          federation.max_experts)
+        self.cluster_of = dict(zip(self.clustered, self.assign(self.clustering), strict=True))
+        self.experts = self.start_experts(self.clustered, replies)
+        rest = [cid for cid in ids if cid not in self.cluster_of]
+        if rest:
+            self.assign_nearest(rest, replies)
+            self.experts = self.start_experts(ids, replies)
+        gen = torch.Generator().manual_seed(federation.seed + 1)
+        num_slots = len(self.layout_for(ids[0]).router_slots)
+        self.routers = [
+            {f"{ADAPTER_PREFIX}{name}.router": init_router(d_in, num_slots, gen)
+             for name, (d_in, _) in sorted(self.adapter_shapes.items())}
+            for _ in range(self.num_experts)
+        ]
+
+    def start_experts(self, ids: list[str], replies: dict[str, Reply]) -> dict:
+        """Expert c: the aggregate of the warm-up LoRAs of cluster c's clients among ``ids``
+        (the common init where none uploaded one)."""
         members = [[cid for cid in ids if self.cluster_of[cid] == c and cid in replies]
-                   for c in range(K)]
+                   for c in range(self.num_experts)]
         keys = ([k for k in replies[ids[0]].arrays if k != EMBEDDING_KEY]
                 if ids[0] in replies else list(self.initial_lora))
-        self.experts = {
+        return {
             key: torch.cat([
                 self.aggregation([replies[cid].arrays[key] for cid in group],
                                  [replies[cid].num_examples for cid in group])
@@ -194,13 +222,6 @@ class FedLEASE(Algorithm):
             ])
             for key in keys
         }
-        gen = torch.Generator().manual_seed(self.config.federation.seed + 1)
-        num_slots = len(self.layout_for(ids[0]).router_slots)
-        self.routers = [
-            {f"{ADAPTER_PREFIX}{name}.router": init_router(d_in, num_slots, gen)
-             for name, (d_in, _) in sorted(self.adapter_shapes.items())}
-            for _ in range(K)
-        ]
 
     def aggregate_experts(self, replies: dict[str, Reply]) -> None:
         """Expert c and router c: sample-weighted means over the replies of cluster c (or the
@@ -219,31 +240,36 @@ class FedLEASE(Algorithm):
                     self.experts[key][c] = mean[0]
 
     def assign_late(self, replies: dict[str, Reply]) -> None:
-        """Clients that missed the allocation join the nearest cluster by the same signal:
-        the expert's B matrices (``lora-b``), the mean embedding distance to the cluster's
-        members (``embedding``, as average linkage), both scaled as at allocation (hybrid)."""
-        for cid, reply in replies.items():
-            self.cluster_of[cid] = int(self.distance_to_clusters(cid, reply).argmin())
+        """Clients that missed the allocation join the nearest cluster by the same signal."""
+        if replies:
+            self.assign_nearest(list(replies), replies)
 
-    def distance_to_clusters(self, cid: str, reply: Reply) -> np.ndarray:
+    def assign_nearest(self, ids: list[str], replies: dict[str, Reply]) -> None:
+        """Each of ``ids`` joins the nearest cluster by the signal: the experts' B matrices
+        (``lora-b``), the mean embedding distance to the clustered members (``embedding``, as
+        average linkage), both scaled as at allocation (hybrid). Linear in ``ids``."""
+        nearest = self.distances_to_clusters(ids, replies).argmin(axis=1)
+        self.cluster_of.update(zip(ids, (int(c) for c in nearest), strict=True))
+
+    def distances_to_clusters(self, ids: list[str], replies: dict[str, Reply]) -> np.ndarray:
+        """``[len(ids), K]``: each client's distance to each cluster by the signal."""
         return self.signal.distance(
-            self._b_distance_to_experts(reply) if self.signal.uses_lora_b else None,
-            self._embedding_distance_to_clusters(cid) if self.signal.uses_embedding else None,
+            self._b_distance_to_experts([replies[cid] for cid in ids])
+            if self.signal.uses_lora_b else None,
+            self._embedding_distance_to_clusters(ids) if self.signal.uses_embedding else None,
             self.distance_scales)
 
-    def _b_distance_to_experts(self, reply: Reply) -> np.ndarray:
+    def _b_distance_to_experts(self, replies: list[Reply]) -> np.ndarray:
         b_keys = sorted(k for k in self.experts if k.endswith(".lora_B"))
         expert_bs = [{k: self.experts[k][c : c + 1] for k in b_keys}
                      for c in range(self.num_experts)]
-        return b_distance_matrix([{k: reply.arrays[k] for k in b_keys}, *expert_bs])[0, 1:]
+        return b_distance_between([{k: r.arrays[k] for k in b_keys} for r in replies],
+                                  expert_bs)
 
-    def _embedding_distance_to_clusters(self, cid: str) -> np.ndarray:
-        members = [[m for m in self.clustered if self.cluster_of[m] == c]
+    def _embedding_distance_to_clusters(self, ids: list[str]) -> np.ndarray:
+        members = [[self.embeddings[m] for m in self.clustered if self.cluster_of[m] == c]
                    for c in range(self.num_experts)]
-        row = embedding_distance_matrix(
-            [self.embeddings[cid], *(self.embeddings[m] for m in self.clustered)])[0, 1:]
-        index = {m: i for i, m in enumerate(self.clustered)}
-        return np.array([row[[index[m] for m in group]].mean() for group in members])
+        return mean_embedding_distance([self.embeddings[cid] for cid in ids], members)
 
     def server_experts(self) -> dict[str, torch.Tensor]:
         return dict(self.experts)
@@ -251,11 +277,17 @@ class FedLEASE(Algorithm):
     def report(self) -> dict:
         if self.clustering is None:
             return {}
+        sizes = Counter(self.cluster_of.values())
         return {
             "signal": self.signal.name,
             "clients": self.clustered,
             "assignment": self.cluster_of,
             "num_experts": self.num_experts,
             "silhouette": {str(k): v for k, v in self.clustering.silhouette.items()},
-            "distance": self.clustering.distance.tolist(),
+            # per cluster: the statistics of the clients clustered, and how many it holds now
+            "clusters": [{**stats, "assigned": sizes[stats["cluster"]]}
+                         for stats in self.clustering.statistics or []],
+            # the matrix only where it is small (clustering.MATRIX_KEPT_UP_TO clients)
+            **({"distance": self.clustering.distance.tolist()}
+               if self.clustering.distance is not None else {}),
         }

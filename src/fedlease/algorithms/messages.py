@@ -117,6 +117,8 @@ class MalformedReply:
     server's validation rejects it with ``reason``, like any other bad upload."""
 
     reason: str
+    # the tensor payload that arrived all the same (counted as uploaded: it travelled)
+    upload_bytes: int = 0
 
 
 def read_fields(cls: type | None, value, what: str):

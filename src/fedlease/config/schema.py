@@ -129,6 +129,10 @@ class FederationConfig:
     # (the paper: their warm-up LoRA B matrices) or "hybrid" (both distances, each scaled to mean
     # 1): a name of fedlease.algorithms.clustering.SIGNALS
     allocation: str = "embedding"
+    # FedLEASE clusters the whole N x N distance up to this many clients; beyond it the same
+    # rule runs on a seeded sample of this many and every other client joins the nearest
+    # cluster by the same signal (time and memory bounded by the sample, never N x N)
+    exact_allocation_clients: int = 1000
     # std of the Gaussian noise a client adds to its (unit-length) embedding before uploading it
     embedding_noise: float = 0.0
     seed: int = 0  # seeds the data split, the initial adapters, dropout and batch order
@@ -143,6 +147,10 @@ class FederationConfig:
     # clients that train per round, drawn by a rule of (seed, round, client list) that every
     # runner shares (federation/sampling.py); 0 = all clients every round
     clients_per_round: int = 0
+    # share of the round's trained clients evaluated in every round but the last (which
+    # evaluates every client), drawn by the same rule on every runner (Flower's
+    # fraction-evaluate sets it); 1 = all
+    fraction_evaluate: float = 1.0
 
 
 @dataclass

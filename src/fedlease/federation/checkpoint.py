@@ -2,9 +2,13 @@
 
 ::
 
-    OUT/checkpoint/checkpoint.json             round, history, config, the plain server state
-    OUT/checkpoint/server-<round>.safetensors  the tensors of the server state and RNG states
-    OUT/checkpoint/clients-<round>.safetensors every client's local state
+    OUT/checkpoint/checkpoint.json             round, history, config, the plain server state,
+                                               the file of each client's state
+    OUT/checkpoint/server-<hash>.safetensors   the tensors of one server state field (RNG
+                                               states, runner state: one file each), named by
+                                               their content: rewritten only when they change
+    OUT/checkpoint/client-<n>-<round>.safetensors  client n's local state, as of the round it
+                                               last changed
 
 The server state is the algorithm's ``state_fields``: tensors, numpy arrays, numbers, strings,
 lists, tuples, dicts and fedlease dataclasses of those. Tensors (and numpy arrays) go to the
@@ -12,6 +16,12 @@ safetensors file, the rest to JSON; nothing is pickled. The tensor files of a ro
 first, ``checkpoint.json`` naming them is swapped in last (temp file, fsync, rename), and only
 then are the previous round's files removed: a run killed at any moment leaves one complete
 checkpoint.
+
+A client's state file is written only in a round that changed it (the clients that trained),
+and a server field's only when its content changed (FedLEASE's N embeddings: once), so a
+round's checkpoint writes what changed, not every client's state; a load reads and verifies
+the states one at a time and hands them out on demand (``SavedClientStates``): neither holds all
+N states in memory at once.
 
 ``checkpoint.json`` records the SHA-256 of each tensor file and of its own content; a resume
 verifies them, refuses NaN or infinite tensor values, and checks the structure, so a damaged
@@ -25,6 +35,7 @@ import hashlib
 import importlib
 import json
 import random
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +56,9 @@ from fedlease.reporting.files import atomic_write, atomic_write_bytes
 from fedlease.reporting.outputs import CHECKPOINT_DIR
 
 MANIFEST = "checkpoint.json"
-FORMAT = 3  # 2: content hashes recorded; 3: data_sha256 named clients_fingerprint
+# 2: content hashes recorded; 3: data_sha256 named clients_fingerprint; 4: a file per client
+# state and per server field
+FORMAT = 4
 # fields that may differ between the interrupted run and its resumption
 RESUMABLE_CHANGES = {("output", "dir"), ("train", "device")} | MACHINE_SETTINGS
 
@@ -63,9 +76,51 @@ class Checkpoint:
     # (``ClientRoster.fingerprint``) the ids, sizes and label counts the nodes report
     clients_fingerprint: str = ""
     runner: dict = dataclasses.field(default_factory=dict)  # the engine's and transport's state
+    # client id -> [file, SHA-256] of its state in the checkpoint folder (what a load found;
+    # the next save keeps the files of the clients whose state did not change)
+    client_files: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+
+def client_file(index: int, rnd: int) -> str:
+    """The file of the ``index``-th client's (sorted ids) state as of round ``rnd``."""
+    return f"client-{index:06d}-{rnd:05d}.safetensors"
+
+
+class SavedClientStates(Mapping):
+    """A checkpoint's client states, each read from its file (and verified) when asked for."""
+
+    def __init__(self, folder: Path, files: dict[str, list[str]]):
+        self.folder, self.files = folder, files
+
+    def __getitem__(self, client_id: str) -> Tensors:
+        name, digest = self.files[client_id]
+        path = self.folder / name
+        state = _read_tensors(path, digest)
+        _check_finite(path, state, f"client {client_id!r}: ")
+        return state
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
 
 
 # -- plain encoding of the server state ---------------------------------------------------
+
+# a dict of at least this many same-shaped tensors under string keys (FedLEASE's per-client
+# embeddings) is stored as one stacked tensor and its keys: one safetensors entry, not N
+STACKED_DICT_MIN = 64
+
+
+def _stackable(value: dict) -> bool:
+    if len(value) < STACKED_DICT_MIN:
+        return False
+    first = next(iter(value.values()))
+    return isinstance(first, torch.Tensor) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) and v.shape == first.shape
+        and v.dtype == first.dtype for k, v in value.items())
+
 
 def _encode(value, tensors: Tensors, path: str):
     """JSON-able form of ``value``; tensors and arrays are moved into ``tensors`` by path."""
@@ -84,6 +139,9 @@ def _encode(value, tensors: Tensors, path: str):
         return {"__dataclass__": f"{cls.__module__}:{cls.__qualname__}",
                 "fields": {f.name: _encode(getattr(value, f.name), tensors, f"{path}.{f.name}")
                            for f in dataclasses.fields(value)}}
+    if isinstance(value, dict) and _stackable(value):
+        tensors[path] = torch.stack([v.detach().cpu() for v in value.values()])
+        return {"__stacked__": path, "keys": list(value)}
     if isinstance(value, dict):  # as pairs: keeps non-string keys (e.g. k -> silhouette) intact
         return {"__dict__": [[_encode(k, tensors, f"{path}.{i}k"),
                               _encode(v, tensors, f"{path}.{i}")]
@@ -104,6 +162,11 @@ def _decode(value, tensors: Tensors):
         return tensors[value["__tensor__"]]
     if "__ndarray__" in value:
         return tensors[value["__ndarray__"]].numpy()
+    if "__stacked__" in value:
+        stacked = tensors[value["__stacked__"]]
+        if len(value["keys"]) != len(stacked):
+            raise ValueError(f"{len(value['keys'])} keys for {len(stacked)} stacked tensors")
+        return dict(zip(value["keys"], stacked.clone().unbind(0), strict=True))
     if "__tuple__" in value:
         return tuple(_decode(v, tensors) for v in value["__tuple__"])
     if "__dict__" in value:
@@ -166,32 +229,57 @@ def _manifest_digest(body: dict) -> str:
     return sha256(json.dumps(body, sort_keys=True).encode("utf-8"))
 
 
-def save_checkpoint(out_dir: str | Path, checkpoint: Checkpoint, config: RunConfig) -> None:
+def save_checkpoint(out_dir: str | Path, checkpoint: Checkpoint, config: RunConfig,
+                    changed: Collection[str] | None = None) -> dict[str, list[str]]:
+    """Save ``checkpoint``; of the client states, only those of ``changed`` (None: all) are
+    written, the others keep their files of ``checkpoint.client_files``. Returns the client files
+    of the saved checkpoint (the next round's ``client_files``)."""
     folder = checkpoint_dir(out_dir)
     folder.mkdir(exist_ok=True)
     server_tensors: Tensors = {}
     plain = _encode({"server": checkpoint.server_state, "rng": checkpoint.rng,
                      "runner": checkpoint.runner}, server_tensors, "state")
-    client_ids = sorted(checkpoint.local_states)
-    client_tensors = {f"{i}/{key}": value.detach().cpu().clone(
-                          memory_format=torch.contiguous_format)
-                      for i, cid in enumerate(client_ids)
-                      for key, value in checkpoint.local_states[cid].items()}
-    files = {"server": f"server-{checkpoint.round:05d}.safetensors",
-             "clients": f"clients-{checkpoint.round:05d}.safetensors"}
-    hashes = {}
-    for part, tensors in (("server", server_tensors), ("clients", client_tensors)):
-        data = save_tensors(tensors)
-        hashes[part] = sha256(data)
-        atomic_write_bytes(folder / files[part], data)
-    body = {"format": FORMAT, "round": checkpoint.round, "files": files, "sha256": hashes,
-            "clients": client_ids, "state": plain, "history": checkpoint.history,
-            "config": config_to_dict(config), "clients_fingerprint": checkpoint.clients_fingerprint}
+    server_files = []
+    for group in _by_field(server_tensors):
+        data = save_tensors(group)
+        digest = sha256(data)
+        name = f"server-{digest[:24]}.safetensors"
+        if not (folder / name).exists():  # the same content as a file already there
+            atomic_write_bytes(folder / name, data)
+        server_files.append([name, digest])
+    index = {cid: i for i, cid in enumerate(sorted(checkpoint.local_states))}
+    client_files = dict(checkpoint.client_files)
+    for cid in checkpoint.local_states if changed is None else changed:
+        state = checkpoint.local_states.get(cid)  # none: held by a Flower node
+        if not state:
+            client_files.pop(cid, None)
+            continue
+        data = save_tensors({k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                             for k, v in state.items()})
+        name = client_file(index[cid], checkpoint.round)
+        atomic_write_bytes(folder / name, data)
+        client_files[cid] = [name, sha256(data)]
+    body = {"format": FORMAT, "round": checkpoint.round, "server": server_files,
+            "clients": client_files, "state": plain,
+            "history": checkpoint.history, "config": config_to_dict(config),
+            "clients_fingerprint": checkpoint.clients_fingerprint}
     body = json.loads(json.dumps(body))  # the digest is of what a load reads back
     atomic_write(folder / MANIFEST, json.dumps({**body, "manifest_sha256": _manifest_digest(body)}))
-    for old in folder.glob("*.safetensors"):
-        if old.name not in files.values():
+    kept = {name for name, _ in [*server_files, *client_files.values()]}
+    for old in folder.glob("*.safetensors"):  # superseded, or left by a save that was killed
+        if old.name not in kept:
             old.unlink()
+    return client_files
+
+
+def _by_field(tensors: Tensors) -> list[Tensors]:
+    """The server tensors grouped by what they belong to: each field of the server state
+    (paths ``state.0.<i>...``), the RNG states, the runner state."""
+    groups: dict[str, Tensors] = {}
+    for path, value in tensors.items():
+        parts = path.split(".")
+        groups.setdefault(".".join(parts[:3] if parts[1] == "0" else parts[:2]), {})[path] = value
+    return list(groups.values())
 
 
 def load_checkpoint(out_dir: str | Path, config: RunConfig) -> Checkpoint:
@@ -208,9 +296,11 @@ def load_checkpoint(out_dir: str | Path, config: RunConfig) -> Checkpoint:
     if changed:
         raise CheckpointError(f"{out_dir}: the configuration differs from the checkpoint's in "
                               f"{changed}; a run resumes only with the configuration it began with")
-    server_tensors, client_tensors = (
-        _read_tensors(folder / manifest["files"][part], manifest["sha256"][part])
-        for part in ("server", "clients"))
+    server_tensors: Tensors = {}
+    for name, digest in manifest["server"]:
+        tensors = _read_tensors(folder / name, digest)
+        _check_finite(folder / name, tensors)
+        server_tensors.update(tensors)
     try:
         plain = _decode(manifest["state"], server_tensors)
         server_state, rng, runner = plain["server"], plain["rng"], plain.get("runner", {})
@@ -218,19 +308,14 @@ def load_checkpoint(out_dir: str | Path, config: RunConfig) -> Checkpoint:
             raise TypeError("the server, RNG and runner states must be dicts")
         for key in ("python", "numpy", "torch"):
             rng[key]  # noqa: B018 (a KeyError here names the missing RNG state)
-        local_states: dict[str, Tensors] = {cid: {} for cid in manifest["clients"]}
-        for name, value in client_tensors.items():
-            index, _, key = name.partition("/")
-            local_states[manifest["clients"][int(index)]][key] = value
     except (KeyError, IndexError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: damaged checkpoint: its state does not match "
-                              f"{manifest['files']['server']} / {manifest['files']['clients']} "
-                              f"({type(err).__name__}: {err})") from None
-    _check_finite(folder / manifest["files"]["server"], server_tensors)
-    for cid, state in local_states.items():
-        _check_finite(folder / manifest["files"]["clients"], state, f"client {cid!r}: ")
+        raise CheckpointError(f"{path}: damaged checkpoint: its state does not match its "
+                              f"server files ({type(err).__name__}: {err})") from None
+    local_states = SavedClientStates(folder, manifest["clients"])
+    for cid in local_states:  # verified now, one at a time: a damaged file never trains
+        local_states[cid]  # noqa: B018
     return Checkpoint(manifest["round"], server_state, local_states, manifest["history"], rng,
-                      manifest["clients_fingerprint"], runner)
+                      manifest["clients_fingerprint"], runner, manifest["clients"])
 
 
 def data_fingerprint(clients) -> str:
@@ -302,7 +387,7 @@ def check_fits_model(checkpoint: Checkpoint, model, rank: int, where: Path) -> N
 
 
 # what a manifest must hold, and the type of each entry
-MANIFEST_FIELDS = {"format": int, "round": int, "files": dict, "sha256": dict, "clients": list,
+MANIFEST_FIELDS = {"format": int, "round": int, "server": list, "clients": dict,
                    "state": dict, "history": list, "config": dict, "clients_fingerprint": str,
                    "manifest_sha256": str}
 
@@ -323,21 +408,21 @@ def _read_manifest(path: Path) -> dict:
     problems = [f"{key!r} {'missing' if key not in manifest else 'is not a ' + kind.__name__}"
                 for key, kind in MANIFEST_FIELDS.items()
                 if not isinstance(manifest.get(key), kind) or isinstance(manifest[key], bool)]
-    for key in ("files", "sha256"):
-        if isinstance(manifest.get(key), dict) and not all(
-                isinstance(manifest[key].get(part), str) for part in ("server", "clients")):
-            problems.append(f"{key!r} lacks the server or clients entry")
     if problems:
         raise CheckpointError(f"{path}: damaged checkpoint: {', '.join(problems)}")
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     if _manifest_digest(body) != manifest["manifest_sha256"]:
         raise CheckpointError(f"{path}: damaged checkpoint: its content does not match its "
                               "SHA-256 (the file was changed or corrupted after it was saved)")
-    if any(Path(name).name != name for name in manifest["files"].values()):
-        raise CheckpointError(f"{path}: damaged checkpoint: file names {manifest['files']} "
-                              "must name files in the checkpoint folder")
-    if not all(isinstance(cid, str) for cid in manifest["clients"]):
-        raise CheckpointError(f"{path}: damaged checkpoint: 'clients' must list client ids")
+    entries = [*manifest["server"], *manifest["clients"].values()]
+    if not all(isinstance(entry, list) and len(entry) == 2
+               and all(isinstance(part, str) for part in entry) for entry in entries):
+        raise CheckpointError(f"{path}: damaged checkpoint: 'server' must list, and 'clients' "
+                              "map each client id to, [file, SHA-256] pairs")
+    names = [name for name, _ in entries]
+    if any(Path(name).name != name or not name for name in names):
+        raise CheckpointError(f"{path}: damaged checkpoint: file names {names[:3]} ... must "
+                              "name files in the checkpoint folder")
     return manifest
 
 

@@ -51,6 +51,7 @@ class RunResult:
     report: dict = field(default_factory=dict)  # the algorithm's own results (clustering...)
     data: dict = field(default_factory=dict)  # per client sizes and labels (data.json)
     wall_seconds: float = 0.0
+    profile_seconds: float = 0.0  # the step before round 1 (FedLEASE's embeddings, if asked)
     privacy: dict = field(default_factory=dict)  # a DP run's guarantee (privacy.json)
 
     @property
@@ -102,11 +103,17 @@ class Transport(Protocol):
     def run_bytes(self, algorithm) -> int:
         """Disk the run's output needs at its peak (see ``estimate_run_bytes``)."""
 
-    def choose_fit(self, rnd: int, trained: set[str]) -> tuple[list[str], list[str]]:
-        """The clients that train in round ``rnd``, and those of them that never trained."""
+    # clients whose local state this runner lost (a resumed Flower run's nodes): they start
+    # afresh like newcomers (``ClientSampling.first_timers``)
+    stateless: set[str]
 
-    def choose_evaluate(self, rnd: int, candidates: list[str], trained: set[str]) -> list[str]:
-        """The clients, of ``candidates`` (``configure_evaluate``'s), evaluated in ``rnd``."""
+    def choose_fit(self, rnd: int) -> list[str]:
+        """The clients that train in round ``rnd`` (``sampling.fit_clients``), of those
+        this runner reaches."""
+
+    def reachable(self, clients: list[str]) -> list[str]:
+        """Of ``clients`` (picked by ``sampling.evaluate_clients``), those this runner
+        reaches now."""
 
     def profile(self, instructions: dict[str, Instruction]) -> dict[str, Reply]: ...
 
@@ -188,12 +195,15 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
     result = RunResult(config, roster.tasks, data=roster.data)
     meter = TrafficMeter()  # bytes each client downloads and uploads
     trained: set[str] = set()  # clients whose upload was accepted at least once
+    client_files: dict[str, list[str]] = {}  # the last checkpoint's files of client states
     if resume:
-        first_round = resume_from_checkpoint(writer.dir, algorithm, roster, transport,
-                                             result, trained)
+        first_round, client_files = resume_from_checkpoint(writer.dir, algorithm, roster,
+                                                           transport, result, trained)
     else:
         first_round = 1
+        profile_start = time.perf_counter()
         run_profile_step(algorithm, transport, meter)
+        result.profile_seconds = time.perf_counter() - profile_start
     if writer:
         writer.check_free_space(transport.run_bytes(algorithm))
         writer.start(config)
@@ -206,11 +216,13 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
         if config.privacy.enabled and over_budget(config, result.history):
             stopped_before = rnd  # a client's next round would spend more than its epsilon
             break
-        entry = run_round(rnd, algorithm, transport, trained, result, writer, meter)
+        round_start = time.perf_counter()
+        entry, chosen = run_round(rnd, algorithm, transport, trained, result, writer, meter)
+        if writer:
+            client_files = save_round(rnd, writer, algorithm, roster, transport, trained,
+                                      result, chosen, client_files, round_start)
         rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
         transport.round_done(entry, result.metric)
-        if writer:
-            save_round(rnd, writer, algorithm, roster, transport, trained, result)
     result.wall_seconds = time.perf_counter() - start
     if config.privacy.enabled:
         result.privacy = privacy_report(
@@ -225,9 +237,10 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
 
 
 def resume_from_checkpoint(out_dir, algorithm, roster: ClientRoster, transport: Transport,
-                           result: RunResult, trained: set[str]) -> int:
+                           result: RunResult, trained: set[str]) -> tuple[int, dict]:
     """Restore the algorithm, the RNGs, the transport, the clients that trained (into
-    ``trained``) and the history from the checkpoint in ``out_dir``; the round to run next."""
+    ``trained``) and the history from the checkpoint in ``out_dir``; the round to run next and
+    the checkpoint's client files (kept by the next save for the states that do not change)."""
     checkpoint = load_resumable(out_dir, algorithm.config, roster, transport)
     restore_algorithm_state(algorithm, checkpoint.server_state)
     set_rng_state(checkpoint.rng)
@@ -236,7 +249,7 @@ def resume_from_checkpoint(out_dir, algorithm, roster: ClientRoster, transport: 
     trained.update(checkpoint.runner.get("trained", ()))
     result.history = checkpoint.history
     result.report = algorithm.report()
-    return checkpoint.round + 1
+    return checkpoint.round + 1, checkpoint.client_files
 
 
 def run_profile_step(algorithm, transport: Transport, meter: TrafficMeter) -> None:
@@ -254,12 +267,15 @@ def run_profile_step(algorithm, transport: Transport, meter: TrafficMeter) -> No
 
 
 def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], result: RunResult,
-              writer: RunWriter | None, meter: TrafficMeter) -> dict:
+              writer: RunWriter | None, meter: TrafficMeter) -> tuple[dict, list[str]]:
     """Round ``rnd``: train the chosen clients, check and aggregate their uploads (adding them
-    to ``trained``), evaluate; its history entry, appended to ``result``."""
+    to ``trained``), evaluate; its history entry, appended to ``result``, and the clients that
+    trained (their local states changed). The entry's ``train_seconds`` time this; its
+    ``seconds`` too, until ``save_round`` adds the reports and the checkpoint."""
     round_start = time.perf_counter()
-    chosen, first_time = transport.choose_fit(rnd, trained)
-    fit = algorithm.configure_fit(rnd, first_time=first_time)
+    chosen = transport.choose_fit(rnd)
+    fit = algorithm.configure_fit(rnd, first_time=transport.sampling.first_timers(
+        chosen, trained, transport.stateless))
     replies = transport.fit(rnd, {cid: fit[cid] for cid in chosen})
     meter.sent({cid: fit[cid] for cid in chosen}, replies)
     accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
@@ -267,12 +283,15 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
         raise UploadsRejected(rnd, rejected, algorithm.config.federation.max_update_norm,
                               writer.dir if writer and result.history else None)
     trained.update(accepted)
-    algorithm.aggregate_fit(rnd, accepted)
+    aggregate_start = time.perf_counter()
+    algorithm.aggregate_fit(rnd, accepted)  # with FedLEASE's allocation in its round
+    aggregate_seconds = time.perf_counter() - aggregate_start
     evaluate = algorithm.configure_evaluate(rnd)
-    picked = transport.choose_evaluate(rnd, list(evaluate), trained)
-    newcomers = [cid for cid in picked if cid not in trained]
-    if transport.sampling.samples and newcomers:
-        # never sampled: evaluated as it would start training next round (sampling.py)
+    sampling = transport.sampling
+    picked = transport.reachable(sampling.evaluate_clients(rnd, list(evaluate), chosen,
+                                                           trained))
+    newcomers = sampling.first_timers(picked, trained, transport.stateless)
+    if newcomers:  # evaluated as it would start training next round (sampling.py)
         fresh = algorithm.configure_fit(rnd + 1, first_time=newcomers)
         evaluate.update({cid: fresh[cid] for cid in newcomers})
     asked = {cid: evaluate[cid] for cid in picked}
@@ -282,22 +301,33 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
         raise RuntimeError(f"round {rnd}: no client answered; see the warnings above")
     entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated,
                         result.columns)
+    entry["train_seconds"] = entry["seconds"]
+    entry["aggregate_seconds"] = aggregate_seconds
     entry["rejected"] = rejected
     entry["traffic"] = meter.round_total()
     result.history.append(entry)
     result.report = algorithm.report()
-    return entry
+    return entry, chosen
 
 
 def save_round(rnd: int, writer: RunWriter, algorithm, roster: ClientRoster,
-               transport: Transport, trained: set[str], result: RunResult) -> None:
+               transport: Transport, trained: set[str], result: RunResult,
+               changed: list[str], client_files: dict[str, list[str]],
+               round_start: float) -> dict[str, list[str]]:
     """After round ``rnd``: its reports, the client states the algorithm keeps from it
-    (``Algorithm.warmup_states``), and the checkpoint a resume continues from."""
-    writer.write_round(result)
+    (``Algorithm.warmup_states``), the checkpoint a resume continues from (writing the states
+    of ``changed``, the clients that trained, and keeping ``client_files`` for the others),
+    then the round's line of metrics, its ``seconds`` covering all of this. Returns the
+    checkpoint's client files."""
+    writer.write_reports(result)
     writer.write_warmup_adapters(algorithm.warmup_states(rnd, transport.local_states))
     runner = {"clients": [c.client_id for c in roster.clients],
               "trained": sorted(trained), "transport": transport.state()}
-    save_checkpoint(writer.dir, Checkpoint(rnd, algorithm_state(algorithm),
-                                           transport.local_states, result.history,
-                                           rng_state(), transport.fingerprint(), runner),
-                    algorithm.config)
+    client_files = save_checkpoint(
+        writer.dir, Checkpoint(rnd, algorithm_state(algorithm), transport.local_states,
+                               result.history, rng_state(), transport.fingerprint(), runner,
+                               client_files),
+        algorithm.config, changed)
+    result.history[-1]["seconds"] = time.perf_counter() - round_start
+    writer.append_rounds(result)
+    return client_files

@@ -3,7 +3,8 @@
 Counted by the engine on what it hands the transport and what comes back, so every algorithm
 and every runner is measured the same way: a download is the tensors of an ``Instruction``
 sent to a client (train, evaluate and profile messages), an upload the tensors of a
-``Reply`` received (rejected ones included: they travelled). Bytes are the float32 payload
+``Reply`` received (rejected ones included: they travelled; of a reply that could not be
+read, ``MalformedReply.upload_bytes``, the arrays that arrived). Bytes are the float32 payload
 (``numel * element_size``); Flower's message framing (``.npy`` headers, the JSON fields) is
 not counted. The profile step before round 1 is counted in round 1. Run totals:
 ``reporting.traffic``.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from fedlease.algorithms.messages import tensor_bytes
+from fedlease.algorithms.messages import MalformedReply, tensor_bytes
 
 
 class TrafficMeter:
@@ -29,7 +30,8 @@ class TrafficMeter:
         for cid, ins in instructions.items():
             self._down[cid] += tensor_bytes(ins.arrays)
         for cid, reply in replies.items():
-            self._up[cid] += tensor_bytes(getattr(reply, "arrays", {}))
+            self._up[cid] += (reply.upload_bytes if isinstance(reply, MalformedReply)
+                              else tensor_bytes(getattr(reply, "arrays", {})))
 
     def round_total(self) -> dict:
         """The round's traffic (``download``/``upload``: totals; ``clients``: per client

@@ -3,15 +3,20 @@
 ::
 
     OUT/config.toml        the configuration used
-    OUT/metrics.json       per round, per client: accuracy (or ROUGE-L, exact match), loss, train
-                           metrics, upload bytes; "metric": the primary one
+    OUT/metrics.jsonl      a line per round, appended as it ends (after a header line: algorithm,
+                           metric, tasks): per client accuracy (or ROUGE-L, exact match), loss,
+                           train metrics, upload bytes; the round's seconds and train_seconds
+    OUT/metrics.json       the same history as one document, written once when the run finishes;
+                           "metric": the primary one (``read_metrics`` reads either)
     OUT/metrics.csv        the same per-round client metrics as a table (reporting/tracking.py)
     OUT/tensorboard/       the same as TensorBoard events, with output.tensorboard = true
-    OUT/clustering.json    distance matrix, silhouette per k, assignment (FedLEASE)
+    OUT/clustering.json    assignment, silhouette per k, per-cluster statistics, the distance
+                           matrix while small (FedLEASE); rewritten only when it changes
     OUT/data.json          per client: task, train / test sizes, label counts (before training)
     OUT/summary.txt        the table printed at the end
-    OUT/plots/*.png        dendrogram, distance heat map, silhouette curve, metric per round,
-                           examples per client by label
+    OUT/plots/*.png        metric per round, examples by label (per client, or per task past
+                           80 clients), clients per cluster by task, silhouette curve;
+                           dendrogram and distance heat map while the matrix is kept
     OUT/adapters/<client>.safetensors   each client's final adapters, router and head
     OUT/adapters/server.safetensors     the server's experts after the last round (if it has any)
     OUT/adapters/warmup/<client>.safetensors  each client's warm-up LoRA and head (FedLEASE)
@@ -41,7 +46,14 @@ from fedlease.config import RunConfig, config_to_dict, dump_toml
 from fedlease.errors import ConfigError, OutputError
 from fedlease.model.lora import AdapterLayout
 from fedlease.reporting.files import atomic_write, atomic_write_bytes
-from fedlease.reporting.tracking import CSV_FILE, TB_DIR, TensorBoardLog, metrics_csv
+from fedlease.reporting.tracking import (
+    CSV_FILE,
+    TB_DIR,
+    TensorBoardLog,
+    csv_columns,
+    csv_rows,
+    metrics_csv,
+)
 
 # clustering.json, summary and plots: a fixed part and one that grows with the clients (the
 # default run's 16 clients: 0.2 MiB measured); per client and round of history in metrics.json
@@ -54,7 +66,9 @@ SPACE_SAFETY_FACTOR = 1.5
 # what a run writes into its folder (``--overwrite`` removes exactly these); any one of
 # RUN_MARKERS means the folder holds a run, finished or interrupted
 CONFIG_FILE = "config.toml"  # the configuration the run used (a resume reads it)
-METRICS_FILE = "metrics.json"
+METRICS_FILE = "metrics.json"  # the whole history, written when the run finishes
+ROUNDS_FILE = "metrics.jsonl"  # a header line, then a line per round, appended as rounds end
+CLUSTERING_FILE = "clustering.json"
 CHECKPOINT_DIR = "checkpoint"  # the server checkpoint (fedlease.federation.checkpoint)
 ADAPTERS_DIR = "adapters"
 SERVER_ADAPTERS = f"{ADAPTERS_DIR}/server.safetensors"  # the server's experts (if any)
@@ -63,10 +77,11 @@ FORMAT_VERSION = 1  # of run.json and of an exported model's fedlease_model.json
 # the config sections a model needs to be rebuilt and run as in the run
 MODEL_SECTIONS = ("model", "lora", "train")
 ERROR_LOG = "fedlease-error.log"
-RUN_OUTPUTS = (CONFIG_FILE, METRICS_FILE, "clustering.json", "data.json", "summary.txt",
+RUN_OUTPUTS = (CONFIG_FILE, METRICS_FILE, ROUNDS_FILE, CLUSTERING_FILE, "data.json",
+               "summary.txt",
                "result.json", "plots", ADAPTERS_DIR, CHECKPOINT_DIR, "metrics.csv", RUN_FILE,
                "tensorboard", ERROR_LOG)
-RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR)
+RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, ROUNDS_FILE, CHECKPOINT_DIR)
 
 
 def client_adapters(client_id: str) -> str:
@@ -83,12 +98,37 @@ def estimate_run_bytes(client_bytes: int, server_bytes: int, num_clients: int,
                        rounds: int) -> int:
     """Disk a run needs at its peak, times ``SPACE_SAFETY_FACTOR``: while a round's checkpoint
     replaces the previous one, both are on disk (every client's state and the server's,
-    twice). The final adapters (one client state each) are written after the last old
-    checkpoint is gone, so they do not add to that peak. The reports grow with clients x rounds
-    (metrics.json and the checkpoint's copy of the history)."""
+    twice: exact when every client trains each round, an upper bound under sampling, where a
+    round rewrites only the states of its clients). The final adapters (one client state
+    each) are written after the last old checkpoint is gone, so they do not add to that peak.
+    The reports grow with clients x rounds (metrics.jsonl, metrics.json at the end, and the
+    checkpoint's copy of the history)."""
     checkpoints = 2 * (num_clients * client_bytes + server_bytes)
     reports = REPORT_BYTES + num_clients * (CLIENT_REPORT_BYTES + HISTORY_BYTES * rounds)
     return int(SPACE_SAFETY_FACTOR * (checkpoints + reports))
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    """A run's metrics (``algorithm``, ``metric``, ``tasks``, ``rounds``): ``metrics.json`` of a
+    finished run, else the rounds ``metrics.jsonl`` holds so far (an interrupted or running
+    run; a last line cut short by a kill is left out)."""
+    folder = Path(run_dir)
+    if (folder / METRICS_FILE).exists():
+        return json.loads((folder / METRICS_FILE).read_text())
+    path = folder / ROUNDS_FILE
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise OutputError(f"{folder}: no {METRICS_FILE} or {ROUNDS_FILE} ({err.strerror or err}); "
+                          "is it a run folder?") from None
+    rounds = []
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            rounds.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):  # only the last line may be cut short
+                raise OutputError(f"{path}: line {number} is not JSON") from None
+    return {**json.loads(lines[0]), "rounds": rounds}
 
 
 def nearest_existing(path: Path) -> Path:
@@ -132,6 +172,12 @@ class RunWriter:
         self.tensorboard: TensorBoardLog | None = None
         self.resume = resume
         self.overwrite = overwrite
+        # what this writer wrote so far (None: nothing yet, the first write is whole): rounds
+        # of metrics.jsonl, rounds and columns of metrics.csv, the report in clustering.json
+        self._rounds_written: int | None = None
+        self._reported: int | None = None
+        self._csv_columns: list[str] = []
+        self._report_written: dict | None = None
 
     def existing_run(self) -> list[str]:
         """The files that show the folder holds a run (empty: it does not)."""
@@ -198,14 +244,51 @@ class RunWriter:
         atomic_write(self.dir / "data.json", json.dumps(data, indent=1))
 
     def write_round(self, result) -> None:
-        payload = {"algorithm": result.config.federation.algorithm, "metric": result.metric,
-                   "tasks": result.tasks, "rounds": result.history}
-        atomic_write(self.dir / METRICS_FILE, json.dumps(payload, indent=1))
-        atomic_write(self.dir / CSV_FILE, metrics_csv(result.history, result.tasks))
-        if self.tensorboard and result.history:
-            self.tensorboard.log_round(result.history[-1])
-        if result.report:
-            atomic_write(self.dir / "clustering.json", json.dumps(result.report, indent=1))
+        """After a round: its reports (``write_reports``), then its line of metrics.jsonl."""
+        self.write_reports(result)
+        self.append_rounds(result)
+
+    def write_reports(self, result) -> None:
+        """The last round's rows of metrics.csv and TensorBoard events, and clustering.json
+        when the algorithm's report changed: each round writes what it added, not the run."""
+        history = result.history
+        # a resumed run's older rounds are in the files already: the first call rewrites the
+        # CSV whole and logs only its last round to TensorBoard
+        new = history[-1:] if self._reported is None else history[self._reported:]
+        if new:
+            if self._reported is None or not set(csv_columns(new)) <= set(self._csv_columns):
+                self._csv_columns = csv_columns(history)
+                atomic_write(self.dir / CSV_FILE, metrics_csv(history, result.tasks))
+            else:
+                self._append(CSV_FILE, csv_rows(new, result.tasks, self._csv_columns,
+                                                header=False))
+        for entry in new if self.tensorboard else ():
+            self.tensorboard.log_round(entry)
+        self._reported = len(history)
+        if result.report and result.report != self._report_written:
+            atomic_write(self.dir / CLUSTERING_FILE, json.dumps(result.report, indent=1))
+            self._report_written = result.report
+
+    def append_rounds(self, result) -> None:
+        """The rounds of ``result.history`` not yet in metrics.jsonl, a line each (the whole
+        file the first time: a resumed run starts from its checkpoint's history)."""
+        lines = [json.dumps(entry) + "\n" for entry in result.history[self._rounds_written or 0:]]
+        if self._rounds_written is None:
+            header = {"algorithm": result.config.federation.algorithm, "metric": result.metric,
+                      "tasks": result.tasks}
+            atomic_write(self.dir / ROUNDS_FILE, json.dumps(header) + "\n" + "".join(lines))
+        else:
+            self._append(ROUNDS_FILE, "".join(lines))
+        self._rounds_written = len(result.history)
+
+    def _append(self, name: str, text: str) -> None:
+        try:
+            with open(self.dir / name, "a", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            raise OutputError(f"cannot write {self.dir / name}: {err.strerror or err}") from None
 
     def write_tensors(self, name: str, tensors: dict, layout: dict | None = None) -> None:
         """``OUT/<name>`` (e.g. ``adapters/<client>.safetensors``), the layout in its metadata."""
@@ -228,10 +311,12 @@ class RunWriter:
         path.write_text(text)
         return path
 
-    def write_warmup_adapters(self, states: dict[str, dict]) -> None:
-        """Each client's warm-up LoRA and head (``fedlease export --warmup`` reads them)."""
+    def write_warmup_adapters(self, states) -> None:
+        """Each client's warm-up LoRA and head (``fedlease export --warmup`` reads them), from
+        a mapping read one state at a time; clients without a state (never sampled) have none."""
         for cid, state in states.items():
-            self.write_tensors(warmup_adapters(cid), state, AdapterLayout().to_config())
+            if state:
+                self.write_tensors(warmup_adapters(cid), state, AdapterLayout().to_config())
 
     def finish(self, result, client_models: dict[str, tuple[dict, dict]],
                description: dict | None = None) -> None:
@@ -240,7 +325,10 @@ class RunWriter:
         from fedlease.reporting.plots import plot_run
         from fedlease.reporting.summary import summary_table
 
-        self.write_round(result)
+        self.write_round(result)  # whatever the rounds did not write yet
+        atomic_write(self.dir / METRICS_FILE, json.dumps(
+            {"algorithm": result.config.federation.algorithm, "metric": result.metric,
+             "tasks": result.tasks, "rounds": result.history}, indent=1))
         atomic_write(self.dir / "summary.txt", summary_table(result) + "\n")
         for cid, (tensors, layout) in client_models.items():
             self.write_tensors(client_adapters(cid), tensors, layout)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -105,34 +105,62 @@ def plot_score_vs_bytes(points: dict[str, tuple[float, float, float]], path: Pat
 
 
 def plot_label_histogram(data: dict, path: Path) -> None:
-    """One bar per client: its training examples, stacked by label (``task: label`` when the
-    federation has several tasks); clients without labels (generation) show train and test."""
+    """Training examples stacked by label (``task: label`` when the federation has several
+    tasks; train and test for clients without labels, generation): one bar per client up to
+    ``MAX_NAMED_CLIENTS`` clients, beyond it one bar per task summed over its clients, so the
+    plot reads the same at ten thousand clients and costs one bar per task."""
     clients = data["clients"]
-    names = list(clients)
     several_tasks = len({c["task"] for c in clients.values()}) > 1
-    stacks: dict[str, list[int]] = {}  # stack name -> count per client
-    for i, summary in enumerate(clients.values()):
+    per_client = len(clients) <= MAX_NAMED_CLIENTS
+    groups = list(clients) if per_client else sorted({c["task"] for c in clients.values()})
+    position = {name: i for i, name in enumerate(groups)}
+    stacks: dict[str, np.ndarray] = {}  # stack name -> count per bar
+    for cid, summary in clients.items():
         parts = summary.get("train_labels") or {"train": summary["train"],
                                                 "test": summary["test"]}
         for label, count in parts.items():
             key = f"{summary['task']}: {label}" if several_tasks and "train_labels" in summary \
                 else label
-            stacks.setdefault(key, [0] * len(names))[i] = count
-    # a bar per client up to a width a screen shows; many clients (cross-device) share it
-    fig, ax = plt.subplots(figsize=(min(max(6, 0.45 * len(names) + 2), MAX_PLOT_INCHES), 4))
+            bars = stacks.setdefault(key, np.zeros(len(groups)))
+            bars[position[cid if per_client else summary["task"]]] += count
+    fig, ax = plt.subplots(figsize=(min(max(6, 0.45 * len(groups) + 2), MAX_PLOT_INCHES), 4))
     colors = plt.get_cmap("tab20" if len(stacks) > 10 else "tab10")
-    bottom = np.zeros(len(names))
+    bottom = np.zeros(len(groups))
     for k, (label, counts) in enumerate(stacks.items()):
-        ax.bar(range(len(names)), counts, bottom=bottom, label=label, color=colors(k % 20))
+        ax.bar(range(len(groups)), counts, bottom=bottom, label=label, color=colors(k % 20))
         bottom += counts
-    if len(names) <= MAX_NAMED_CLIENTS:
-        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    else:
-        ax.set_xlabel(f"{len(names)} clients, in federation order")
+    ax.set_xticks(range(len(groups)), groups, rotation=90 if per_client else 0,
+                  fontsize=7 if per_client else 9)
+    if not per_client:
+        counts = Counter(c["task"] for c in clients.values())
+        ax.set_xlabel(f"{len(clients)} clients, summed per task ("
+                      + ", ".join(f"{task}: {counts[task]}" for task in groups) + ")")
     ax.set_ylabel("training examples" if any("train_labels" in c for c in clients.values())
                   else "examples")
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    ax.set_title("Examples per client, by label")
+    ax.set_title("Examples per client, by label" if per_client
+                 else "Examples per task, by label")
+    _save(fig, path)
+
+
+def plot_cluster_tasks(assignment: dict[str, int], tasks: dict[str, str], path: Path,
+                       algorithm: str = "fedlease") -> None:
+    """One bar per cluster (expert): its clients, stacked by task; readable at any number of
+    clients (the dendrogram and heat map are drawn only while the matrix is kept)."""
+    clusters = sorted(set(assignment.values()))
+    names = sorted({tasks[cid] for cid in assignment})
+    counts = Counter((assignment[cid], tasks[cid]) for cid in assignment)
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(clusters) + 3), 4))
+    colors = plt.get_cmap("tab20" if len(names) > 10 else "tab10")
+    bottom = np.zeros(len(clusters))
+    for k, task in enumerate(names):
+        heights = np.array([counts[(c, task)] for c in clusters], dtype=float)
+        ax.bar(range(len(clusters)), heights, bottom=bottom, label=task, color=colors(k % 20))
+        bottom += heights
+    ax.set_xticks(range(len(clusters)), [f"expert {c}" for c in clusters])
+    ax.set_ylabel("clients")
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title(f"{algorithm}: clients per cluster by task ({len(assignment)} clients)")
     _save(fig, path)
 
 
@@ -163,12 +191,15 @@ def plot_run(result, folder: Path) -> None:
     if result.data:
         plot_label_histogram(result.data, folder / "label_histogram.png")
     report = result.report
-    if "distance" in report:
+    if "assignment" in report:  # FedLEASE, IFCA
+        plot_cluster_tasks(report["assignment"], result.tasks, folder / "clusters.png",
+                           result.config.federation.algorithm)
+    signal = SIGNALS[report.get("signal", "lora-b")]
+    if report.get("silhouette"):
+        scores = {int(k): v for k, v in report["silhouette"].items()}
+        plot_silhouette(scores, report["num_experts"], folder / "silhouette.png")
+    if "distance" in report:  # the matrix is kept while small (clustering.MATRIX_KEPT_UP_TO)
         names = [f"{c} ({report['assignment'][c]})" for c in report["clients"]]
         distance = np.array(report["distance"])
-        signal = SIGNALS[report.get("signal", "lora-b")]
         plot_dendrogram(distance, names, folder / "dendrogram.png", signal)
         plot_distance_heatmap(distance, names, folder / "distance_heatmap.png", signal)
-        if report["silhouette"]:
-            scores = {int(k): v for k, v in report["silhouette"].items()}
-            plot_silhouette(scores, report["num_experts"], folder / "silhouette.png")

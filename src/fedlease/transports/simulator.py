@@ -54,7 +54,7 @@ class InProcessTransport:
         # on disk under sampling: memory must not grow with every client's state
         self.local_states = client_states([c.client_id for c in clients],
                                           on_disk=self.sampling.samples)
-        self.chosen: list[str] = []  # the clients of the current round
+        self.stateless: set[str] = set()  # every state stays in this process
         self.progress = progress
         self._fingerprint: str | None = None
 
@@ -66,14 +66,12 @@ class InProcessTransport:
     def run_bytes(self, algorithm) -> int:
         return run_bytes(self.config, algorithm, self.trainers)
 
-    def choose_fit(self, rnd: int, trained: set[str]) -> tuple[list[str], list[str]]:
-        """The clients of the sampling rule every transport shares (all by default); those
-        without a local state yet start from the initial tensors."""
-        self.chosen = self.sampling.fit_clients([c.client_id for c in self.clients], rnd)
-        return self.chosen, [cid for cid in self.chosen if not self.local_states.has(cid)]
+    def choose_fit(self, rnd: int) -> list[str]:
+        """The clients of the sampling rule every transport shares (all by default)."""
+        return self.sampling.fit_clients([c.client_id for c in self.clients], rnd)
 
-    def choose_evaluate(self, rnd: int, candidates: list[str], trained: set[str]) -> list[str]:
-        return self.sampling.evaluate_clients(rnd, candidates, self.chosen, trained)
+    def reachable(self, clients: list[str]) -> list[str]:
+        return clients
 
     def _bar(self, ids, desc: str):
         return tqdm(ids, desc=desc, leave=False, disable=not self.progress)

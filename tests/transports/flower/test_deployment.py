@@ -132,7 +132,7 @@ def test_a_supernode_killed_mid_run_does_not_stop_it(tiny_config, tiny_federatio
     out = tmp_path / "out"
 
     def kill_after_round_one():
-        wait_for(lambda: (out / "metrics.json").exists(), 400, "round 1")
+        wait_for(lambda: (out / "metrics.jsonl").exists(), 400, "round 1")
         local.stop(nodes[2])
 
     killer = threading.Thread(target=kill_after_round_one, daemon=True)

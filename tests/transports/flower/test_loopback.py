@@ -4,12 +4,14 @@ same results as the in-process simulator, sampling, dropout, bad run config."""
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("flwr")
 
 from fedlease.algorithms import ALGORITHMS  # noqa: E402
 from fedlease.config import config_to_dict
 from fedlease.errors import ConfigError
+from fedlease.reporting.outputs import read_metrics
 from fedlease.transports.flower.server_app import run_on_grid  # noqa: E402
 from fedlease.transports.flower.settings import (  # noqa: E402
     FlowerSettings,
@@ -271,7 +273,7 @@ def test_a_run_resumed_on_nodes_without_their_state_starts_them_afresh(algorithm
     with task_identity(), pytest.raises(ServerCrash):
         run_on_grid(CrashingGrid(run_config, 4, crash_round=3), flower_config,
                        flower_settings)
-    before = json.loads((tmp_path / "flower-out" / "metrics.json").read_text())["rounds"]
+    before = read_metrics(tmp_path / "flower-out")["rounds"]
     flower_config, flower_settings = read_run_config({**run_config, "resume": True})
     with task_identity():
         resumed = run_on_grid(LoopbackGrid(run_config, 4), flower_config, flower_settings)
@@ -291,3 +293,37 @@ def test_feddpa_client_joining_late_gets_both_of_its_loras(small_config, tmp_pat
                for e in result.history]
     assert [len(t) for t in trained] == [2, 2] and not trained[0] & trained[1]
     assert not result.history[1]["rejected"]
+
+
+@pytest.mark.parametrize("algorithm", ["fedlease", "fedsa-lora"])
+def test_a_rejected_upload_and_thinned_evaluation_are_the_same_on_both_runners(
+        algorithm, small_config, tmp_path, monkeypatch):
+    """colors-1's round-1 upload holds NaN and is rejected on both runners: it is new again in
+    round 2 on both (one rule, sampling.first_timers: never accepted), and evaluation is
+    thinned to half the trained clients by the same draw (fraction-evaluate on Flower,
+    federation.fraction_evaluate in the simulator); the rejected bytes count on both."""
+    from fedlease.algorithms.base import AlgorithmClient
+
+    honest = AlgorithmClient.fit.__func__
+    poisoned_rounds = []
+
+    def poisoned(cls, ins, local_state, trainer):
+        reply, state = honest(cls, ins, local_state, trainer)
+        if trainer.data.client_id == "colors-1" and not poisoned_rounds:
+            poisoned_rounds.append(ins.seed)
+            reply.arrays = {k: torch.full_like(v, float("nan")) for k, v in reply.arrays.items()}
+        return reply, state
+
+    monkeypatch.setattr(AlgorithmClient, "fit", classmethod(poisoned))
+    small_config.federation.algorithm = algorithm
+    small_config.federation.rounds = 3
+    small_config.federation.fraction_evaluate = 0.5
+    simulated = run_simulation(small_config, None, progress=False)
+    poisoned_rounds.clear()
+    small_config.federation.fraction_evaluate = 1.0
+    flower, _ = run_on_loopback(small_config, tmp_path, **{"fraction-evaluate": 0.5})
+    assert [list(e["rejected"]) for e in flower.history] == [["colors-1"], [], []]
+    assert without_timings(flower.history) == without_timings(simulated.history)
+    assert [e["traffic"] for e in flower.history] == [e["traffic"] for e in simulated.history]
+    assert flower.history[0]["traffic"]["clients"]["colors-1"][1] > 0
+    assert [len(e["clients"]) for e in flower.history] == [1, 2, 4]  # 3 and 4 trained, halved

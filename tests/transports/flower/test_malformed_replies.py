@@ -141,3 +141,13 @@ def test_flower_refuses_the_attack_harness(small_config, tmp_path):
     small_config.attack.clients = ["colors-0"]
     with pytest.raises(ConfigError, match="attack.clients"):
         run_garbled(small_config, tmp_path, "train", lambda c: c)
+
+
+def test_a_reply_that_cannot_be_read_counts_the_arrays_that_arrived(small_config, tmp_path):
+    """Rejected replies travelled: their bytes are counted (federation/traffic_meter.py), those
+    of one whose extra fields are not JSON as those of the same arrays read."""
+    result = run_garbled(small_config, tmp_path, "train", with_extra("{cluster: 0"))
+    assert all(entry["traffic"]["clients"][GARBLED_CLIENT][1] > 0 for entry in result.history)
+    first = result.history[0]["traffic"]["clients"]  # round 1: every client's spec is the same
+    assert len({up for _, up in first.values()}) == 1
+    assert read_reply(drop("arrays")(reply_content(Reply({}, 3)))).upload_bytes == 0

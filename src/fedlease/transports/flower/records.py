@@ -75,9 +75,28 @@ def read_reply(content: RecordDict) -> Reply | MalformedReply:
             if "extra" in content else None
         return Reply(from_array_record(_record(content, "arrays")), num_examples, metrics, extra)
     except ProtocolError as err:
-        return MalformedReply(str(err))
+        return MalformedReply(str(err), arrived_bytes(content))
     except (KeyError, TypeError, ValueError) as err:  # json, .npy and record decoding
-        return MalformedReply(f"{type(err).__name__}: {err}")
+        return MalformedReply(f"{type(err).__name__}: {err}", arrived_bytes(content))
+
+
+def arrived_bytes(content: RecordDict) -> int:
+    """The tensor payload of a reply's ``arrays`` record as declared by each array (elements x
+    item size, as ``tensor_bytes`` counts a readable one; the .npy framing is not counted),
+    whether or not the rest of the reply can be read; 0 without one."""
+    try:
+        record = content["arrays"]
+    except KeyError:
+        return 0
+    if not isinstance(record, ArrayRecord):
+        return 0
+    total = 0
+    for array in record.values():
+        try:
+            total += math.prod(array.shape) * np.dtype(array.dtype).itemsize
+        except (TypeError, ValueError):
+            continue  # an array whose shape or type cannot be read: nothing to count
+    return total
 
 
 @dataclasses.dataclass(frozen=True)

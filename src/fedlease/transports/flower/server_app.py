@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import time
 from logging import INFO, WARNING
 
@@ -126,13 +125,6 @@ def query_clients(grid: Grid, nodes: list[int], settings: FlowerSettings):
     return node_of, infos, tasks, adapter_shapes, dims.pop(), {"clients": data}, stateless
 
 
-def sample(ids: list[str], fraction: float, minimum: int, rng: random.Random) -> list[str]:
-    """``fraction`` of ``ids`` (at least ``minimum``, at most all), in their original order."""
-    size = min(len(ids), max(int(len(ids) * fraction), minimum))
-    chosen = set(rng.sample(ids, size))
-    return [cid for cid in ids if cid in chosen]
-
-
 def with_fraction_train(config: RunConfig, settings: FlowerSettings,
                         num_clients: int) -> RunConfig:
     """``fraction-train`` < 1 is ``federation.clients_per_round`` given as a share of the
@@ -162,9 +154,6 @@ class GridTransport:
         self.local_states: dict = {}  # every node keeps its own client's state
         self.order = [c.client_id for c in roster.clients]
         self.sampling = ClientSampling.of(config)
-        self.rng = random.Random(config.federation.seed)
-        self.available: list[str] = []
-        self.chosen: list[str] = []  # the clients of the current round
 
     def fingerprint(self) -> str:
         return self.roster.fingerprint
@@ -180,31 +169,21 @@ class GridTransport:
         nodes = set(self.grid.get_node_ids())
         return [cid for cid in self.order if self.node_of[cid] in nodes]
 
-    def choose_fit(self, rnd: int, trained: set[str]) -> tuple[list[str], list[str]]:
+    def choose_fit(self, rnd: int) -> list[str]:
         """The clients of ``federation.clients_per_round``'s rule (federation/sampling.py, as in
         the simulator) whose node is connected."""
-        self.available = self.online()
-        online = set(self.available)
-        self.chosen = [cid for cid in self.sampling.fit_clients(self.order, rnd)
-                       if cid in online]
-        log(INFO, "round %s: training %s of %s available clients", rnd, len(self.chosen),
-            len(self.available))
-        return self.chosen, [cid for cid in self.chosen
-                             if cid not in trained or cid in self.stateless]
+        available = self.online()
+        online = set(available)
+        chosen = [cid for cid in self.sampling.fit_clients(self.order, rnd) if cid in online]
+        log(INFO, "round %s: training %s of %s available clients", rnd, len(chosen),
+            len(available))
+        return chosen
 
-    def choose_evaluate(self, rnd: int, candidates: list[str], trained: set[str]) -> list[str]:
-        """Without sampling: the connected clients that have trained; with it, the rule of
-        ``ClientSampling.evaluate_clients``. ``fraction-evaluate`` thins every round but the
-        last (whose table covers every client)."""
-        if self.sampling.samples:
-            online = set(self.available)
-            evaluable = self.sampling.evaluate_clients(
-                rnd, [c for c in candidates if c in online], self.chosen, trained)
-            if rnd == self.sampling.rounds:
-                return evaluable
-        else:
-            evaluable = [cid for cid in self.available if cid in trained and cid in candidates]
-        return sample(evaluable, self.settings.fraction_evaluate, 1, self.rng)
+    def reachable(self, clients: list[str]) -> list[str]:
+        """Those whose node is connected now (the rule picked them: ``ClientSampling``, with
+        ``fraction-evaluate`` as ``federation.fraction_evaluate``)."""
+        online = set(self.online())
+        return [cid for cid in clients if cid in online]
 
     def send(self, message_type: str,
              instructions: dict[str, Instruction]) -> dict[str, RecordDict]:
@@ -242,13 +221,11 @@ class GridTransport:
         return evaluated
 
     def state(self) -> dict:
-        """The sampler: a resumed run samples as the uninterrupted one would have."""
-        return {"sampler": self.rng.getstate()}
+        """Nothing: the rules of federation/sampling.py draw from (seed, round) alone."""
+        return {}
 
     def restore(self, state: dict) -> None:
-        if "sampler" in state:
-            version, internal, gauss = state["sampler"]
-            self.rng.setstate((version, tuple(internal), gauss))
+        pass
 
     def round_done(self, entry: dict, metric: str) -> None:
         log(INFO, "round %s: mean %s %.4f over %s clients", entry["round"], metric,
@@ -269,6 +246,9 @@ def run_on_grid(grid: Grid, config: RunConfig, settings: FlowerSettings) -> RunR
     log(INFO, "federation: %s clients on %s nodes", len(infos), len(node_of))
     roster = ClientRoster(infos, tasks, data, adapter_shapes, representation_dim)
     config = with_fraction_train(config, settings, len(infos))
+    if settings.fraction_evaluate < 1:  # the one evaluation rule's share (federation/sampling.py)
+        config = dataclasses.replace(config, federation=dataclasses.replace(
+            config.federation, fraction_evaluate=settings.fraction_evaluate))
     transport = GridTransport(grid, settings, config, roster, node_of,
                               stateless if settings.resume else set())
     return run_rounds(config, roster, transport, writer, settings.resume, progress=False,

@@ -88,6 +88,10 @@ def read_run_config(run_config: dict) -> tuple[RunConfig, FlowerSettings]:
     for key in ("connect-timeout", "round-timeout"):
         if getattr(settings, SETTING_KEYS[key]) <= 0:
             problems.append(f"{key} = {getattr(settings, SETTING_KEYS[key])!r}: expected > 0")
+    if settings.fraction_evaluate < 1 and config.federation.fraction_evaluate < 1:
+        problems.append(f"fraction-evaluate = {settings.fraction_evaluate!r} and "
+                        f"federation.fraction_evaluate = {config.federation.fraction_evaluate}"
+                        ": both set the share of clients evaluated per round; keep one")
     if settings.fraction_train < 1 and config.federation.clients_per_round:
         problems.append(f"fraction-train = {settings.fraction_train!r} and "
                         f"federation.clients_per_round = {config.federation.clients_per_round}"
