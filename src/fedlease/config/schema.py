@@ -146,6 +146,9 @@ class FederationConfig:
     # clients that train per round, drawn by a rule of (seed, round, client list) that every
     # runner shares (runners/sampling.py); 0 = all clients every round
     clients_per_round: int = 0
+    # evaluate the clients every this many rounds, and always in the last one (with many test
+    # examples an evaluation can cost more than a round's training); 1 = every round
+    evaluate_every: int = 1
 
 
 @dataclass

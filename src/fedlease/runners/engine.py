@@ -125,7 +125,12 @@ def round_entry(rnd: int, seconds: float, replies: dict[str, Reply],
                 evaluated: dict[str, dict], columns: tuple[str, ...] = ("accuracy",)) -> dict:
     """One round of the history: per client its training metrics (if it trained) and its
     evaluation metrics, and the means over the evaluated clients of the task's ``columns``
-    (``mean_accuracy``; ``mean_rouge_l`` and ``mean_exact_match`` for generation)."""
+    (``mean_accuracy``; ``mean_rouge_l`` and ``mean_exact_match`` for generation). A round
+    without evaluation (``federation.evaluate_every``): the training metrics of the clients
+    that trained, and means of None."""
+    if not evaluated:
+        return {"round": rnd, "seconds": seconds, **{f"mean_{name}": None for name in columns},
+                "clients": {cid: dict(reply.metrics) for cid, reply in replies.items()}}
     per_client = {cid: {**replies[cid].metrics, **metrics} if cid in replies else metrics
                   for cid, metrics in evaluated.items()}
     means = {f"mean_{name}": sum(m[name] for m in per_client.values()) / len(per_client)
@@ -205,7 +210,8 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
             stopped_before = rnd  # a client's next round would spend more than its epsilon
             break
         entry = run_round(rnd, algorithm, transport, trained, result, writer, meter)
-        rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
+        if entry["mean_" + result.metric] is not None:
+            rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
         transport.round_done(entry, result.metric)
         if writer:
             save_round(rnd, writer, algorithm, roster, transport, trained, result)
@@ -254,7 +260,7 @@ def run_profile_step(algorithm, transport: Transport, meter: TrafficMeter) -> No
 def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], result: RunResult,
               writer: RunWriter | None, meter: TrafficMeter) -> dict:
     """Round ``rnd``: train the chosen clients, check and aggregate their uploads (adding them
-    to ``trained``), evaluate; its history entry, appended to ``result``."""
+    to ``trained``), evaluate if the round does; its history entry, appended to ``result``."""
     round_start = time.perf_counter()
     chosen, first_time = transport.choose_fit(rnd, trained)
     fit = algorithm.configure_fit(rnd, first_time=first_time)
@@ -266,6 +272,25 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
                               writer.dir if writer and result.history else None)
     trained.update(accepted)
     algorithm.aggregate_fit(rnd, accepted)
+    evaluated = (evaluate_round(rnd, algorithm, transport, trained, meter)
+                 if evaluates(rnd, algorithm.config.federation) else {})
+    entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated,
+                        result.columns)
+    entry["rejected"] = rejected
+    entry["traffic"] = meter.round_total()
+    result.history.append(entry)
+    result.report = algorithm.report()
+    return entry
+
+
+def evaluates(rnd: int, federation) -> bool:
+    """Whether round ``rnd`` ends with an evaluation: every ``evaluate_every``-th, and the last."""
+    return rnd % federation.evaluate_every == 0 or rnd == federation.rounds
+
+
+def evaluate_round(rnd: int, algorithm, transport: Transport, trained: set[str],
+                   meter: TrafficMeter) -> dict[str, dict]:
+    """The evaluation metrics of the clients the transport picks, after round ``rnd``."""
     evaluate = algorithm.configure_evaluate(rnd)
     picked = transport.choose_evaluate(rnd, list(evaluate), trained)
     newcomers = [cid for cid in picked if cid not in trained]
@@ -278,13 +303,7 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     meter.sent(asked, {})
     if not evaluated:
         raise RuntimeError(f"round {rnd}: no client answered; see the warnings above")
-    entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated,
-                        result.columns)
-    entry["rejected"] = rejected
-    entry["traffic"] = meter.round_total()
-    result.history.append(entry)
-    result.report = algorithm.report()
-    return entry
+    return evaluated
 
 
 def save_round(rnd: int, writer: RunWriter, algorithm, roster: ClientRoster,
