@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedlease.registry import Registry
+
 
 @dataclass(frozen=True)
 class AllocationSignal:
@@ -49,14 +51,15 @@ class AllocationSignal:
         return (b_distance / b_scale + embedding_distance / embedding_scale) / 2
 
 
-SIGNALS = {signal.name: signal for signal in (
+SIGNALS: Registry[AllocationSignal] = Registry("federation.allocation", {
+    signal.name: signal for signal in (
     AllocationSignal("lora-b", True, False, "their warm-up LoRA B matrices",
                      "1 - cos(B_i, B_j)"),
     AllocationSignal("embedding", False, True, "their mean frozen-model representations",
                      "1 - cos(e_i, e_j)"),
     AllocationSignal("hybrid", True, True, "B matrices and representations (hybrid)",
                      "B and embedding distance, scaled"),
-)}
+)})
 
 
 @dataclass
@@ -109,12 +112,6 @@ def mean_offdiagonal(distance: np.ndarray) -> float:
     mean = float(distance.sum() / (n * (n - 1))) if n > 1 else 0.0
     return mean if mean > 0 else 1.0
 
-
-def hybrid_distance(b_distance: np.ndarray, embedding_distance: np.ndarray) -> np.ndarray:
-    """The average of the two distance matrices, each scaled to a mean off-diagonal of 1."""
-    return SIGNALS["hybrid"].distance(b_distance, embedding_distance,
-                                      [mean_offdiagonal(b_distance),
-                                       mean_offdiagonal(embedding_distance)])
 
 
 def cluster_clients(distance: np.ndarray, max_clusters: int, tol: float = 1e-6) -> Clustering:

@@ -20,9 +20,10 @@ from collections.abc import Collection
 
 import torch
 
-from fedlease.algorithms.base import Algorithm, Instruction, Reply, Tensors, UploadSpec
+from fedlease.algorithms.base import Algorithm
+from fedlease.algorithms.messages import Instruction, Reply, Tensors, UploadSpec
 from fedlease.algorithms.shared_lora import SharedLoRAClient
-from fedlease.model.classifier import ADAPTER_PREFIX
+from fedlease.model.adapted import ADAPTER_PREFIX
 from fedlease.model.lora import AdapterLayout, init_router
 
 INDIVIDUAL, REST_OF_WORLD = 0, 1

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
-from fedlease.algorithms.base import UploadSpec
 from fedlease.algorithms.clustering import Clustering
 from fedlease.algorithms.fedlease import LORA_PARTS, FedLEASE
+from fedlease.algorithms.messages import UploadSpec
 from fedlease.model.lora import AdapterLayout
 
 FIXED_TOP_M = 2

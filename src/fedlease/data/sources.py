@@ -1,5 +1,5 @@
 """Where a federation's examples come from: the built-in sample, a glue_data folder, JSONL, or
-local tables partitioned into clients (``partitioned.py``).
+local tables partitioned into clients (``tables.py``).
 
 Every loader returns a list of ``ClientData``; ``load_source_clients`` picks one by ``data.source``
 from ``SOURCES`` (defined at the end of this module), which also says what the source reads
@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedlease.data.client_data import ClientData, Example, split_task
-from fedlease.data.partitioned import dataset_problems, load_partitioned
 from fedlease.data.skewed import split_task_skewed
+from fedlease.data.tables import dataset_problems, load_partitioned
 from fedlease.errors import DataError
+from fedlease.registry import Registry
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
     from fedlease.config.schema import DataConfig
@@ -362,7 +363,7 @@ class DataSource:
         return problems
 
 
-SOURCES = {
+SOURCES: Registry[DataSource] = Registry("data.source", {
     "builtin": DataSource(load_builtin, path="none", uses_tasks=True),
     "glue": DataSource(load_glue, path="folder", uses_tasks=True),
     "jsonl": DataSource(lambda data, seed: load_jsonl_folder(Path(data.path)), path="folder",
@@ -371,4 +372,4 @@ SOURCES = {
                            datasets_problems=dataset_problems),
     # generation only: data/instructions.py serves it (INSTRUCTION_SOURCES)
     "instructions": DataSource(load_generation_only, path="none", uses_tasks=True),
-}
+})
