@@ -208,3 +208,69 @@ def test_warmup_is_checked_only_for_algorithms_that_use_it():
     with pytest.raises(ConfigError, match="warmup_rounds"):
         load_config(overrides={"federation": {"algorithm": "fedlease-no-cluster", "rounds": 2,
                                               "warmup_rounds": 5}})
+
+
+def test_cluster_only_allocates_as_fedlease_then_sends_and_takes_only_the_own_expert():
+    sizes = (10, 30, 10, 30, 10, 30)
+    full, ablated = make_server("fedlease", sizes=sizes), make_server("fedlease-cluster-only",
+                                                                      sizes=sizes)
+    full.aggregate_fit(1, warmup_replies(sizes))
+    ablated.aggregate_fit(1, warmup_replies(sizes))
+    assert ablated.cluster_of == full.cluster_of and ablated.num_experts == 2
+    assert all(torch.equal(ablated.experts[k], full.experts[k]) for k in full.experts)
+    fit = ablated.configure_fit(2)
+    for cid, ins in fit.items():
+        c = ablated.cluster_of[cid]
+        assert ins.layout.to_config() == {"num_experts": 1, "trainable": [0], "train_A": True,
+                                          "router_slots": None, "top_k": 0}
+        assert set(ins.arrays) == {k for k in full.experts}  # no router, no other expert
+        assert torch.equal(ins.arrays[A_KEY], full.experts[A_KEY][c : c + 1])
+        assert ins.upload == UploadSpec((0,), ("lora_A", "lora_B"))
+    values = {cid: float(i) for i, cid in enumerate(fit)}  # c0..c5 -> 0..5
+    train_round(ablated, 2, values)
+    # c0, c2, c4 (10 examples each) form one cluster, c1, c3, c5 (30 each) the other
+    even = ablated.cluster_of["c0"]
+    assert torch.allclose(ablated.experts[A_KEY][even], torch.full((4, 6), 2.0))
+    assert torch.allclose(ablated.experts[A_KEY][1 - even], torch.full((4, 6), 3.0))
+    down = ablated.configure_evaluate(2)["c3"].arrays
+    assert torch.allclose(down[B_KEY], torch.full((1, 5, 4), 3.0))
+
+
+def test_fedalt_sends_each_client_the_average_of_the_others_and_keeps_its_own_lora():
+    server = make_server("fedalt", sizes=(10, 30, 10))
+    first = server.configure_fit(1)["c0"]
+    layout = first.layout.to_config()
+    assert (layout["num_experts"], layout["trainable"]) == (2, [0])
+    assert (layout["router_slots"], layout["top_k"]) == ([0, 1], 2)  # the per-token mixer
+    assert first.arrays[A_KEY].shape == (2, 4, 6)
+    assert first.arrays["adapter.l0.query.router"].shape == (2, 6)
+    assert not first.arrays[B_KEY][1].any()  # the first RoW LoRA adds nothing
+    assert first.upload == UploadSpec((0,), ("lora_A", "lora_B"))
+    replies, states = train_round(server, 1, {"c0": 1.0, "c1": 5.0, "c2": 9.0})
+    assert set(replies["c0"].arrays) == {k for k in first.arrays if "lora" in k}
+    assert replies["c0"].arrays[A_KEY].shape == (1, 4, 6)  # the Individual LoRA alone
+    second = server.configure_fit(2)
+    assert set(second["c0"].arrays) == set(replies["c0"].arrays)  # the RoW LoRA alone
+    # the others' Individual LoRAs, weighted by examples: c0 (5*30 + 9*10)/40, c1 (1 + 9)/2
+    for cid, expected in (("c0", 6.0), ("c1", 5.0), ("c2", 4.0)):
+        installed = server.client.install(second[cid], states[cid])
+        assert torch.allclose(installed[A_KEY][1], torch.full((4, 6), expected))
+        assert torch.equal(installed[A_KEY][0], states[cid][A_KEY][0])  # its own, kept
+        assert torch.equal(installed["adapter.l0.query.router"],
+                           states[cid]["adapter.l0.query.router"])  # its mixer, kept
+
+
+def test_fedalt_rest_of_world_uses_each_clients_latest_upload_and_never_its_own():
+    server = make_server("fedalt", sizes=(10, 10, 10))
+    fit = server.configure_fit(1)
+    c0_only = {"c0": Reply({k: torch.full_like(v[:1], 2.0) for k, v in fit["c0"].arrays.items()
+                            if "lora" in k}, 10)}
+    server.aggregate_fit(1, c0_only)
+    down = server.configure_fit(2, first_time=["c1"])
+    assert not down["c0"].arrays[B_KEY].any()  # nobody else has uploaded: the zero RoW LoRA
+    assert torch.allclose(down["c2"].arrays[B_KEY], torch.full((1, 5, 4), 2.0))
+    # a client training for the first time gets the whole initial state, RoW spliced in
+    assert down["c1"].arrays[A_KEY].shape == (2, 4, 6)
+    assert torch.allclose(down["c1"].arrays[A_KEY][1], torch.full((4, 6), 2.0))
+    assert torch.equal(down["c1"].arrays[A_KEY][0], fit["c1"].arrays[A_KEY][0])
+    assert "adapter.l0.query.router" in down["c1"].arrays

@@ -89,3 +89,28 @@ def test_a_bad_upload_is_rejected_and_the_run_goes_on(tiny_config, tmp_path, mon
     assert "colors-1" in saved["rounds"][1]["rejected"]
     final = load_file(tmp_path / "run" / "adapters" / "animals-0.safetensors")
     assert all(torch.isfinite(v).all() for v in final.values())
+
+
+def test_evaluate_every_skips_the_evaluation_of_rounds_between_but_never_the_last(
+        tiny_config, tmp_path):
+    import dataclasses
+
+    config = dataclasses.replace(tiny_config, federation=dataclasses.replace(
+        tiny_config.federation, evaluate_every=2))
+    every = run_simulation(tiny_config, None, progress=False)
+    sparse = run_simulation(config, tmp_path / "run", progress=False)
+    assert [e["mean_accuracy"] is None for e in sparse.history] == [True, False, False]
+    # round 1 keeps the training metrics, no accuracy
+    assert all("train_loss" in m and "accuracy" not in m
+               for m in sparse.history[0]["clients"].values())
+    # skipping an evaluation changes nothing in the training: same final metrics
+    assert sparse.history[-1]["mean_accuracy"] == every.history[-1]["mean_accuracy"]
+    assert (tmp_path / "run" / "plots" / "accuracy_per_round.png").stat().st_size > 1000
+
+
+def test_evaluate_every_must_be_positive():
+    from fedlease.configure import load_config
+    from fedlease.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="federation.evaluate_every"):
+        load_config(overrides={"federation": {"evaluate_every": 0}})

@@ -116,16 +116,23 @@ class FedLEASE(Algorithm):
             return {c.client_id: Instruction(dict(arrays), AdapterLayout())
                     for c in self.clients}
         return {
-            c.client_id: Instruction(
-                {**self.experts, **self.routers[self.cluster_of[c.client_id]]},
-                self.layout_for(c.client_id),
-            ) if c.client_id in self.cluster_of
+            c.client_id: Instruction(self.cluster_download(c.client_id),
+                                     self.layout_for(c.client_id))
+            if c.client_id in self.cluster_of
             # a client the allocation left out trains a warm-up LoRA from the common init
             # (with W = 0 no round sent it: its profile upload was rejected)
             else Instruction(dict(self.initial_lora) if after_round == 0 else {},
                              AdapterLayout())
             for c in self.clients
         }
+
+    def cluster_download(self, client_id: str) -> dict[str, torch.Tensor]:
+        """What a clustered client receives: every expert and its cluster's router."""
+        return {**self.experts, **self.routers[self.cluster_of[client_id]]}
+
+    def cluster_upload(self, client_id: str) -> UploadSpec:
+        """What a clustered client uploads: its own expert and its router."""
+        return UploadSpec((self.cluster_of[client_id],), (*LORA_PARTS, "router"))
 
     @classmethod
     def releases_embedding(cls, config) -> bool:
@@ -153,7 +160,7 @@ class FedLEASE(Algorithm):
             return UploadSpec((0,), tuple(LORA_PARTS)
                               + ((EMBEDDING_PART,) if missing_embedding else ()),
                               self.config.federation.embedding_noise)
-        return UploadSpec((self.cluster_of[client_id],), (*LORA_PARTS, "router"))
+        return self.cluster_upload(client_id)
 
     def aggregate_fit(self, rnd: int, replies: dict[str, Reply]) -> None:
         for cid, reply in replies.items():  # late clients' embeddings
@@ -198,13 +205,7 @@ class FedLEASE(Algorithm):
         if rest:
             self.assign_nearest(rest, replies)
             self.experts = self.start_experts(ids, replies)
-        gen = torch.Generator().manual_seed(federation.seed + 1)
-        num_slots = len(self.layout_for(ids[0]).router_slots)
-        self.routers = [
-            {f"{ADAPTER_PREFIX}{name}.router": init_router(d_in, num_slots, gen)
-             for name, (d_in, _) in sorted(self.adapter_shapes.items())}
-            for _ in range(self.num_experts)
-        ]
+        self.routers = self.initial_routers(self.layout_for(ids[0]))
 
     def start_experts(self, ids: list[str], replies: dict[str, Reply]) -> dict:
         """Expert c: the aggregate of the warm-up LoRAs of cluster c's clients among ``ids``
@@ -222,6 +223,15 @@ class FedLEASE(Algorithm):
             ])
             for key in keys
         }
+
+    def initial_routers(self, layout: AdapterLayout) -> list[dict[str, torch.Tensor]]:
+        """One seeded router per cluster, with the slots of ``layout``."""
+        gen = torch.Generator().manual_seed(self.config.federation.seed + 1)
+        return [
+            {f"{ADAPTER_PREFIX}{name}.router": init_router(d_in, len(layout.router_slots), gen)
+             for name, (d_in, _) in sorted(self.adapter_shapes.items())}
+            for _ in range(self.num_experts)
+        ]
 
     def aggregate_experts(self, replies: dict[str, Reply]) -> None:
         """Expert c and router c: sample-weighted means over the replies of cluster c (or the

@@ -7,6 +7,10 @@
 * ``fedlease-no-cluster``: everything as FedLEASE, K as found by the clustering, but clients are
   assigned to the K experts at random (a seeded shuffle of the cluster labels, so the cluster
   sizes stay the same): the experts no longer group similar clients.
+* ``fedlease-cluster-only``: FedLEASE's allocation (signal, K, warm-up, expert init) unchanged,
+  then each client receives, trains and uses only its own cluster's expert, with no router and
+  no other experts, and uploads that expert as FedLEASE's clients do (without a router). It is
+  FedAvg within each cluster: what the allocation alone is worth, without the mixture.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from fedlease.algorithms.clustering import Clustering
-from fedlease.algorithms.fedlease import FedLEASE
+from fedlease.algorithms.fedlease import LORA_PARTS, FedLEASE
+from fedlease.algorithms.messages import UploadSpec
 from fedlease.model.lora import AdapterLayout
 
 FIXED_TOP_M = 2
@@ -40,3 +45,24 @@ class FedLEASENoCluster(FedLEASE):
         gen = torch.Generator().manual_seed(self.config.federation.seed + 2)
         order = torch.randperm(len(clustering.labels), generator=gen).tolist()
         return [clustering.labels[i] for i in order]
+
+
+class FedLEASEClusterOnly(FedLEASE):
+    name = "fedlease-cluster-only"
+
+    def layout_for(self, client_id: str) -> AdapterLayout:
+        return AdapterLayout()
+
+    def client_layout_bound(self) -> AdapterLayout:
+        return AdapterLayout()
+
+    def initial_routers(self, layout: AdapterLayout) -> list[dict[str, torch.Tensor]]:
+        return [{} for _ in range(self.num_experts)]
+
+    def cluster_download(self, client_id: str) -> dict[str, torch.Tensor]:
+        """Only the client's own cluster's expert, as a one-expert LoRA."""
+        c = self.cluster_of[client_id]
+        return {key: value[c : c + 1] for key, value in self.experts.items()}
+
+    def cluster_upload(self, client_id: str) -> UploadSpec:
+        return UploadSpec((0,), tuple(LORA_PARTS))

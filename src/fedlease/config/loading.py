@@ -185,6 +185,11 @@ def scale_checks(config: RunConfig) -> list[Check]:
     return [
         (per_round >= 0, "federation.clients_per_round",
          "an integer >= 0 (0: all clients every round)", per_round),
+        (config.federation.evaluate_every >= 1, "federation.evaluate_every",
+         "an integer >= 1 (1: every round)", config.federation.evaluate_every),
+        (config.federation.evaluate_every == 1 or not config.privacy.enabled,
+         "federation.evaluate_every", "1 under [privacy] (a private run may stop before its "
+         "last round, and its last round must be evaluated)", config.federation.evaluate_every),
         (0 <= skew < math.inf, "data.label_skew", "a number >= 0 (0: balanced)", skew),
     ]
 

@@ -151,6 +151,9 @@ class FederationConfig:
     # evaluates every client), drawn by the same rule on every runner (Flower's
     # fraction-evaluate sets it); 1 = all
     fraction_evaluate: float = 1.0
+    # evaluate the clients every this many rounds, and always in the last one (with many test
+    # examples an evaluation can cost more than a round's training); 1 = every round
+    evaluate_every: int = 1
 
 
 @dataclass

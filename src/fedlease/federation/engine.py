@@ -134,7 +134,12 @@ def round_entry(rnd: int, seconds: float, replies: dict[str, Reply],
                 evaluated: dict[str, dict], columns: tuple[str, ...] = ("accuracy",)) -> dict:
     """One round of the history: per client its training metrics (if it trained) and its
     evaluation metrics, and the means over the evaluated clients of the task's ``columns``
-    (``mean_accuracy``; ``mean_rouge_l`` and ``mean_exact_match`` for generation)."""
+    (``mean_accuracy``; ``mean_rouge_l`` and ``mean_exact_match`` for generation). A round
+    without evaluation (``federation.evaluate_every``): the training metrics of the clients
+    that trained, and means of None."""
+    if not evaluated:
+        return {"round": rnd, "seconds": seconds, **{f"mean_{name}": None for name in columns},
+                "clients": {cid: dict(reply.metrics) for cid, reply in replies.items()}}
     per_client = {cid: {**replies[cid].metrics, **metrics} if cid in replies else metrics
                   for cid, metrics in evaluated.items()}
     means = {f"mean_{name}": sum(m[name] for m in per_client.values()) / len(per_client)
@@ -221,7 +226,8 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
         if writer:
             client_files = save_round(rnd, writer, algorithm, roster, transport, trained,
                                       result, chosen, client_files, round_start)
-        rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
+        if entry["mean_" + result.metric] is not None:
+            rounds.set_postfix({result.metric: f"{entry['mean_' + result.metric]:.3f}"})
         transport.round_done(entry, result.metric)
     result.wall_seconds = time.perf_counter() - start
     if config.privacy.enabled:
@@ -269,9 +275,9 @@ def run_profile_step(algorithm, transport: Transport, meter: TrafficMeter) -> No
 def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], result: RunResult,
               writer: RunWriter | None, meter: TrafficMeter) -> tuple[dict, list[str]]:
     """Round ``rnd``: train the chosen clients, check and aggregate their uploads (adding them
-    to ``trained``), evaluate; its history entry, appended to ``result``, and the clients that
-    trained (their local states changed). The entry's ``train_seconds`` time this; its
-    ``seconds`` too, until ``save_round`` adds the reports and the checkpoint."""
+    to ``trained``), evaluate if the round does; its history entry, appended to ``result``,
+    and the clients that trained (their local states changed). The entry's ``train_seconds``
+    time this; its ``seconds`` too, until ``save_round`` adds the reports and the checkpoint."""
     round_start = time.perf_counter()
     chosen = transport.choose_fit(rnd)
     fit = algorithm.configure_fit(rnd, first_time=transport.sampling.first_timers(
@@ -286,6 +292,27 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     aggregate_start = time.perf_counter()
     algorithm.aggregate_fit(rnd, accepted)  # with FedLEASE's allocation in its round
     aggregate_seconds = time.perf_counter() - aggregate_start
+    evaluated = (evaluate_round(rnd, algorithm, transport, chosen, trained, meter)
+                 if evaluates(rnd, algorithm.config.federation) else {})
+    entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated,
+                        result.columns)
+    entry["train_seconds"] = entry["seconds"]
+    entry["aggregate_seconds"] = aggregate_seconds
+    entry["rejected"] = rejected
+    entry["traffic"] = meter.round_total()
+    result.history.append(entry)
+    result.report = algorithm.report()
+    return entry, chosen
+
+
+def evaluates(rnd: int, federation) -> bool:
+    """Whether round ``rnd`` ends with an evaluation: every ``evaluate_every``-th, and the last."""
+    return rnd % federation.evaluate_every == 0 or rnd == federation.rounds
+
+
+def evaluate_round(rnd: int, algorithm, transport: Transport, chosen: list[str],
+                   trained: set[str], meter: TrafficMeter) -> dict[str, dict]:
+    """The evaluation metrics of the clients the transport picks, after round ``rnd``."""
     evaluate = algorithm.configure_evaluate(rnd)
     sampling = transport.sampling
     picked = transport.reachable(sampling.evaluate_clients(rnd, list(evaluate), chosen,
@@ -299,15 +326,7 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     meter.sent(asked, {})
     if not evaluated:
         raise RuntimeError(f"round {rnd}: no client answered; see the warnings above")
-    entry = round_entry(rnd, time.perf_counter() - round_start, accepted, evaluated,
-                        result.columns)
-    entry["train_seconds"] = entry["seconds"]
-    entry["aggregate_seconds"] = aggregate_seconds
-    entry["rejected"] = rejected
-    entry["traffic"] = meter.round_total()
-    result.history.append(entry)
-    result.report = algorithm.report()
-    return entry, chosen
+    return evaluated
 
 
 def save_round(rnd: int, writer: RunWriter, algorithm, roster: ClientRoster,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -76,8 +77,9 @@ def plot_metric_curves(curves: dict[str, list[float]], path: Path, title: str,
                        metric: str = "accuracy") -> None:
     """One line per curve name (a task, an algorithm...), the metric against round."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, values in curves.items():
-        ax.plot(range(1, len(values) + 1), values, marker=".", label=name)
+    for name, values in curves.items():  # rounds without evaluation (NaN) left out
+        rounds = [r for r, value in enumerate(values, 1) if not math.isnan(value)]
+        ax.plot(rounds, [values[r - 1] for r in rounds], marker=".", label=name)
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
@@ -166,9 +168,13 @@ def plot_cluster_tasks(assignment: dict[str, int], tasks: dict[str, str], path: 
 
 def task_metric_curves(result) -> dict[str, list[float]]:
     """Mean primary metric (accuracy, ROUGE-L) per task per round, and the mean over tasks as
-    ``overall``."""
+    ``overall``; NaN for a round without evaluation (``federation.evaluate_every``)."""
     curves: dict[str, list[float]] = defaultdict(list)
     for entry in result.history:
+        if entry.get("mean_" + result.metric, 0.0) is None:
+            for name in (*dict.fromkeys(result.tasks.values()), "overall"):
+                curves[name].append(math.nan)
+            continue
         by_task = defaultdict(list)
         for cid, metrics in entry["clients"].items():
             by_task[result.tasks[cid]].append(metrics[result.metric])

@@ -228,6 +228,10 @@ class GridTransport:
         pass
 
     def round_done(self, entry: dict, metric: str) -> None:
+        if entry["mean_" + metric] is None:
+            log(INFO, "round %s: trained %s clients (not evaluated)", entry["round"],
+                len(entry["clients"]))
+            return
         log(INFO, "round %s: mean %s %.4f over %s clients", entry["round"], metric,
             entry["mean_" + metric], len(entry["clients"]))
 
