@@ -33,6 +33,16 @@ def noise_generator(seeded: bool, seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed if seeded else secrets.randbits(63))
 
 
+def one_sample(params) -> None:
+    """Join the per-example gradients of a Poisson sample computed in several chunks (a
+    sample larger than ``batch_size``) into one tensor per parameter: Opacus counts each list
+    entry as an accumulated step and would divide the sum by ``expected_batch_size`` times the
+    number of chunks instead of once."""
+    for p in params:
+        if isinstance(p.grad_sample, list):
+            p.grad_sample = torch.cat(p.grad_sample)
+
+
 def private_train(trainer, state: dict[str, torch.Tensor], layout, seed: int,
                   plan: ClientPlan, seeded: bool):
     """One round of DP-SGD on ``trainer``'s data: ``plan.steps_per_round`` noisy steps, each
@@ -77,6 +87,7 @@ def private_train(trainer, state: dict[str, torch.Tensor], layout, seed: int,
                 for inputs, targets in trainer.batches("train", sample):
                     trainer.loss(inputs, targets).backward()
                     tokens += int(inputs["attention_mask"].sum())
+                one_sample(params)
                 optimizer.step()
         finally:
             hooks.remove_hooks()
