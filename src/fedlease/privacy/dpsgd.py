@@ -27,10 +27,22 @@ from fedlease.privacy.accounting import (
 from fedlease.privacy.grad_sampler import record_dropout
 
 
-def noise_generator(seeded: bool, seed: int) -> torch.Generator:
-    """The client's source of noise and batch sampling: the instruction's seed (reproducible,
-    known to the server: experiments only) or a secret one from the operating system."""
-    return torch.Generator().manual_seed(seed if seeded else secrets.randbits(63))
+def noise_generator(seeded: bool, seed: int, device: torch.device | str = "cpu"
+                    ) -> torch.Generator:
+    """A source of noise or batch sampling on ``device``: from the instruction's seed
+    (reproducible, known to the server: experiments only) or a secret one from the operating
+    system."""
+    return torch.Generator(device=device).manual_seed(seed if seeded else secrets.randbits(63))
+
+
+def step_generators(seeded: bool, seed: int, device: torch.device | str
+                    ) -> tuple[torch.Generator, torch.Generator]:
+    """The DP steps' two sources: Poisson sampling (drawn on the CPU, where the example
+    indices are) and the gradient noise (on the parameters' ``device``: Opacus draws it
+    there, and PyTorch refuses a generator of another device). Seeded: the noise's seed is
+    ``seed + 2**31``, no client's seed (those are below 2**31, and the CPU generator keeps
+    only a seed's low 32 bits)."""
+    return noise_generator(seeded, seed), noise_generator(seeded, seed + 2**31, device)
 
 
 def one_sample(params) -> None:
@@ -59,8 +71,8 @@ def private_train(trainer, state: dict[str, torch.Tensor], layout, seed: int,
             f"{epsilon_of(history, plan.delta, plan.accountant):.4g}; another round would "
             f"bring it to {epsilon:.4g}")
     torch.manual_seed(seed)  # dropout
-    generator = noise_generator(seeded, seed)
     model = trainer.model
+    sampling, noise = step_generators(seeded, seed, model.device)
     model.load_state(state, layout)
     model.train()
     params = model.trainable_parameters()
@@ -70,15 +82,15 @@ def private_train(trainer, state: dict[str, torch.Tensor], layout, seed: int,
     optimizer = DPOptimizer(
         torch.optim.AdamW(params, lr=trainer.lr, weight_decay=trainer.weight_decay),
         noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-        expected_batch_size=plan.expected_batch_size, generator=generator)
-    start, tokens = time.perf_counter(), 0
+        expected_batch_size=plan.expected_batch_size, generator=noise)
+    start = time.perf_counter()
     with warnings.catch_warnings():
         # Opacus' backward hooks on layers whose input needs no gradient (the first adapted
         # layer): PyTorch warns that the hook sees output gradients only, all Opacus needs
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         try:
             for _ in range(plan.steps_per_round):
-                sample = (torch.rand(trainer.num_train, generator=generator)
+                sample = (torch.rand(trainer.num_train, generator=sampling)
                           < plan.sample_rate).nonzero().flatten()
                 optimizer.zero_grad(set_to_none=True)
                 if len(sample) == 0:  # an empty Poisson sample: the step is noise only
@@ -86,7 +98,6 @@ def private_train(trainer, state: dict[str, torch.Tensor], layout, seed: int,
                         p.grad_sample = torch.zeros((0, *p.shape), device=p.device)
                 for inputs, targets in trainer.batches("train", sample):
                     trainer.loss(inputs, targets).backward()
-                    tokens += int(inputs["attention_mask"].sum())
                 one_sample(params)
                 optimizer.step()
         finally:
@@ -95,10 +106,10 @@ def private_train(trainer, state: dict[str, torch.Tensor], layout, seed: int,
                 handle.remove()
     model.eval()
     new_state = {**model.state(), HISTORY_KEY: history_tensor(after)}
-    # no training loss: it is a statistic of the private examples without noise
+    # no training loss, no token count: statistics of the private examples (the Poisson
+    # samples' lengths) without noise
     metrics = {
         "train_steps": plan.steps_per_round,
-        "train_tokens": tokens,
         "train_seconds": time.perf_counter() - start,
         "trainable_params": sum(p.numel() for p in params),
         "epsilon": epsilon,
