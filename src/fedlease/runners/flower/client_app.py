@@ -76,11 +76,25 @@ def node_client(config: RunConfig, node_config: dict) -> tuple[ClientData, int, 
     return _clients[key]
 
 
+# node_config key: true = this node also sends its per-label example counts (data.json, the
+# label histogram); they are derived from the training examples and no epsilon counts them
+SHARE_LABEL_COUNTS = "share-label-counts"
+
+
+def shares_label_counts(node_config: dict) -> bool:
+    value = node_config.get(SHARE_LABEL_COUNTS, False)
+    if not isinstance(value, bool):
+        raise DataError(f"node_config {SHARE_LABEL_COUNTS} = {value!r}: expected true or false")
+    return value
+
+
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
-    """What the server needs before round 1: who this client is and its adapter shapes."""
+    """What the server needs before round 1: who this client is, its sizes and its adapter
+    shapes (its per-label counts only if the node opts in: ``share-label-counts``)."""
     config, _ = read_run_config(context.run_config)
     client, federation_size, trainer = node_client(config, context.node_config)
+    summary = client_data_summary(client, shares_label_counts(context.node_config))
     info = ConfigRecord({
         "client-id": client.client_id,
         "task": client.task,
@@ -88,7 +102,7 @@ def describe(msg: Message, context: Context) -> Message:
         "federation-size": federation_size,
         "adapter-shapes": json.dumps(trainer.model.adapter_shapes()),
         "representation-dim": trainer.model.representation_dim,
-        "data": json.dumps(client_data_summary(client)),
+        "data": json.dumps(summary),
         "has-state": LOCAL_STATE in context.state,  # kept from earlier rounds of this run
     })
     metrics = MetricRecord({"num-examples": trainer.num_train})
