@@ -24,9 +24,12 @@ cluster by the same signal, then gets the experts like every other client.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch
 
+from fedlease.algorithms.aggregation import effective_trim, warn_untrimmed_clusters
 from fedlease.algorithms.base import (
     EMBEDDING_KEY,
     EMBEDDING_PART,
@@ -180,6 +183,8 @@ class FedLEASE(Algorithm):
         self.clustering = cluster_clients(self.allocation_distance(ids, replies),
                                           self.config.federation.max_experts)
         self.cluster_of = dict(zip(ids, self.assign(self.clustering), strict=True))
+        warn_untrimmed_clusters(self.config.federation.aggregation,
+                                self.config.federation.trim_fraction, self.trim_per_cluster())
         K = self.num_experts
         members = [[cid for cid in ids if self.cluster_of[cid] == c and cid in replies]
                    for c in range(K)]
@@ -258,4 +263,12 @@ class FedLEASE(Algorithm):
             "num_experts": self.num_experts,
             "silhouette": {str(k): v for k, v in self.clustering.silhouette.items()},
             "distance": self.clustering.distance.tolist(),
+            **({"trim_per_cluster": self.trim_per_cluster()}
+               if self.config.federation.aggregation == "trimmed-mean" else {}),
         }
+
+    def trim_per_cluster(self) -> dict[str, int]:
+        """trimmed-mean: the clients left out at each end of each cluster's aggregation."""
+        sizes = Counter(self.cluster_of.values())
+        return {str(c): effective_trim(sizes[c], self.config.federation.trim_fraction)
+                for c in range(self.num_experts)}
