@@ -72,3 +72,18 @@ def test_the_noise_has_the_calibrated_std():
                          for s in range(400)])
     noise = draws - torch.tensor([1.0, 0, 0, 0, 0])
     assert float(noise.std()) == pytest.approx(plan.embedding_std, rel=0.05)
+
+
+def test_a_ledger_releases_the_vector_once_across_processes(tmp_path):
+    """Two ClientPrivacy objects (two processes of a SuperNode) over one ledger: the second
+    sends the first's vector, not a fresh draw, and the history counts it once."""
+    from fedlease.privacy.client import ClientPrivacy
+    from fedlease.privacy.ledger import PrivacyLedger
+
+    plan, _ = noiseless_plan(10)
+    trainer = FakeTrainer(torch.randn(10, 5, generator=torch.Generator().manual_seed(0)))
+    ledger = PrivacyLedger.in_folder(tmp_path / "ledger", "c0")
+    first = ClientPrivacy(plan, seeded_noise=False, ledger=ledger).embedding(trainer, 1)
+    again = ClientPrivacy(plan, seeded_noise=False, ledger=ledger).embedding(trainer, 1)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    assert ledger.history() == plan.initial_history()  # the one release, counted once

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 from opacus.grad_sample import GradSampleHooks
@@ -19,6 +20,7 @@ from fedlease.privacy.accounting import (
     EPSILON_SLACK,
     HISTORY_KEY,
     ClientPlan,
+    Mechanism,
     add_steps,
     epsilon_of,
     history_tensor,
@@ -56,11 +58,15 @@ def one_sample(params) -> None:
 
 
 def private_train(trainer, state: dict[str, torch.Tensor], layout, seed: int,
-                  plan: ClientPlan, seeded: bool):
+                  plan: ClientPlan, seeded: bool, history: list[Mechanism] | None = None,
+                  record: Callable[[list[Mechanism]], None] | None = None):
     """One round of DP-SGD on ``trainer``'s data: ``plan.steps_per_round`` noisy steps, each
     over a Poisson sample of the training set; the new state (with the longer history) and
-    the round's metrics (epsilon spent so far and after one more such round)."""
-    history = read_history(state)
+    the round's metrics (epsilon spent so far and after one more such round). ``history``:
+    what is spent before (None: the state's, else the plan's initial one); ``record``: called
+    with the longer history before the new state is returned (a ledger on disk)."""
+    if history is None:
+        history = read_history(state)
     if history is None:
         history = plan.initial_history()
     after = add_steps(history, plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
@@ -105,6 +111,8 @@ def private_train(trainer, state: dict[str, torch.Tensor], layout, seed: int,
             for handle in dropout_hooks:
                 handle.remove()
     model.eval()
+    if record is not None:
+        record(after)
     new_state = {**model.state(), HISTORY_KEY: history_tensor(after)}
     # no training loss, no token count: statistics of the private examples (the Poisson
     # samples' lengths) without noise

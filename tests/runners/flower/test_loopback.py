@@ -44,9 +44,10 @@ def toml_value(value) -> str:
     return "inf" if value == float("inf") else json.dumps(value)
 
 
-def run_on_loopback(config, tmp_path, num_nodes=4, silent_after=(), **settings):
+def run_on_loopback(config, tmp_path, num_nodes=4, silent_after=(), node_config=None,
+                    **settings):
     run_config = run_config_for(config, tmp_path, **settings)
-    grid = LoopbackGrid(run_config, num_nodes, silent_after)
+    grid = LoopbackGrid(run_config, num_nodes, silent_after, node_config)
     flower_config, flower_settings = read_run_config(run_config)
     with task_identity():
         return run_on_grid(grid, flower_config, flower_settings), grid
