@@ -253,11 +253,12 @@ def test_without_noise_or_clipping_dp_sgd_is_the_plain_step(tiny_model_dir, tmp_
     per-example gradients Opacus and the mixture layer's sampler compute is the batch
     gradient, so DP-SGD's update is the plain local update's (dropout off: the two paths
     visit the examples in another order)."""
-    from fedlease.privacy.dpsgd import private_train
+    from fedlease.privacy.client import ClientPrivacy
 
     trainer, state, layout = trainer_and_state(tiny_model_dir, tmp_path, layout_name)
     plain, _ = trainer.train(state, layout, seed=0)
-    private, _ = private_train(trainer, state, layout, 0, exact_plan(16, 1.0, 16), seeded=True)
+    trainer.privacy = ClientPrivacy(exact_plan(16, 1.0, 16), seeded_noise=True)
+    private, _ = trainer.train(state, layout, seed=0)
     for key, value in plain.items():
         assert not torch.equal(value, state[key]) or key.endswith(("lora_A", "lora_B"))
         # Adam's first step is about lr * sign(g): a gradient near 0 differing in the last
@@ -269,9 +270,10 @@ def test_a_sample_larger_than_the_batch_is_one_step(tiny_model_dir, tmp_path, mo
     """q < 1 and a Poisson sample of more than ``batch_size`` examples (computed in several
     chunks): the gradient the optimiser steps with is the sum of the per-example gradients
     over the expected batch size, the same as when the sample fits one chunk."""
-    from fedlease.privacy.dpsgd import private_train
+    from fedlease.privacy.client import ClientPrivacy
 
     trainer, state, layout = trainer_and_state(tiny_model_dir, tmp_path, "FedLEASE mixture")
+    trainer.privacy = ClientPrivacy(exact_plan(16, 0.5, 8), seeded_noise=True)
     sample = torch.rand(16, generator=torch.Generator().manual_seed(0)) < 0.5
     assert int(sample.sum()) > 3  # seeded: the sample the step below draws
     seen = []
@@ -284,7 +286,7 @@ def test_a_sample_larger_than_the_batch_is_one_step(tiny_model_dir, tmp_path, mo
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
     for chunk in (3, 16):  # several chunks, then one
         trainer.batch_size = chunk
-        private_train(trainer, state, layout, 0, exact_plan(16, 0.5, 8), seeded=True)
+        trainer.train(state, layout, seed=0)
     chunked, whole = seen
     for a, b in zip(chunked, whole, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))

@@ -12,7 +12,7 @@ import torch
 
 from fedlease.config.schema import RunConfig
 from fedlease.privacy.accounting import ClientPlan, Mechanism, calibrate, read_history
-from fedlease.privacy.dpsgd import noise_generator, private_train
+from fedlease.privacy.dpsgd import DPSGDUpdate, noise_generator
 from fedlease.privacy.embedding import private_mean_representation
 from fedlease.privacy.ledger import PrivacyLedger
 
@@ -31,10 +31,10 @@ class ClientPrivacy:
         recorded = self.ledger.history() if self.ledger is not None else read_history(state)
         return self.plan.initial_history() if recorded is None else recorded
 
-    def train(self, trainer, state, layout, seed: int):
-        return private_train(trainer, state, layout, seed, self.plan, self.seeded_noise,
-                             self.spent(state),
-                             self.ledger.record if self.ledger is not None else None)
+    def update_rule(self, trainer, state, seed: int) -> DPSGDUpdate:
+        """The client's DP-SGD for one round of ``LocalTrainer.train``."""
+        return DPSGDUpdate(trainer, self.plan, self.seeded_noise, seed, self.spent(state),
+                           self.ledger.record if self.ledger is not None else None)
 
     def embedding(self, trainer, seed: int) -> torch.Tensor:
         if self.ledger is not None and self.released_embedding is None:

@@ -1,13 +1,14 @@
-"""DP-SGD as a client's local update: Poisson-sampled batches, per-example gradients of every
-trainable tensor (Opacus' hooks; the mixture layer's own sampler, ``grad_sampler.py``), each
+"""DP-SGD as a client's local update rule (``LocalTrainer.train`` runs the one loop):
+Poisson-sampled batches, per-example gradients of every trainable tensor (Opacus' hooks; the
+mixture layer's own sampler, ``grad_sampler.py``), each
 example's gradient clipped to ``max_grad_norm``, Gaussian noise on their sum (Opacus'
 ``DPOptimizer`` around the same AdamW the non-private step uses), steps counted into the
 client's accounting history (``accounting.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-import time
 import warnings
 from collections.abc import Callable
 
@@ -24,7 +25,6 @@ from fedlease.privacy.accounting import (
     add_steps,
     epsilon_of,
     history_tensor,
-    read_history,
 )
 from fedlease.privacy.grad_sampler import record_dropout
 
@@ -57,71 +57,82 @@ def one_sample(params) -> None:
             p.grad_sample = torch.cat(p.grad_sample)
 
 
-def private_train(trainer, state: dict[str, torch.Tensor], layout, seed: int,
-                  plan: ClientPlan, seeded: bool, history: list[Mechanism] | None = None,
-                  record: Callable[[list[Mechanism]], None] | None = None):
-    """One round of DP-SGD on ``trainer``'s data: ``plan.steps_per_round`` noisy steps, each
-    over a Poisson sample of the training set; the new state (with the longer history) and
-    the round's metrics (epsilon spent so far and after one more such round). ``history``:
-    what is spent before (None: the state's, else the plan's initial one); ``record``: called
-    with the longer history before the new state is returned (a ledger on disk)."""
-    if history is None:
-        history = read_history(state)
-    if history is None:
-        history = plan.initial_history()
-    after = add_steps(history, plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
-    epsilon = epsilon_of(after, plan.delta, plan.accountant)
-    if epsilon > plan.epsilon + EPSILON_SLACK:
-        raise PrivacyBudgetExceeded(
-            f"privacy.epsilon = {plan.epsilon:g}: this client has spent "
-            f"{epsilon_of(history, plan.delta, plan.accountant):.4g}; another round would "
-            f"bring it to {epsilon:.4g}")
-    torch.manual_seed(seed)  # dropout
-    model = trainer.model
-    sampling, noise = step_generators(seeded, seed, model.device)
-    model.load_state(state, layout)
-    model.train()
-    params = model.trainable_parameters()
-    # hooks after load_state: it installs new parameter tensors, the hooks see these
-    hooks = GradSampleHooks(model, loss_reduction="mean", strict=False)
-    dropout_hooks = [record_dropout(layer) for layer in model.adapters.values()]
-    optimizer = DPOptimizer(
-        torch.optim.AdamW(params, lr=trainer.lr, weight_decay=trainer.weight_decay),
-        noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
-        expected_batch_size=plan.expected_batch_size, generator=noise)
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        # Opacus' backward hooks on layers whose input needs no gradient (the first adapted
-        # layer): PyTorch warns that the hook sees output gradients only, all Opacus needs
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        try:
-            for _ in range(plan.steps_per_round):
-                sample = (torch.rand(trainer.num_train, generator=sampling)
-                          < plan.sample_rate).nonzero().flatten()
-                optimizer.zero_grad(set_to_none=True)
-                if len(sample) == 0:  # an empty Poisson sample: the step is noise only
-                    for p in params:
-                        p.grad_sample = torch.zeros((0, *p.shape), device=p.device)
-                for inputs, targets in trainer.batches("train", sample):
-                    trainer.loss(inputs, targets).backward()
-                one_sample(params)
-                optimizer.step()
-        finally:
-            hooks.remove_hooks()
-            for handle in dropout_hooks:
-                handle.remove()
-    model.eval()
-    if record is not None:
-        record(after)
-    new_state = {**model.state(), HISTORY_KEY: history_tensor(after)}
-    # no training loss, no token count: statistics of the private examples (the Poisson
-    # samples' lengths) without noise
-    metrics = {
-        "train_steps": plan.steps_per_round,
-        "train_seconds": time.perf_counter() - start,
-        "trainable_params": sum(p.numel() for p in params),
-        "epsilon": epsilon,
-        "epsilon_next": plan.epsilon_after(after, plan.steps_per_round),
-        "dp_noisy_steps": sum(steps for _, _, steps in after) - len(plan.initial_history()),
-    }
-    return new_state, metrics
+class DPSGDUpdate:
+    """DP-SGD as the update rule of ``LocalTrainer.train``'s one loop: ``plan.steps_per_round``
+    noisy steps, each over a Poisson sample of the training set; then the longer history (in
+    the new state, and recorded first where the client keeps a ledger) and the round's
+    metrics (epsilon spent so far and after one more such round). Refuses, before any work,
+    a round that would take the client past its budget. ``history``: what is spent before."""
+
+    def __init__(self, trainer, plan: ClientPlan, seeded: bool, seed: int,
+                 history: list[Mechanism],
+                 record: Callable[[list[Mechanism]], None] | None = None):
+        self.after = add_steps(history, plan.noise_multiplier, plan.sample_rate,
+                               plan.steps_per_round)
+        self.epsilon = epsilon_of(self.after, plan.delta, plan.accountant)
+        if self.epsilon > plan.epsilon + EPSILON_SLACK:
+            raise PrivacyBudgetExceeded(
+                f"privacy.epsilon = {plan.epsilon:g}: this client has spent "
+                f"{epsilon_of(history, plan.delta, plan.accountant):.4g}; another round "
+                f"would bring it to {self.epsilon:.4g}")
+        self.trainer, self.plan, self.record = trainer, plan, record
+        self.sampling, self.noise = step_generators(seeded, seed, trainer.model.device)
+
+    @contextlib.contextmanager
+    def attached(self, model, params):
+        """Opacus' per-example hooks (after ``load_state``: it installs the parameter tensors
+        the hooks must see), the dropout masks' recorders and the ``DPOptimizer`` around the
+        same AdamW the plain rule uses."""
+        hooks = GradSampleHooks(model, loss_reduction="mean", strict=False)
+        dropout_hooks = [record_dropout(layer) for layer in model.adapters.values()]
+        self.params = params
+        self.optimizer = DPOptimizer(
+            torch.optim.AdamW(params, lr=self.trainer.lr, weight_decay=self.trainer.weight_decay),
+            noise_multiplier=self.plan.noise_multiplier, max_grad_norm=self.plan.max_grad_norm,
+            expected_batch_size=self.plan.expected_batch_size, generator=self.noise)
+        with warnings.catch_warnings():
+            # Opacus' backward hooks on layers whose input needs no gradient (the first adapted
+            # layer): PyTorch warns that the hook sees output gradients only, all Opacus needs
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            try:
+                yield
+            finally:
+                hooks.remove_hooks()
+                for handle in dropout_hooks:
+                    handle.remove()
+
+    def steps(self):
+        """Per step, the chunks (of at most ``batch_size``) of one Poisson sample."""
+        for _ in range(self.plan.steps_per_round):
+            sample = (torch.rand(self.trainer.num_train, generator=self.sampling)
+                      < self.plan.sample_rate).nonzero().flatten()
+            self.empty = len(sample) == 0
+            yield self.trainer.batches("train", sample)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor, inputs) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        if self.empty:  # an empty Poisson sample: the step is noise only
+            for p in self.params:
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device)
+        one_sample(self.params)
+        self.optimizer.step()
+
+    def finish(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The new state's history and the metrics; the ledger's record first."""
+        if self.record is not None:
+            self.record(self.after)
+        # no training loss, no token count: statistics of the private examples (the Poisson
+        # samples' lengths) without noise
+        metrics = {
+            "train_steps": self.plan.steps_per_round,
+            "epsilon": self.epsilon,
+            "epsilon_next": self.plan.epsilon_after(self.after, self.plan.steps_per_round),
+            "dp_noisy_steps": (sum(steps for _, _, steps in self.after)
+                               - len(self.plan.initial_history())),
+        }
+        return {HISTORY_KEY: history_tensor(self.after)}, metrics
