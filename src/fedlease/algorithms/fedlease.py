@@ -30,14 +30,7 @@ import numpy as np
 import torch
 
 from fedlease.algorithms.aggregation import effective_trim, warn_untrimmed_clusters
-from fedlease.algorithms.base import (
-    EMBEDDING_KEY,
-    EMBEDDING_PART,
-    Algorithm,
-    Instruction,
-    Reply,
-    UploadSpec,
-)
+from fedlease.algorithms.base import Algorithm
 from fedlease.algorithms.clustering import (
     SIGNALS,
     Clustering,
@@ -46,7 +39,14 @@ from fedlease.algorithms.clustering import (
     embedding_distance_matrix,
     mean_offdiagonal,
 )
-from fedlease.model.classifier import ADAPTER_PREFIX
+from fedlease.algorithms.messages import (
+    EMBEDDING_KEY,
+    EMBEDDING_PART,
+    Instruction,
+    Reply,
+    UploadSpec,
+)
+from fedlease.model.adapted import ADAPTER_PREFIX
 from fedlease.model.lora import AdapterLayout, init_router
 
 LORA_PARTS = ["lora_A", "lora_B"]

@@ -1,6 +1,6 @@
 """What a client does differently under ``[privacy]``: its plan, calibrated once from the
 config and its own training-set size, drives its local update (DP-SGD) and its allocation
-vector. A trainer holds one as ``trainer.privacy`` (``runners.clients`` sets it). What the
+vector. A trainer holds one as ``trainer.privacy`` (``tasks.loading`` sets it). What the
 client has spent lives in its state (the simulator, whose checkpoint keeps it) or, on a Flower
 node, in its ledger on the node's disk (``ledger.py``), which then rules."""
 
