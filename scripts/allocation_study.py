@@ -36,6 +36,7 @@ from fedlease.configure import load_config, with_overrides
 from fedlease.privacy.client import client_privacy
 from fedlease.reporting.summary import clustering_ari
 from fedlease.tasks.loading import build_trainers, load_clients
+from fedlease.training import LocalTrainer
 
 
 def hybrid_distance(b_distance, embedding_distance):
@@ -47,7 +48,11 @@ def hybrid_distance(b_distance, embedding_distance):
 
 
 class Computed:
-    """A client's mean representation, computed once for every noise level."""
+    """A client's mean representation, computed once for every noise level; its allocation
+    vector is made as a trainer's is (``LocalTrainer.embedding``)."""
+
+    privacy = None
+    embedding = LocalTrainer.embedding
 
     def __init__(self, vector):
         self.vector = vector

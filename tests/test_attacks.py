@@ -8,6 +8,7 @@ import torch
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo
 from fedlease.algorithms.base import with_head
+from fedlease.algorithms.messages import EMBEDDING_KEY
 from fedlease.attacks import (
     AttackingTrainer,
     attacked_clients,
@@ -107,11 +108,32 @@ def test_a_forged_embedding_joins_the_target_cluster(tiny_config):
     config = attack(tiny_config, clients=["animals-0"], kind="forged-embedding",
                     target="colors-0")
     trainers = attacked_trainers(config, build_trainers(config, load_clients(config)))
-    assert torch.equal(trainers["animals-0"].mean_representation(),
-                       trainers["colors-0"].mean_representation())
+    assert torch.equal(trainers["animals-0"].embedding(seed=3),
+                       trainers["colors-0"].embedding(seed=3))
     forged = run_simulation(config, None, progress=False).report["assignment"]
     assert forged["animals-0"] == forged["colors-0"]
     assert forged["animals-0"] != forged["animals-1"]
+
+
+@pytest.mark.parametrize("privacy", [{}, {"epsilon": 8.0, "seeded_noise": True}])
+def test_the_forged_vector_is_what_is_uploaded(tiny_config, privacy):
+    """The attacker's profile upload is the target's vector, with and without [privacy]
+    (under DP the target's released DP vector): both paths make it in one method."""
+    config = attack(with_overrides(tiny_config, {"privacy": privacy}),
+                    clients=["animals-0"], kind="forged-embedding", target="colors-0")
+    config.federation.warmup_rounds = 0
+    trainers = attacked_trainers(config, build_trainers(config, load_clients(config)))
+    honest = build_trainers(config, load_clients(config))["animals-0"]
+    server = ALGORITHMS["fedlease"](config, [ClientInfo(c, t.num_train)
+                                             for c, t in trainers.items()],
+                                    honest.model.adapter_shapes(),
+                                    honest.model.representation_dim)
+    asked = server.configure_profile()
+    uploads = {cid: server.client.profile(asked[cid], trainers[cid]).arrays[EMBEDDING_KEY]
+               for cid in ("colors-0", "animals-0")}
+    own = server.client.profile(asked["animals-0"], honest).arrays[EMBEDDING_KEY]
+    assert torch.equal(uploads["animals-0"], uploads["colors-0"])
+    assert not torch.allclose(own, uploads["colors-0"], atol=1e-3)
 
 
 @pytest.mark.parametrize("values, message", [

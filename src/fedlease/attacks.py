@@ -127,10 +127,12 @@ class AttackingTrainer:
     def __getattr__(self, name):
         return getattr(self.honest, name)
 
-    def mean_representation(self) -> torch.Tensor:
+    def embedding(self, seed: int, noise: float = 0.0) -> torch.Tensor:
+        """forged-embedding: the target's vector (under ``[privacy]`` its DP vector), through
+        the one method both paths make the vector in."""
         if self.kind.forges_embedding:
-            return self.target.mean_representation()
-        return self.honest.mean_representation()
+            return self.target.embedding(seed, noise)
+        return self.honest.embedding(seed, noise)
 
     def train(self, state: Tensors, layout, seed: int, **options):
         trained, metrics = self.honest.train(state, layout, seed=seed, **options)

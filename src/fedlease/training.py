@@ -2,7 +2,7 @@
 
 A trainer is one client's data (encoded once) over the shared model: state (``dict[str,
 Tensor]``) and an ``AdapterLayout`` in, state and metrics out. The algorithms' client side calls
-it (``train``, ``evaluate``, ``new_head``, ``mean_representation``, ``num_train``); the simulator
+it (``train``, ``evaluate``, ``new_head``, ``embedding``, ``num_train``); the simulator
 and the Flower ClientApp build one per client through the run's task (``fedlease.tasks``), which
 subclasses ``LocalTrainer`` with its batches, loss and evaluation.
 """
@@ -34,7 +34,8 @@ class LocalTrainer(ABC):
     new client's own head is (``new_head``) and how it is evaluated (``evaluate``).
 
     ``privacy``: the client's DP setup (``fedlease.privacy.client.ClientPrivacy``) when the run
-    has ``[privacy]`` on; ``train`` is then its DP-SGD instead of the step below."""
+    has ``[privacy]`` on; ``train``'s update rule is then its DP-SGD instead of
+    ``PlainUpdate``, and ``embedding`` its DP vector."""
 
     privacy = None
 
@@ -113,51 +114,100 @@ class LocalTrainer(ABC):
             return contextlib.nullcontext()
         return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
 
+    def embedding(self, seed: int, noise: float = 0.0) -> torch.Tensor:
+        """The allocation vector this client uploads, unit length: under ``[privacy]`` its DP
+        mechanism's (calibrated noise, released once per run), else its mean representation
+        plus Gaussian noise of std ``noise`` per coordinate (``federation.embedding_noise``),
+        seeded. The one place the vector is made: what an attack or a mechanism wraps."""
+        if self.privacy is not None:
+            vector = self.privacy.embedding(self, seed)
+            return vector / vector.norm().clamp(min=1e-12)
+        vector = self.mean_representation()
+        vector = vector / vector.norm().clamp(min=1e-12)
+        if noise > 0:
+            gen = torch.Generator().manual_seed(seed)
+            vector = vector + noise * torch.randn(vector.shape, generator=gen)
+        return vector
+
+    def update_rule(self, state: dict[str, torch.Tensor], seed: int):
+        """How ``train`` steps: the client's DP-SGD under ``[privacy]``, else ``PlainUpdate``."""
+        if self.privacy is not None:
+            return self.privacy.update_rule(self, state, seed)
+        return PlainUpdate(self, seed)
+
     def train(self, state: dict[str, torch.Tensor], layout: AdapterLayout, seed: int,
               local_loss: LocalLoss | None = None):
-        """Local epochs of AdamW on the layout's trainable tensors and the head; ``local_loss``
-        (an algorithm's, ``AlgorithmClient.local_loss``) is added to every step's loss."""
-        if self.privacy is not None:
-            if local_loss is not None:
-                raise ValueError("an algorithm with a local loss term cannot run with "
-                                 "[privacy] on (DP-SGD clips per-example gradients of the "
-                                 "task's loss alone)")
-            return self.privacy.train(self, state, layout, seed)
+        """One local update of the layout's trainable tensors and the head: the one loop, its
+        steps and their optimiser the update rule's (``update_rule``); ``local_loss`` (an
+        algorithm's, ``AlgorithmClient.local_loss``) is added to every step's loss."""
+        if self.privacy is not None and local_loss is not None:
+            raise ValueError("an algorithm with a local loss term cannot run with [privacy] on "
+                             "(DP-SGD clips per-example gradients of the task's loss alone)")
+        rule = self.update_rule(state, seed)  # DP: refuses a round past the budget, first
         torch.manual_seed(seed)  # dropout
-        order_gen = torch.Generator().manual_seed(seed)
         self.model.load_state(state, layout)
         self.model.train()
         params = self.model.trainable_parameters()
         named = {name: p for name, p in self.model.named_parameters() if p.requires_grad}
         begun = {name: p.detach().clone() for name, p in named.items()} if local_loss else {}
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none
-        scaler = torch.amp.GradScaler(self.model.device.type,
-                                      enabled=self.autocast_dtype == torch.float16)
-        total_loss, steps, tokens = 0.0, 0, 0
         start = time.perf_counter()
-        for _ in range(self.local_epochs):
-            order = torch.randperm(self.num_train, generator=order_gen)
-            for inputs, targets in self.batches("train", order):
-                loss = self.loss(inputs, targets)
-                if local_loss is not None:
-                    loss = loss + local_loss(named, begun)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                total_loss += loss.item()
-                steps += 1
-                tokens += int(inputs["attention_mask"].sum())
+        with rule.attached(self.model, params):
+            for chunks in rule.steps():  # one optimiser step per item (DP: a Poisson sample)
+                rule.zero_grad()
+                for inputs, targets in chunks:
+                    loss = self.loss(inputs, targets)
+                    if local_loss is not None:
+                        loss = loss + local_loss(named, begun)
+                    rule.backward(loss, inputs)
+                rule.step()
         self.model.eval()
-        metrics = {
-            "train_loss": total_loss / max(steps, 1),
-            "train_steps": steps,
-            "train_tokens": tokens,
-            "train_seconds": time.perf_counter() - start,
-            "trainable_params": sum(p.numel() for p in params),
-        }
-        return self.model.state(), metrics
+        extra_state, metrics = rule.finish()
+        metrics.update(train_seconds=time.perf_counter() - start,
+                       trainable_params=sum(p.numel() for p in params))
+        return {**self.model.state(), **extra_state}, metrics
+
+
+class PlainUpdate:
+    """The non-private update rule: AdamW over ``local_epochs`` shuffled passes of
+    mini-batches (fp16: through a gradient scaler, as fp16 gradients underflow without loss
+    scaling; bf16 and fp32 need none); reports the mean training loss and the tokens seen."""
+
+    def __init__(self, trainer: LocalTrainer, seed: int):
+        self.trainer = trainer
+        self.order_gen = torch.Generator().manual_seed(seed)
+        self.total_loss, self.steps_done, self.tokens = 0.0, 0, 0
+
+    @contextlib.contextmanager
+    def attached(self, model, params):
+        trainer = self.trainer
+        self.optimizer = torch.optim.AdamW(params, lr=trainer.lr,
+                                           weight_decay=trainer.weight_decay)
+        self.scaler = torch.amp.GradScaler(model.device.type,
+                                           enabled=trainer.autocast_dtype == torch.float16)
+        yield
+
+    def steps(self):
+        for _ in range(self.trainer.local_epochs):
+            order = torch.randperm(self.trainer.num_train, generator=self.order_gen)
+            for batch in self.trainer.batches("train", order):
+                yield [batch]
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
+        self.scaler.scale(loss).backward()
+        self.total_loss += loss.item()
+        self.tokens += int(inputs["attention_mask"].sum())
+
+    def step(self) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.steps_done += 1
+
+    def finish(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return {}, {"train_loss": self.total_loss / max(self.steps_done, 1),
+                    "train_steps": self.steps_done, "train_tokens": self.tokens}
 
 
 def local_update_options(config: RunConfig) -> dict:

@@ -8,6 +8,7 @@ from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
 from fedlease.algorithms.aggregation import (
     aggregate_uploads,
     aggregation_rule,
+    capped_weights,
     coordinate_median,
     trimmed_mean,
     weighted_mean,
@@ -28,10 +29,18 @@ def test_mean_is_weighted_by_examples_and_sums_in_client_order():
     # the exact sum the algorithms computed before the rules existed: bit-identical runs
     gen = torch.Generator().manual_seed(0)
     tensors = [torch.randn(3, 7, generator=gen) for _ in range(5)]
-    weights = [10, 30, 7, 7, 90]
+    weights = [10, 15, 7, 7, 20]  # none above the cap (2 x the median 10)
     total = float(sum(weights))
     assert torch.equal(weighted_mean(tensors, weights),
                        sum(t * (w / total) for t, w in zip(tensors, weights, strict=True)))
+
+
+def test_a_client_claiming_a_huge_count_weighs_at_most_the_cap():
+    """A liar declaring 10^9 examples in a cluster of four clients of 100: weight 200 (2 x the
+    median), so its value moves the mean by 2/5 of its distance, not by all of it."""
+    assert capped_weights([100, 100, 100, 10**9]) == [100, 100, 100, 200]
+    mean = weighted_mean(values(0.0, 0.0, 0.0, 1000.0), [100, 100, 100, 10**9])
+    assert mean.item() == pytest.approx(1000 * 200 / 500)
 
 
 def test_median_is_coordinate_wise_unweighted_and_averages_the_middle_pair():
@@ -131,3 +140,18 @@ def test_fedlease_combines_each_cluster_expert_and_router_by_the_rule(rule, expe
     assert torch.allclose(router, torch.full_like(router, want))
     assert torch.allclose(server.experts["adapter.l0.query.lora_B"],
                           torch.full_like(server.experts["adapter.l0.query.lora_B"], want))
+
+
+def test_trimmed_mean_says_which_clusters_it_cannot_trim():
+    """trim_fraction 0.2 trims nothing in a cluster of 4 or fewer: a warning at allocation,
+    and the effective trim per cluster in the report (clustering.json)."""
+    config = load_config(overrides={"federation": {
+        "aggregation": "trimmed-mean", "trim_fraction": 0.2, "rounds": 3, "warmup_rounds": 1,
+        "max_experts": 1, "allocation": "lora-b"}})
+    clients = [ClientInfo(f"c{i}", 10) for i in range(3)]
+    server = ALGORITHMS["fedlease"](config, clients, SHAPES)
+    server.configure_fit(1)
+    with pytest.warns(UserWarning, match=r"cluster\(s\) 0 have fewer than 5 clients and trim "
+                                         "nothing"):
+        server.aggregate_fit(1, {cid: lora_reply(1.0) for cid in ("c0", "c1", "c2")})
+    assert server.report()["trim_per_cluster"] == {"0": 0}

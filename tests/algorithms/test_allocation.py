@@ -18,6 +18,7 @@ from fedlease.algorithms.validation import accept_replies
 from fedlease.configure import load_config
 from fedlease.errors import ConfigError
 from fedlease.model.lora import AdapterLayout
+from fedlease.training import LocalTrainer
 
 SHAPES = {"l0.query": (6, 5), "l0.value": (6, 5)}
 DIM = 8
@@ -160,6 +161,9 @@ def test_the_server_rejects_a_bad_embedding(bad, reason):
 
 
 class FakeTrainer:
+    privacy = None
+    embedding = LocalTrainer.embedding  # how every trainer makes its vector
+
     def __init__(self, vector):
         self.vector = vector
 

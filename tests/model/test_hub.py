@@ -114,7 +114,8 @@ def test_a_download_fetches_safetensors_and_tokenizer_files_only(hub_cache, monk
     assert fetched == {"repo": "new-org/model", "patterns": MODEL_FILES}
     from fnmatch import fnmatch
 
-    for unsafe in ("pytorch_model.bin", "modeling_custom.py", "model.gguf", "tf_model.h5"):
+    for unsafe in ("pytorch_model.bin", "modeling_custom.py", "model.gguf", "tf_model.h5",
+                   "tokenizer_custom.py", "tokenizer.pkl", "tokenizer.bin"):
         assert not any(fnmatch(unsafe, p) for p in MODEL_FILES), unsafe
     for needed in ("model.safetensors", "model.safetensors.index.json", "config.json",
                    "tokenizer.json", "tokenizer.model", "vocab.txt", "chat_template.jinja"):
@@ -155,3 +156,35 @@ def test_a_revision_needs_a_hub_id(tiny_llama_dir):
     with pytest.raises(ConfigError, match="model.revision = 'v2'"):
         load_config(overrides={"model": {"path": str(tiny_llama_dir), "revision": "v2"}})
     load_config(overrides={"model": {"path": REPO, "revision": "v2"}})
+
+
+def test_a_model_folder_with_remote_code_never_runs_it(tiny_model_dir, tmp_path, monkeypatch):
+    """A folder (or hub snapshot) that carries a ``.py`` and an ``auto_map`` naming it: the
+    model and tokenizer load without importing it, and nobody is asked on stdin (a "y" there
+    would run it)."""
+    import io
+    import json
+
+    from fedlease.model.classifier import load_pretrained
+
+    folder = tmp_path / "remote-code-model"
+    shutil.copytree(tiny_model_dir, folder)
+    marker = tmp_path / "remote-code-ran"
+    code = f"open({str(marker)!r}, 'w').close()\n"
+    for name in ("configuration_evil.py", "modeling_evil.py", "tokenization_evil.py"):
+        (folder / name).write_text(code + "from transformers import *\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig",
+                          "AutoModel": "modeling_evil.EvilModel"}
+    config["model_type"] = "evil-bert"  # no class of transformers': only the .py could load it
+    (folder / "config.json").write_text(json.dumps(config))
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 10))
+    try:
+        load_pretrained(str(folder))
+    except ConfigError as err:  # refused is as good as loaded without the code
+        assert "remote-code-model" in str(err)
+    assert not marker.exists()
+    assert sys.stdin.read() == "y\n" * 10  # nothing asked

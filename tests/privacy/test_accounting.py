@@ -5,9 +5,10 @@ import math
 
 import pytest
 
-from fedlease.config.schema import PrivacyConfig
+from fedlease.config.schema import PrivacyConfig, RunConfig
 from fedlease.errors import ConfigError
 from fedlease.privacy.accounting import add_steps, calibrate, client_delta, epsilon_of
+from fedlease.privacy.report import privacy_report
 
 dp_accounting = pytest.importorskip("dp_accounting", reason="the second accountant")
 from dp_accounting import dp_event  # noqa: E402
@@ -51,7 +52,7 @@ def test_the_allocation_vector_gets_its_share_alone():
                      batch_size=10, local_epochs=1, rounds=2, releases_embedding=True)
     alone = epsilon_of(plan.initial_history(), plan.delta, "rdp")
     assert 0.99 <= alone <= 1.0
-    assert plan.embedding_std == pytest.approx(plan.embedding_noise_multiplier * 2 / 100)
+    assert plan.embedding_std == pytest.approx(plan.embedding_noise_multiplier / 100)
     assert plan.delta == pytest.approx(min(1e-5, 0.1 / 100))
 
 
@@ -66,3 +67,29 @@ def test_a_fixed_noise_multiplier_too_small_for_one_round_is_refused():
     with pytest.raises(ConfigError, match=r"privacy.noise_multiplier = 0.5: one round"):
         calibrate(PrivacyConfig(epsilon=1.0, noise_multiplier=0.5), num_train=64,
                   batch_size=16, local_epochs=1, rounds=3, releases_embedding=False)
+
+
+# the relation a run states -> dp-accounting's name for it (zero-out: a special null example)
+RELATIONS = {"zero-out": dp_accounting.NeighboringRelation.REPLACE_SPECIAL}
+
+
+@pytest.mark.parametrize("epsilon", [8.0, 3.0, 1.0])
+def test_the_stated_epsilon_holds_under_the_stated_relation(epsilon):
+    """What privacy.json states (relation, per-client mechanism, the vector's noise std),
+    recomputed by dp-accounting's PLD accountant under that relation with the vector's
+    sensitivity derived here (zero-out: 1/n), spends at most the target. The issue's case:
+    n = 128, batch 16, 8 rounds."""
+    config = RunConfig()
+    config.privacy = PrivacyConfig(epsilon=epsilon)
+    config.train.batch_size, config.train.local_epochs, config.federation.rounds = 16, 1, 8
+    stated = privacy_report(config, {"c": 128}, True, [], None)
+    client = stated["clients"]["c"]
+    relation = RELATIONS[stated["neighbouring_relation"]]
+    vector_z = client["embedding"]["noise_std"] / (1 / 128)  # std / sensitivity
+    events = [dp_event.SelfComposedDpEvent(
+        dp_event.PoissonSampledDpEvent(client["sample_rate"],
+                                       dp_event.GaussianDpEvent(client["noise_multiplier"])),
+        client["steps_per_round"] * 8), dp_event.GaussianDpEvent(vector_z)]
+    accountant = PLDAccountant(neighboring_relation=relation)
+    accountant.compose(dp_event.ComposedDpEvent(events))
+    assert accountant.get_epsilon(client["delta"]) <= epsilon

@@ -225,20 +225,10 @@ class Algorithm(ABC):
 
 
 def client_embedding(trainer, ins: Instruction) -> torch.Tensor:
-    """The client's mean representation scaled to unit length (cosine distance ignores the
-    length, so it reveals nothing the server needs), plus Gaussian noise of std
-    ``ins.upload.embedding_noise`` per coordinate, seeded by the instruction."""
-    privacy = getattr(trainer, "privacy", None)
-    if privacy is not None:  # DP: its own clipping and calibrated noise, then unit length
-        vector = privacy.embedding(trainer, ins.seed)
-        return vector / vector.norm().clamp(min=1e-12)
-    vector = trainer.mean_representation()
-    vector = vector / vector.norm().clamp(min=1e-12)
+    """The client's allocation vector (``LocalTrainer.embedding``), its noise and seed from
+    the instruction."""
     noise = ins.upload.embedding_noise if ins.upload is not None else 0.0
-    if noise > 0:
-        gen = torch.Generator().manual_seed(ins.seed)
-        vector = vector + noise * torch.randn(vector.shape, generator=gen)
-    return vector
+    return trainer.embedding(ins.seed, noise)
 
 
 def with_head(state: Tensors, ins: Instruction, trainer) -> Tensors:

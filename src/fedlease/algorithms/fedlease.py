@@ -31,6 +31,7 @@ from collections import Counter
 import numpy as np
 import torch
 
+from fedlease.algorithms.aggregation import effective_trim, warn_untrimmed_clusters
 from fedlease.algorithms.base import Algorithm
 from fedlease.algorithms.clustering import (
     SIGNALS,
@@ -205,6 +206,8 @@ class FedLEASE(Algorithm):
         if rest:
             self.assign_nearest(rest, replies)
             self.experts = self.start_experts(ids, replies)
+        warn_untrimmed_clusters(federation.aggregation, federation.trim_fraction,
+                                self.trim_per_cluster())
         self.routers = self.initial_routers(self.layout_for(ids[0]))
 
     def start_experts(self, ids: list[str], replies: dict[str, Reply]) -> dict:
@@ -300,4 +303,12 @@ class FedLEASE(Algorithm):
             # the matrix only where it is small (clustering.MATRIX_KEPT_UP_TO clients)
             **({"distance": self.clustering.distance.tolist()}
                if self.clustering.distance is not None else {}),
+            **({"trim_per_cluster": self.trim_per_cluster()}
+               if self.config.federation.aggregation == "trimmed-mean" else {}),
         }
+
+    def trim_per_cluster(self) -> dict[str, int]:
+        """trimmed-mean: the clients left out at each end of each cluster's aggregation."""
+        sizes = Counter(self.cluster_of.values())
+        return {str(c): effective_trim(sizes[c], self.config.federation.trim_fraction)
+                for c in range(self.num_experts)}

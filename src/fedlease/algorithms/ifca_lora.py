@@ -64,11 +64,10 @@ class IFCALoRAClient(AlgorithmClient):
     @classmethod
     def fit(cls, ins: Instruction, local_state: Tensors, trainer) -> tuple[Reply, Tensors]:
         """Every cluster's loss on the training data, then train and upload the lowest."""
-        best, candidates, losses = cls.pick_cluster(ins, with_head(local_state, ins, trainer),
-                                                    trainer)
+        best, candidates, _ = cls.pick_cluster(ins, with_head(local_state, ins, trainer),
+                                               trainer)
         reply, new_state = cls.train_and_upload(candidates[best], ins, trainer)
-        reply.extra = ChosenCluster(best)
-        reply.metrics["cluster_loss"] = losses[best]
+        reply.extra = ChosenCluster(best)  # the index only: the losses stay on the client
         return reply, new_state
 
     @classmethod

@@ -163,6 +163,15 @@ def privacy_checks(config: RunConfig) -> list[Check]:
             (config.train.precision != "fp16", "train.precision",
              "auto, fp32 or bf16 with [privacy] on (DP-SGD takes no fp16 loss scaling)",
              config.train.precision),
+            (config.federation.algorithm != "ifca-lora", "federation.algorithm",
+             "another algorithm with [privacy] on (IFCA picks each client's cluster by its "
+             "noiseless training loss, which no epsilon counts)", config.federation.algorithm),
+            (config.model.quantization == "none", "model.quantization",
+             "none with [privacy] on (per-example gradients cannot go through bitsandbytes' "
+             "quantized layers)", config.model.quantization),
+            (not config.train.gradient_checkpointing, "train.gradient_checkpointing",
+             "false with [privacy] on (the recomputed forward would be counted twice by the "
+             "per-example gradient hooks)", config.train.gradient_checkpointing),
         ]
     return checks
 

@@ -140,10 +140,13 @@ def load_pretrained(path: str, auto_class_name: str = "AutoModel", *, download: 
     folder = resolve_model_path(path, download, revision)
     quantized = quantization_kwargs(quantization, device)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        # no code from the folder (an auto_map's .py; transformers would ask on stdin), and
         # safetensors weights only: a pickled pytorch_model.bin could run code when loaded
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False)
         backbone = getattr(transformers, auto_class_name).from_pretrained(
-            folder, local_files_only=True, use_safetensors=True, **quantized)
+            folder, local_files_only=True, use_safetensors=True, trust_remote_code=False,
+            **quantized)
     except (OSError, ValueError) as err:
         raise ConfigError(f"model.path = {path!r}: not a loadable local model directory with "
                           f"safetensors weights ({err})") from None

@@ -69,8 +69,10 @@ def dequantise_gguf(gguf: Path, target: Path) -> None:
     if missing:
         raise ConfigError(f"reading {gguf} needs {' and '.join(missing)}: "
                           f'pip install -e ".[generation]" (or pip install {" ".join(missing)})')
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                              trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 trust_remote_code=False)
     # the weights are plain float32 now; without the GGUF quantizer, save_pretrained writes a
     # checkpoint that loads without gguf
     model.hf_quantizer = None

@@ -18,8 +18,10 @@ from fedlease.errors import ConfigError
 
 # "org/name" (or a bare "name"), as the hub spells repository ids
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-# what a safetensors checkpoint and its tokenizer are made of; nothing that runs code on load
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
+# what a safetensors checkpoint and its tokenizer are made of (config, tokenizer.json and
+# vocabularies, sentencepiece models, chat templates); nothing that runs code or unpickles on
+# load: no *.py (an auto_map's remote code, tokenizer_*.py), *.bin, *.pkl
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
 TRUE_VALUES = ("1", "true", "yes", "on")
 
 

@@ -101,7 +101,8 @@ def read_model_shape(folder: str, auto_class_name: str, targets: list[str]) -> M
     """The model of ``folder`` built on the meta device (no memory, no weights read)."""
     import transformers
 
-    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True,
+                                                     trust_remote_code=False)
     with torch.device("meta"):
         model = getattr(transformers, auto_class_name).from_config(config)
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

@@ -8,6 +8,15 @@ of the composition is Opacus' accountant's (RDP or PRV) over the mechanism's his
 ``(noise_multiplier, sample_rate, steps)``; the one release of the allocation vector is the
 entry ``(z, 1.0, 1)`` (no subsampling). Nothing here hand-computes a privacy loss.
 
+The neighbouring relation is **zero-out** (``RELATION``): two training sets are neighbours when
+one example of one is replaced by a null example that contributes nothing (no gradient, a zero
+representation). The size ``n`` is the same in both, so it may be public (every reply states
+it, and ``q = B/n`` is computed from it); a Poisson-subsampled Gaussian step then has exactly the
+privacy loss distribution of the add/remove-one analysis, which Opacus' accountants compute
+(dp-accounting names the relation ``REPLACE_SPECIAL`` and gives it the same numbers), and the
+mean of ``n`` unit-length vectors moves by at most ``1/n`` (the vector's sensitivity). Replacing
+one real example by another is two zero-out steps: at most twice the epsilon (group privacy).
+
 The history is the client's accounting state: it travels in the client's local state under
 ``HISTORY_KEY`` (so the simulator's checkpoint and a Flower node's ``context.state`` keep it, and
 a resumed run continues it).
@@ -29,6 +38,10 @@ from fedlease.config.schema import PrivacyConfig
 from fedlease.errors import ConfigError
 from fedlease.privacy.accountants import ACCOUNTANTS
 
+# the neighbouring relation every epsilon here is stated under (see the module's docstring)
+RELATION = "zero-out"
+RELATION_TEXT = ("zero-out: one training example of a client replaced by a null example that "
+                 "contributes nothing (the number of examples n stays the same, and public)")
 HISTORY_KEY = "privacy.history"  # [entries, 3] float64: noise multiplier, sample rate, steps
 # the budget checks' slack for floating-point noise in the accountant
 EPSILON_SLACK = 1e-6
@@ -69,9 +82,15 @@ class ClientPlan:
     num_train: int
 
     @property
+    def embedding_sensitivity(self) -> float:
+        """The allocation vector's L2 sensitivity under zero-out: the mean of ``n`` unit-length
+        vectors moves by at most ``1/n`` when one of them becomes zero."""
+        return 1.0 / self.num_train
+
+    @property
     def embedding_std(self) -> float:
-        """The noise std of the allocation vector: its multiplier times its sensitivity 2/n."""
-        return self.embedding_noise_multiplier * 2.0 / self.num_train
+        """The noise std of the allocation vector: its multiplier times its sensitivity."""
+        return self.embedding_noise_multiplier * self.embedding_sensitivity
 
     def initial_history(self) -> list[Mechanism]:
         """What is spent before training: the allocation vector, if the run releases one

@@ -1,7 +1,7 @@
 """The allocation vector under DP: the mean of the client's per-example representations, each
-scaled to unit length, plus Gaussian noise of std ``z * 2/n`` (``2/n``: the mean's L2
-sensitivity when one example is replaced by another; ``z`` calibrated to the vector's share of
-epsilon, ``accounting.calibrate``)."""
+scaled to unit length, plus Gaussian noise of std ``z / n`` (``1/n``: the mean's L2
+sensitivity under the zero-out relation, one example's unit vector replaced by zero; ``z``
+calibrated to the vector's share of epsilon, ``accounting.calibrate``)."""
 
 from __future__ import annotations
 

@@ -11,12 +11,19 @@ recompute the epsilon with another accountant.
 from __future__ import annotations
 
 from fedlease.config.schema import RunConfig
-from fedlease.privacy.accounting import EPSILON_SLACK, calibrate
+from fedlease.privacy.accounting import (
+    EPSILON_SLACK,
+    RELATION,
+    RELATION_TEXT,
+    calibrate,
+)
 
-PROTECTED = ("each client's training examples: adding, removing or replacing one of them "
-             "changes what the client sends (its uploads, its allocation vector) and so the "
-             "server's models and every other client's, by at most (epsilon, delta); against "
-             "the server, the other clients and anyone who sees the uploads or the models")
+PROTECTED = ("each client's training examples: replacing one of them by a null example "
+             "(zero-out) changes what the client sends (its uploads, its allocation vector) and "
+             "so the server's models and every other client's, by at most (epsilon, delta); "
+             "replacing it by another example, by at most (2 epsilon, (1 + e^epsilon) "
+             "delta) (group privacy); against the server, the other clients and anyone who "
+             "sees the uploads or the models")
 NOT_PROTECTED = (
     "the evaluation metrics each client reports every round (accuracy, loss on its test split)",
     "the number of training examples and the label names of each client",
@@ -61,12 +68,16 @@ def privacy_report(config: RunConfig, num_train: dict[str, int], releases_embedd
             "noisy_steps": int(spent.get("dp_noisy_steps", 0)),
             "steps_per_round": plan.steps_per_round, "max_grad_norm": plan.max_grad_norm,
             "embedding": ({"noise_multiplier": plan.embedding_noise_multiplier,
-                           "sensitivity": 2.0 / n, "noise_std": plan.embedding_std,
+                           "sensitivity": plan.embedding_sensitivity,
+                           "noise_std": plan.embedding_std,
                            "releases": 1} if releases_embedding else None),
         }
     return {
         "guarantee": (f"({privacy.epsilon:g}, delta)-differential privacy per client for the "
-                      "whole run, example-level; delta per client below"),
+                      f"whole run, example-level, {RELATION} neighbours; delta per client "
+                      "below"),
+        "neighbouring_relation": RELATION,
+        "neighbouring_relation_meaning": RELATION_TEXT,
         "epsilon_target": privacy.epsilon,
         "mechanism": ("DP-SGD (Opacus): Poisson sampling, per-example clipping of every "
                       "trainable tensor to max_grad_norm, Gaussian noise; the allocation "
@@ -86,6 +97,7 @@ def summary_lines(report: dict) -> list[str]:
     """The summary's privacy lines: the target and the most any client spent."""
     spent = max((c["epsilon"] for c in report["clients"].values()), default=0.0)
     lines = [f"{'privacy: epsilon target':<38} {report['epsilon_target']:>11.3g}",
+             f"{'privacy: neighbouring relation':<38} {report['neighbouring_relation']:>11}",
              f"{'privacy: most epsilon a client spent':<38} {spent:>11.3f}"]
     if report["stopped_before_round"] is not None:
         lines.append(f"{'privacy: budget stop before round':<38} "

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections import Counter
 
 
-def client_data_summary(client) -> dict:
+def client_data_summary(client, label_counts: bool = True) -> dict:
     """``{"task", "train", "test"}`` sizes, plus ``"train_labels"`` / ``"test_labels"``
-    (label name -> count, in label order) for a labelled (classification) client."""
+    (label name -> count, in label order) for a labelled (classification) client if
+    ``label_counts`` (a Flower node sends them only when its operator opts in)."""
     summary = {"task": client.task, "train": len(client.train), "test": len(client.test)}
     labels = getattr(client, "labels", None)
-    if labels is not None:
+    if labels is not None and label_counts:
         for part in ("train", "test"):
             counts = Counter(example.label for example in getattr(client, part))
             summary[f"{part}_labels"] = {name: counts[i] for i, name in enumerate(labels)}

@@ -233,10 +233,16 @@ class GenerationTrainer(LocalTrainer):
         return self.model.prompt_representation(**inputs)
 
     def loss(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the answer tokens of the batch."""
+        """The mean over the batch of each example's own mean cross-entropy over its answer
+        tokens. (Not one mean over all the batch's tokens: an example's weight would then
+        depend on its batch-mates' answer lengths, and under DP-SGD its per-example gradient
+        would not be bounded by the clipping norm.)"""
         with self.autocast():
             logits = self.model.answer_logits(**inputs, answer_len=targets.shape[1]).float()
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        per_token = F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                    ignore_index=IGNORE, reduction="none").view_as(targets)
+        answered = (targets != IGNORE).sum(1).clamp(min=1)
+        return (per_token.sum(1) / answered).mean()
 
     def predict(self, items: list[EncodedExample]) -> list[str]:
         """Greedy answers to the prompts of ``items``."""

@@ -25,13 +25,16 @@ def task_identity():
 
 
 class LoopbackGrid(Grid):
-    def __init__(self, run_config: dict, num_nodes: int, silent_after: dict[int, int] = ()):
+    def __init__(self, run_config: dict, num_nodes: int, silent_after: dict[int, int] = (),
+                 node_config: dict | None = None):
         """``silent_after[node] = k``: that node answers ``k`` train messages, then nothing
-        (it is still listed as connected, like a SuperNode killed between two heartbeats)."""
+        (it is still listed as connected, like a SuperNode killed between two heartbeats).
+        ``node_config``: more keys of every node's config."""
         self.run_config = run_config
         self.contexts = {
             node: Context(run_id=1, node_id=node, state=RecordDict(), run_config=run_config,
-                          node_config={"partition-id": node - 1, "num-partitions": num_nodes})
+                          node_config={"partition-id": node - 1, "num-partitions": num_nodes,
+                                       **(node_config or {})})
             for node in range(1, num_nodes + 1)
         }
         self.silent_after = dict(silent_after)

@@ -46,9 +46,10 @@ def toml_value(value) -> str:
     return "inf" if value == float("inf") else json.dumps(value)
 
 
-def run_on_loopback(config, tmp_path, num_nodes=4, silent_after=(), **settings):
+def run_on_loopback(config, tmp_path, num_nodes=4, silent_after=(), node_config=None,
+                    **settings):
     run_config = run_config_for(config, tmp_path, **settings)
-    grid = LoopbackGrid(run_config, num_nodes, silent_after)
+    grid = LoopbackGrid(run_config, num_nodes, silent_after, node_config)
     flower_config, flower_settings = read_run_config(run_config)
     with task_identity():
         return run_on_grid(grid, flower_config, flower_settings), grid
@@ -187,14 +188,26 @@ def test_partitioned_table_runs_on_flower_like_in_the_simulator(small_config, tm
     simulated = run_simulation(small_config, tmp_path / "sim-out", progress=False)
     run_config = {"config": str(tmp_path / "run.toml"), "overrides": ""}
     flower_config, flower_settings = read_run_config(run_config)
-    with task_identity():
-        flower = run_on_grid(LoopbackGrid(run_config, 4), flower_config, flower_settings)
+    with task_identity():  # the nodes opt in to sending their label counts
+        flower = run_on_grid(LoopbackGrid(run_config, 4,
+                                          node_config={"share-label-counts": True}),
+                             flower_config, flower_settings)
     assert list(flower.tasks) == ["colors-0", "colors-1", "colors-2", "colors-3"]
     assert without_timings(flower.history) == without_timings(simulated.history)
     data = json.loads((tmp_path / "flower-out" / "data.json").read_text())
     assert data == json.loads((tmp_path / "sim-out" / "data.json").read_text())
     assert sum(c["train"] + c["test"] for c in data["clients"].values()) == 160
     assert (tmp_path / "flower-out" / "plots" / "label_histogram.png").stat().st_size > 1000
+
+
+def test_label_counts_leave_a_node_only_if_it_opts_in(small_config, tmp_path):
+    """By default a node describes its task and sizes only: no per-label counts reach the
+    server or data.json."""
+    small_config.federation.algorithm, small_config.federation.rounds = "fedit", 1
+    run_on_loopback(small_config, tmp_path)
+    data = json.loads((tmp_path / "flower-out" / "data.json").read_text())
+    for summary in data["clients"].values():
+        assert set(summary) == {"task", "train", "test"}
 
 
 class ServerCrash(Exception):

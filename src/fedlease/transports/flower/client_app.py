@@ -6,7 +6,9 @@ tables partitioned by Flower Datasets partitioners, ``data.source = "datasets"``
 computes the same partitions from the seed and keeps its own); in both, ``partition-id`` (0 if
 absent) picks the client. What the client keeps between rounds (its head,
 the LoRA parts it does not upload, the last download) lives in Flower's ``context.state`` as an
-``ArrayRecord``, never in server memory. The base model and the tokenized data are loaded once
+``ArrayRecord``, never in server memory; under ``[privacy]`` what its data has spent lives in
+its ledger on the node's disk (``node_config["privacy-ledger"]``, a folder), which outlives
+the process and the Flower run. The base model and the tokenized data are loaded once
 per process: a Ray actor of the simulation engine keeps them across rounds; a SuperNode starts a
 process per message, so there they are loaded per message.
 """
@@ -22,7 +24,8 @@ from flwr.clientapp import ClientApp
 from fedlease.algorithms import ALGORITHMS
 from fedlease.config import RunConfig, config_to_dict
 from fedlease.data.client_data import ClientData
-from fedlease.errors import DataError
+from fedlease.errors import ConfigError, DataError
+from fedlease.privacy.ledger import PrivacyLedger
 from fedlease.reporting.data_report import client_data_summary
 from fedlease.tasks import task_of
 from fedlease.tasks.loading import client_trainer, load_base_model, load_clients
@@ -71,16 +74,48 @@ def node_client(config: RunConfig, node_config: dict) -> tuple[ClientData, int, 
         if model_key not in _models:
             _models[model_key] = load_base_model(config)
         model, tokenizer = _models[model_key]
-        _clients[key] = (clients[index], len(clients),
-                         client_trainer(config, model, tokenizer, clients[index]))
+        trainer = client_trainer(config, model, tokenizer, clients[index])
+        if trainer.privacy is not None:
+            trainer.privacy.ledger = node_ledger(node_config, clients[index].client_id)
+        _clients[key] = (clients[index], len(clients), trainer)
     return _clients[key]
+
+
+# node_config key: the folder on the node where each client's privacy ledger is kept
+PRIVACY_LEDGER = "privacy-ledger"
+
+
+def node_ledger(node_config: dict, client_id: str) -> PrivacyLedger:
+    """The client's privacy ledger (required under ``[privacy]``): the node's own record of
+    what its data has spent, read before every release (``privacy/ledger.py``)."""
+    folder = node_config.get(PRIVACY_LEDGER)
+    if not isinstance(folder, str) or not folder:
+        raise ConfigError(f"node_config {PRIVACY_LEDGER} = {folder!r}: expected a folder on "
+                          "this node for its client's privacy ledger (required with [privacy] "
+                          "on: what the client's data has spent must outlive the process and "
+                          "the run)")
+    return PrivacyLedger.in_folder(folder, client_id)
+
+
+# node_config key: true = this node also sends its per-label example counts (data.json, the
+# label histogram); they are derived from the training examples and no epsilon counts them
+SHARE_LABEL_COUNTS = "share-label-counts"
+
+
+def shares_label_counts(node_config: dict) -> bool:
+    value = node_config.get(SHARE_LABEL_COUNTS, False)
+    if not isinstance(value, bool):
+        raise DataError(f"node_config {SHARE_LABEL_COUNTS} = {value!r}: expected true or false")
+    return value
 
 
 @app.query()
 def describe(msg: Message, context: Context) -> Message:
-    """What the server needs before round 1: who this client is and its adapter shapes."""
+    """What the server needs before round 1: who this client is, its sizes and its adapter
+    shapes (its per-label counts only if the node opts in: ``share-label-counts``)."""
     config, _ = read_run_config(context.run_config)
     client, federation_size, trainer = node_client(config, context.node_config)
+    summary = client_data_summary(client, shares_label_counts(context.node_config))
     info = ConfigRecord({
         "client-id": client.client_id,
         "task": client.task,
@@ -88,7 +123,7 @@ def describe(msg: Message, context: Context) -> Message:
         "federation-size": federation_size,
         "adapter-shapes": json.dumps(trainer.model.adapter_shapes()),
         "representation-dim": trainer.model.representation_dim,
-        "data": json.dumps(client_data_summary(client)),
+        "data": json.dumps(summary),
         "has-state": LOCAL_STATE in context.state,  # kept from earlier rounds of this run
     })
     metrics = MetricRecord({"num-examples": trainer.num_train})
