@@ -125,9 +125,15 @@ class LocalTrainer(ABC):
             return contextlib.nullcontext()
         return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
 
-    def train(self, state: dict[str, torch.Tensor], layout: AdapterLayout, seed: int):
-        """Local epochs of AdamW on the layout's trainable tensors and the head."""
+    def train(self, state: dict[str, torch.Tensor], layout: AdapterLayout, seed: int,
+              max_steps: int | None = None):
+        """Local epochs of AdamW on the layout's trainable tensors and the head; with
+        ``max_steps``, exactly that many steps instead (as many passes as they take): a
+        newcomer's budget (``Algorithm.newcomer``)."""
         if self.privacy is not None:
+            if max_steps is not None:
+                raise ValueError("a step budget (a newcomer's adaptation) is not DP-SGD: "
+                                 "[privacy] runs have no newcomer protocol")
             return self.privacy.train(self, state, layout, seed)
         torch.manual_seed(seed)  # dropout
         order_gen = torch.Generator().manual_seed(seed)
@@ -140,17 +146,15 @@ class LocalTrainer(ABC):
                                       enabled=self.autocast_dtype == torch.float16)
         total_loss, steps, tokens = 0.0, 0, 0
         start = time.perf_counter()
-        for _ in range(self.local_epochs):
-            order = torch.randperm(self.num_train, generator=order_gen)
-            for inputs, targets in self.batches("train", order):
-                loss = self.loss(inputs, targets)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                total_loss += loss.item()
-                steps += 1
-                tokens += int(inputs["attention_mask"].sum())
+        for inputs, targets in self._steps(order_gen, max_steps):
+            loss = self.loss(inputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total_loss += loss.item()
+            steps += 1
+            tokens += int(inputs["attention_mask"].sum())
         self.model.eval()
         metrics = {
             "train_loss": total_loss / max(steps, 1),
@@ -160,6 +164,19 @@ class LocalTrainer(ABC):
             "trainable_params": sum(p.numel() for p in params),
         }
         return self.model.state(), metrics
+
+    def _steps(self, order_gen: torch.Generator, max_steps: int | None):
+        """The mini-batches of the local update: ``local_epochs`` shuffled passes, or passes
+        until ``max_steps`` batches (none for 0)."""
+        steps, epoch = 0, 0
+        while (epoch < self.local_epochs if max_steps is None else steps < max_steps):
+            order = torch.randperm(self.num_train, generator=order_gen)
+            for batch in self.batches("train", order):
+                if max_steps is not None and steps == max_steps:
+                    return
+                steps += 1
+                yield batch
+            epoch += 1
 
 
 def local_update_options(config: RunConfig) -> dict:

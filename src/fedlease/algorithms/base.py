@@ -14,6 +14,16 @@ Before round 1 an algorithm may ask each client for a profile (``configure_profi
 ``AlgorithmClient.profile`` -> ``aggregate_profile``): FedLEASE's ``embedding`` allocation asks
 for the client's mean representation, one vector under ``EMBEDDING_KEY``.
 
+A client that never trained (a newcomer: one that joins after the run, ``fedlease join``, or one
+that client sampling never picked) is served by ONE protocol for every algorithm, with the same
+budget of local steps (docs/algorithms.md, "Newcomers"): the server may first ask it for its
+placement signal (``Algorithm.newcomer_request`` -> ``AlgorithmClient.newcomer_signal``), then
+sends what it starts from (``Algorithm.newcomer``: FedLEASE its cluster's experts and router,
+IFCA every cluster LoRA, FedIT the global LoRA, local LoRA the common init); the client
+installs it over the common head init (IFCA: picks the cluster with the lowest loss on its
+training data) and trains head and adapters for ``Instruction.newcomer_steps`` steps
+(``AlgorithmClient.onboard``).
+
 Tensors travel as ``dict[str, Tensor]`` keyed by state name (see ``fedlease.model.classifier``); the
 rest of a message is typed fields (the layout, the upload spec, seeds) and, for an algorithm
 that needs more, a dataclass of its own (``Algorithm.instruction_fields`` / ``reply_fields``:
@@ -100,23 +110,33 @@ class Instruction:
     seed: int = 0  # the client's seed for this step: dropout, batch order, embedding noise
     head_seed: int = 0  # a new task head's init: the same for every client
     extra: object = None  # the algorithm's own fields: an ``instruction_fields`` instance
+    # a newcomer's budget: the client never trained, it adapts for this many local steps
+    # first (``AlgorithmClient.onboard``); None: an ordinary instruction
+    newcomer_steps: int | None = None
 
     def to_config(self) -> dict:
         """Everything but the tensors, as JSON-able values (Flower sends it as one string)."""
         return {"layout": None if self.layout is None else self.layout.to_config(),
                 "upload": None if self.upload is None else self.upload.to_config(),
                 "seed": self.seed, "head_seed": self.head_seed,
-                "extra": None if self.extra is None else dataclasses.asdict(self.extra)}
+                "extra": None if self.extra is None else dataclasses.asdict(self.extra),
+                "newcomer_steps": self.newcomer_steps}
 
     @classmethod
     def from_config(cls, arrays: Tensors, value: dict, extra_type: type | None) -> Instruction:
         """The inverse of ``to_config``; ``extra_type``: the algorithm's ``instruction_fields``."""
-        keys = {"layout", "upload", "seed", "head_seed", "extra"}
+        keys = {"layout", "upload", "seed", "head_seed", "extra", "newcomer_steps"}
         if not isinstance(value, dict) or set(value) != keys:
             raise ProtocolError(f"instruction {value!r}: expected the keys {sorted(keys)}")
         layout = None if value["layout"] is None else AdapterLayout.from_config(value["layout"])
+        steps = value["newcomer_steps"]
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                                  or steps < 0):
+            raise ProtocolError(f"instruction newcomer_steps = {steps!r}: expected an integer "
+                                ">= 0 or None")
         return cls(arrays, layout, UploadSpec.from_config(value["upload"]), int(value["seed"]),
-                   int(value["head_seed"]), read_fields(extra_type, value["extra"], "instruction"))
+                   int(value["head_seed"]), read_fields(extra_type, value["extra"], "instruction"),
+                   steps)
 
 
 @dataclass
@@ -208,7 +228,9 @@ class AlgorithmClient:
 
     @classmethod
     def train_and_upload(cls, state: Tensors, ins: Instruction, trainer) -> tuple[Reply, Tensors]:
-        state, metrics = trainer.train(state, ins.layout, seed=ins.seed)
+        """Train (a newcomer: its ``newcomer_steps``), then upload what ``ins`` asks."""
+        state, metrics = trainer.train(state, ins.layout, seed=ins.seed,
+                                       max_steps=ins.newcomer_steps)
         upload = select_upload(state, ins.upload)
         if ins.upload is not None and ins.upload.embedding:
             upload[EMBEDDING_KEY] = client_embedding(trainer, ins)
@@ -223,10 +245,37 @@ class AlgorithmClient:
 
     @classmethod
     def evaluate(cls, ins: Instruction, local_state: Tensors, trainer) -> dict:
-        """A client that never trained (under client sampling) has no head of its own yet:
-        it is evaluated with the common head init, as it would start."""
+        """A newcomer (``ins.newcomer_steps`` set) is evaluated as the newcomer protocol
+        leaves it (``onboard``); a client is otherwise evaluated with its own state."""
+        if ins.newcomer_steps is not None:
+            return trainer.evaluate(cls.onboard(ins, trainer), ins.layout)
         return trainer.evaluate(with_head(cls.install(ins, local_state), ins, trainer),
                                 ins.layout)
+
+    # -- the newcomer protocol, client side ------------------------------------------------
+
+    @classmethod
+    def start_state(cls, ins: Instruction, trainer) -> Tensors:
+        """What a newcomer starts from: the download over the common head init."""
+        return with_head(cls.install(ins, {}), ins, trainer)
+
+    @classmethod
+    def newcomer_signal(cls, ins: Instruction, trainer) -> Reply:
+        """What ``Algorithm.newcomer_request`` asked, for the server to place the newcomer:
+        its representation vector (a profile), or the LoRA it trains from the download in its
+        ``newcomer_steps`` (FedLEASE's ``lora-b`` signal)."""
+        if ins.layout is None:
+            return cls.profile(ins, trainer)
+        return cls.train_and_upload(cls.start_state(ins, trainer), ins, trainer)[0]
+
+    @classmethod
+    def onboard(cls, ins: Instruction, trainer) -> Tensors:
+        """The newcomer's model: ``start_state``, then ``ins.newcomer_steps`` steps of local
+        training of the head and of what ``ins.layout`` trains (none: as it starts)."""
+        state = cls.start_state(ins, trainer)
+        if not ins.newcomer_steps:
+            return state
+        return trainer.train(state, ins.layout, seed=ins.seed, max_steps=ins.newcomer_steps)[0]
 
 
 class Algorithm(ABC):
@@ -287,6 +336,31 @@ class Algorithm(ABC):
         """Raise ``RejectedUpload`` unless ``reply.extra`` (already of type ``reply_fields``)
         holds values this algorithm's aggregation can use (e.g. IFCA's cluster in range);
         checked on arrival with the tensors. The default checks nothing more."""
+
+    # -- the newcomer protocol, server side -------------------------------------------------
+
+    def newcomer_request(self, steps: int) -> Instruction | None:
+        """What a newcomer computes and uploads for the server to place it (FedLEASE: its
+        allocation signal), given its budget of ``steps``; None (the default): nothing."""
+        return None
+
+    @abstractmethod
+    def newcomer_start(self, signal: Reply | None, client_id: str | None) -> Instruction:
+        """The tensors, layout and fields a newcomer starts from: after ``newcomer_request``
+        (``signal``: its answer, None if none was asked), or for ``client_id``, a client of the
+        federation that never trained (placed by what the server holds of it)."""
+
+    def newcomer(self, steps: int, signal: Reply | None = None,
+                 client_id: str | None = None) -> Instruction:
+        """The newcomer protocol, server side: ``newcomer_start`` with a budget of ``steps``
+        local steps, the common head seed and a seed of its own (the client's, for a client of
+        the federation)."""
+        ins = self.newcomer_start(signal, client_id)
+        seed = self.config.federation.seed
+        ins.seed = seed if client_id is None else self.client_seed(0, client_id)
+        ins.head_seed = seed
+        ins.newcomer_steps = steps
+        return ins
 
     def report(self) -> dict:
         """Extra results for the run summary (e.g. the clustering); JSON-serialisable."""

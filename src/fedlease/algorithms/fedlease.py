@@ -20,6 +20,11 @@ A client whose signal did not arrive for the allocation (it dropped out, or a ru
 clients did not pick it) is clustered without it; it keeps training its warm-up LoRA and, the
 first time it uploads (its LoRA, and its embedding where the signal needs one), joins the nearest
 cluster by the same signal, then gets the experts like every other client.
+
+A newcomer (``Algorithm.newcomer``) is placed the same way once: it uploads its signal (its
+embedding; under ``lora-b`` the B matrices of a warm-up LoRA trained in its step budget), joins
+the nearest cluster and starts from all K experts and its cluster's router, then adapts its head,
+expert and router. Before the allocation it starts a warm-up LoRA, as every client does.
 """
 
 from __future__ import annotations
@@ -90,7 +95,11 @@ class FedLEASE(Algorithm):
         return self.clustering.num_clusters
 
     def layout_for(self, client_id: str) -> AdapterLayout:
-        return AdapterLayout.fedlease(self.num_experts, self.cluster_of[client_id])
+        return self.expert_layout(self.cluster_of[client_id])
+
+    def expert_layout(self, expert: int) -> AdapterLayout:
+        """The layout of a client of cluster ``expert``: it trains that expert."""
+        return AdapterLayout.fedlease(self.num_experts, expert)
 
     def client_layout_bound(self) -> AdapterLayout:
         """At most ``max_experts`` clusters: that many experts and their router slots."""
@@ -226,10 +235,14 @@ class FedLEASE(Algorithm):
             self.cluster_of[cid] = int(self.distance_to_clusters(cid, reply).argmin())
 
     def distance_to_clusters(self, cid: str, reply: Reply) -> np.ndarray:
+        return self.signal_distance(reply, self.embeddings.get(cid))
+
+    def signal_distance(self, reply: Reply, embedding: torch.Tensor | None) -> np.ndarray:
+        """The distance of a client's signal (its LoRA upload, its embedding) to each cluster."""
         return self.signal.distance(
             self._b_distance_to_experts(reply) if self.signal.uses_lora_b else None,
-            self._embedding_distance_to_clusters(cid) if self.signal.uses_embedding else None,
-            self.distance_scales)
+            self._embedding_distance_to_clusters(embedding) if self.signal.uses_embedding
+            else None, self.distance_scales)
 
     def _b_distance_to_experts(self, reply: Reply) -> np.ndarray:
         b_keys = sorted(k for k in self.experts if k.endswith(".lora_B"))
@@ -237,13 +250,46 @@ class FedLEASE(Algorithm):
                      for c in range(self.num_experts)]
         return b_distance_matrix([{k: reply.arrays[k] for k in b_keys}, *expert_bs])[0, 1:]
 
-    def _embedding_distance_to_clusters(self, cid: str) -> np.ndarray:
+    def _embedding_distance_to_clusters(self, embedding: torch.Tensor) -> np.ndarray:
         members = [[m for m in self.clustered if self.cluster_of[m] == c]
                    for c in range(self.num_experts)]
         row = embedding_distance_matrix(
-            [self.embeddings[cid], *(self.embeddings[m] for m in self.clustered)])[0, 1:]
+            [embedding, *(self.embeddings[m] for m in self.clustered)])[0, 1:]
         index = {m: i for i, m in enumerate(self.clustered)}
         return np.array([row[[index[m] for m in group]].mean() for group in members])
+
+    def newcomer_request(self, steps: int) -> Instruction | None:
+        """After the allocation: the newcomer's signal (a warm-up LoRA trained in its
+        ``steps``, under ``lora-b`` and ``hybrid``, and its embedding where the signal uses it)."""
+        if self.clustering is None:
+            return None
+        noise = self.config.federation.embedding_noise
+        embedding = (EMBEDDING_PART,) if self.signal.uses_embedding else ()
+        if not self.signal.uses_lora_b:
+            return Instruction({}, upload=UploadSpec((), embedding, noise),
+                               seed=self.config.federation.seed)
+        return Instruction(dict(self.initial_lora), AdapterLayout(),
+                           UploadSpec((0,), (*LORA_PARTS, *embedding), noise),
+                           seed=self.config.federation.seed,
+                           head_seed=self.config.federation.seed, newcomer_steps=steps)
+
+    def newcomer_start(self, signal: Reply | None, client_id: str | None) -> Instruction:
+        """Its cluster's layout over all K experts and that cluster's router; a warm-up LoRA
+        from the common init when it has no cluster (before the allocation, or a client of
+        the federation whose signal the server lacks)."""
+        cluster = self.newcomer_cluster(signal, client_id)
+        if cluster is None:
+            return Instruction(dict(self.initial_lora), AdapterLayout())
+        return Instruction({**self.experts, **self.routers[cluster]}, self.expert_layout(cluster))
+
+    def newcomer_cluster(self, signal: Reply | None, client_id: str | None) -> int | None:
+        """The cluster of a client of the federation, or the nearest one to a signal."""
+        if self.clustering is None:
+            return None
+        if client_id is not None:
+            return self.cluster_of.get(client_id)
+        embedding = signal.arrays.get(EMBEDDING_KEY) if signal is not None else None
+        return int(self.signal_distance(signal, embedding).argmin())
 
     def server_experts(self) -> dict[str, torch.Tensor]:
         return dict(self.experts)

@@ -20,6 +20,7 @@ from fedlease.config.schema import (
     PRECISIONS,
     PRIVACY_ACCOUNTANTS,
     QUANTIZATIONS,
+    TRANSPORT_PRECISIONS,
     ModelConfig,
     RunConfig,
 )
@@ -152,6 +153,11 @@ def scale_checks(config: RunConfig) -> list[Check]:
         (per_round >= 0, "federation.clients_per_round",
          "an integer >= 0 (0: all clients every round)", per_round),
         (0 <= skew < math.inf, "data.label_skew", "a number >= 0 (0: balanced)", skew),
+        (config.federation.newcomer_steps >= 0, "federation.newcomer_steps",
+         "an integer >= 0", config.federation.newcomer_steps),
+        (config.federation.transport_precision in TRANSPORT_PRECISIONS,
+         "federation.transport_precision", "one of " + ", ".join(TRANSPORT_PRECISIONS),
+         config.federation.transport_precision),
     ]
 
 

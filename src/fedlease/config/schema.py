@@ -19,6 +19,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRIVACY_ACCOUNTANTS = ("rdp", "prv")
 # federation.aggregation: how a group's uploads are combined (algorithms/aggregation.py)
 AGGREGATIONS = ("mean", "median", "trimmed-mean")
+# federation.transport_precision: how every tensor of a message travels (algorithms/wire.py)
+TRANSPORT_PRECISIONS = ("float32", "bfloat16", "int8")
 # attack.kind: what the attack harness's malicious clients do (runners/attacks.py)
 ATTACKS = ("sign-flip", "scale", "label-flip", "forged-embedding")
 # model.quantization: how the frozen base's linear layers are stored (model/quantization.py)
@@ -146,6 +148,12 @@ class FederationConfig:
     # clients that train per round, drawn by a rule of (seed, round, client list) that every
     # runner shares (runners/sampling.py); 0 = all clients every round
     clients_per_round: int = 0
+    # local steps a client that never trained (never sampled) takes by the newcomer protocol
+    # before it is evaluated (docs/algorithms.md, "Newcomers"); 0: evaluated as it starts
+    newcomer_steps: int = 0
+    # every tensor of every message, both ways, travels as "float32", "bfloat16" or "int8"
+    # (a per-tensor scale); the traffic meter counts those bytes (algorithms/wire.py)
+    transport_precision: str = "float32"
 
 
 @dataclass

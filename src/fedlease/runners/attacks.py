@@ -102,8 +102,8 @@ class AttackingTrainer:
             return self.target.mean_representation()
         return self.honest.mean_representation()
 
-    def train(self, state: Tensors, layout, seed: int):
-        trained, metrics = self.honest.train(state, layout, seed=seed)
+    def train(self, state: Tensors, layout, seed: int, max_steps: int | None = None):
+        trained, metrics = self.honest.train(state, layout, seed=seed, max_steps=max_steps)
         factor = {"sign-flip": -1.0, "scale": self.scale}.get(self.kind)
         if factor is None:
             return trained, metrics

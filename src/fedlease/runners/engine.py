@@ -270,9 +270,9 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     picked = transport.choose_evaluate(rnd, list(evaluate), trained)
     newcomers = [cid for cid in picked if cid not in trained]
     if algorithm.config.federation.clients_per_round and newcomers:
-        # never sampled: evaluated as it would start training next round (sampling.py)
-        fresh = algorithm.configure_fit(rnd + 1, first_time=newcomers)
-        evaluate.update({cid: fresh[cid] for cid in newcomers})
+        # never sampled: evaluated by the newcomer protocol, every algorithm the same (base.py)
+        steps = algorithm.config.federation.newcomer_steps
+        evaluate.update({cid: algorithm.newcomer(steps, client_id=cid) for cid in newcomers})
     asked = {cid: evaluate[cid] for cid in picked}
     evaluated = transport.evaluate(rnd, asked)
     meter.sent(asked, {})
