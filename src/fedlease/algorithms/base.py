@@ -229,8 +229,8 @@ class AlgorithmClient:
     @classmethod
     def train_and_upload(cls, state: Tensors, ins: Instruction, trainer) -> tuple[Reply, Tensors]:
         """Train (a newcomer: its ``newcomer_steps``), then upload what ``ins`` asks."""
-        state, metrics = trainer.train(state, ins.layout, seed=ins.seed,
-                                       max_steps=ins.newcomer_steps)
+        budget = {} if ins.newcomer_steps is None else {"max_steps": ins.newcomer_steps}
+        state, metrics = trainer.train(state, ins.layout, seed=ins.seed, **budget)
         upload = select_upload(state, ins.upload)
         if ins.upload is not None and ins.upload.embedding:
             upload[EMBEDDING_KEY] = client_embedding(trainer, ins)

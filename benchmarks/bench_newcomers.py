@@ -1,0 +1,142 @@
+"""Newcomers: what a finished federation gives a client that arrives after it (issue 31).
+
+Per seed, the four built-in tasks are split into 5 clients each (32 training examples apiece):
+4 per task form the federation (their test splits cut to 16 examples), the 5th of each task is a
+newcomer held out of it, with its 32 training examples to adapt on and 200 test examples.
+FedLEASE, IFCA-LoRA and FedIT train on the federation as ``fedlease run`` does (its clients
+written as a JSONL folder, ``data.source = "jsonl"``); then every newcomer joins each finished
+run by the algorithm's newcomer protocol (what ``fedlease join`` runs: ``newcomers.onboard``)
+with a budget of 0, 10 and 50 local steps, and a local LoRA from scratch (the common init, no
+federation) takes the same steps. The table: newcomer test accuracy, mean +- std over the seeds
+of the mean over the 4 newcomers.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_newcomers.py --seeds 3 --out runs/newcomers
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from fedlease.algorithms import ALGORITHMS, ClientInfo
+from fedlease.configure import load_config
+from fedlease.newcomers import onboard, restore_server
+from fedlease.runners.clients import client_trainer, load_base_model, load_clients
+from fedlease.runners.simulator import run_simulation
+
+ALGORITHM_NAMES = ("fedlease", "ifca-lora", "fedit")
+STEPS = (0, 10, 50)
+FEDERATION_TEST = 16  # test examples a federation client keeps (its per-round evaluation)
+SETTINGS = {
+    "model": {"max_length": 32},
+    "data": {"source": "builtin", "clients_per_task": 5, "train_per_client": 32,
+             "test_per_client": 200},
+    "train": {"lr": 1e-2, "batch_size": 8, "local_epochs": 2},
+    "federation": {"rounds": 6, "warmup_rounds": 2, "max_experts": 4,
+                   "allocation": "embedding"},
+}
+
+
+def write_clients(folder: Path, clients, test: int | None = None) -> Path:
+    """``clients`` as a JSONL folder (``load_jsonl_folder``), their tasks and label names in
+    its manifest; ``test``: each client's test split cut to that many examples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {"clients": {}, "labels": {}}
+    for client in clients:
+        manifest["clients"][client.client_id] = client.task
+        manifest["labels"][client.task] = client.labels
+        rows = [(ex, "train") for ex in client.train] + \
+            [(ex, "test") for ex in client.test[:test]]
+        lines = [{"text": ex.text, "label": client.labels[ex.label], "split": split,
+                  **({"text_pair": ex.text_pair} if ex.text_pair is not None else {})}
+                 for ex, split in rows]
+        (folder / f"{client.client_id}.jsonl").write_text(
+            "".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return folder
+
+
+def newcomer_accuracy(algorithm, trainers: dict, steps: int) -> dict[str, float]:
+    """Per newcomer: its test accuracy after the protocol with ``steps`` local steps."""
+    out = {}
+    for cid, trainer in trainers.items():
+        state, layout = onboard(algorithm, trainer, steps)
+        out[cid] = trainer.evaluate(state, layout)["accuracy"]
+    return out
+
+
+def run_seed(seed: int, out: Path, algorithms: list[str], steps: tuple[int, ...]) -> dict:
+    split = load_config(overrides={**SETTINGS, "federation": {**SETTINGS["federation"],
+                                                               "seed": seed}})
+    clients = load_clients(split)
+    newcomers = clients[4::5]  # the 5th client of each task
+    federation = [c for c in clients if c not in newcomers]
+    data = write_clients(out / f"seed{seed}" / "federation", federation, FEDERATION_TEST)
+    model, tokenizer = load_base_model(split, training=False)
+    trainers = {c.client_id: client_trainer(split, model, tokenizer, c) for c in newcomers}
+    results: dict = {}
+    for name in algorithms:
+        config = dataclasses.replace(split, data=dataclasses.replace(
+            split.data, source="jsonl", path=str(data)), federation=dataclasses.replace(
+            split.federation, algorithm=name))
+        run_dir = out / f"seed{seed}" / name
+        start = time.perf_counter()
+        if not (run_dir / "run.json").exists():
+            run_simulation(config, run_dir, progress=False, overwrite=True)
+        trained = time.perf_counter() - start
+        algorithm = restore_server(run_dir, config, model)
+        results[name] = {str(s): newcomer_accuracy(algorithm, trainers, s) for s in steps}
+        print(f"seed {seed} {name}: run {trained:.0f} s, newcomers "
+              + ", ".join(f"{s} steps {statistics.mean(v.values()):.3f}"
+                          for s, v in results[name].items()), flush=True)
+    local = ALGORITHMS["local"](split, [ClientInfo(c.client_id, len(c.train)) for c in federation],
+                                model.adapter_shapes(), model.representation_dim)
+    results["local"] = {str(s): newcomer_accuracy(local, trainers, s) for s in steps}
+    print(f"seed {seed} local: " + ", ".join(
+        f"{s} steps {statistics.mean(v.values()):.3f}" for s, v in results["local"].items()),
+        flush=True)
+    return results
+
+
+def table(by_seed: dict[int, dict], steps: tuple[int, ...]) -> str:
+    """Markdown: per algorithm and budget, mean +- std over seeds of the newcomers' mean."""
+    names = list(next(iter(by_seed.values())))
+    lines = ["| algorithm | " + " | ".join(f"{s} steps" for s in steps) + " |",
+             "|---|" + "---|" * len(steps)]
+    for name in names:
+        cells = []
+        for s in steps:
+            means = [100 * statistics.mean(r[name][str(s)].values()) for r in by_seed.values()]
+            spread = statistics.stdev(means) if len(means) > 1 else 0.0
+            cells.append(f"{statistics.mean(means):.1f} ± {spread:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out", default="runs/newcomers")
+    parser.add_argument("--algorithms", default=",".join(ALGORITHM_NAMES))
+    parser.add_argument("--steps", default=",".join(map(str, STEPS)))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    steps = tuple(int(s) for s in args.steps.split(","))
+    out = Path(args.out)
+    by_seed = {seed: run_seed(seed, out, args.algorithms.split(","), steps)
+               for seed in range(args.seeds)}
+    (out / "newcomers.json").write_text(json.dumps(by_seed, indent=1))
+    text = table(by_seed, steps)
+    (out / "newcomers.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
