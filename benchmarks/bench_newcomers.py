@@ -1,8 +1,8 @@
 """Newcomers: what a finished federation gives a client that arrives after it (issue 31).
 
-Per seed, the four built-in tasks are split into 5 clients each (32 training examples apiece):
-4 per task form the federation (their test splits cut to 16 examples), the 5th of each task is a
-newcomer held out of it, with its 32 training examples to adapt on and 200 test examples.
+Per seed, the four built-in tasks are split into 4 clients each (24 training examples apiece):
+3 per task form the federation (their test splits cut to 8 examples), the 4th of each task is a
+newcomer held out of it, with its 24 training examples to adapt on and 200 test examples.
 FedLEASE, IFCA-LoRA and FedIT train on the federation as ``fedlease run`` does (its clients
 written as a JSONL folder, ``data.source = "jsonl"``); then every newcomer joins each finished
 run by the algorithm's newcomer protocol (what ``fedlease join`` runs: ``newcomers.onboard``)
@@ -10,7 +10,10 @@ with a budget of 0, 10 and 50 local steps, and a local LoRA from scratch (the co
 federation) takes the same steps. The table: newcomer test accuracy, mean +- std over the seeds
 of the mean over the 4 newcomers.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_newcomers.py --seeds 3 --out runs/newcomers
+    OMP_NUM_THREADS=1 python benchmarks/bench_newcomers.py --seeds 0,1,2 --out runs/newcomers
+
+Seeds may run as separate processes (``--seeds 1``), each writing ``OUT/seed<S>/newcomers.json``;
+``--table`` then prints the table of every seed in ``OUT`` (written to ``OUT/newcomers.md``).
 """
 
 from __future__ import annotations
@@ -32,13 +35,14 @@ from fedlease.runners.simulator import run_simulation
 
 ALGORITHM_NAMES = ("fedlease", "ifca-lora", "fedit")
 STEPS = (0, 10, 50)
-FEDERATION_TEST = 16  # test examples a federation client keeps (its per-round evaluation)
+CLIENTS_PER_TASK = 4  # the last of each task is the newcomer
+FEDERATION_TEST = 8  # test examples a federation client keeps (its per-round evaluation)
 SETTINGS = {
     "model": {"max_length": 32},
-    "data": {"source": "builtin", "clients_per_task": 5, "train_per_client": 32,
+    "data": {"source": "builtin", "clients_per_task": CLIENTS_PER_TASK, "train_per_client": 24,
              "test_per_client": 200},
-    "train": {"lr": 1e-2, "batch_size": 8, "local_epochs": 2},
-    "federation": {"rounds": 6, "warmup_rounds": 2, "max_experts": 4,
+    "train": {"lr": 1e-2, "batch_size": 8, "local_epochs": 1},
+    "federation": {"rounds": 5, "warmup_rounds": 2, "max_experts": 4,
                    "allocation": "embedding"},
 }
 
@@ -75,7 +79,7 @@ def run_seed(seed: int, out: Path, algorithms: list[str], steps: tuple[int, ...]
     split = load_config(overrides={**SETTINGS, "federation": {**SETTINGS["federation"],
                                                                "seed": seed}})
     clients = load_clients(split)
-    newcomers = clients[4::5]  # the 5th client of each task
+    newcomers = clients[CLIENTS_PER_TASK - 1::CLIENTS_PER_TASK]
     federation = [c for c in clients if c not in newcomers]
     data = write_clients(out / f"seed{seed}" / "federation", federation, FEDERATION_TEST)
     model, tokenizer = load_base_model(split, training=False)
@@ -101,6 +105,7 @@ def run_seed(seed: int, out: Path, algorithms: list[str], steps: tuple[int, ...]
     print(f"seed {seed} local: " + ", ".join(
         f"{s} steps {statistics.mean(v.values()):.3f}" for s, v in results["local"].items()),
         flush=True)
+    (out / f"seed{seed}" / "newcomers.json").write_text(json.dumps(results, indent=1))
     return results
 
 
@@ -121,19 +126,23 @@ def table(by_seed: dict[int, dict], steps: tuple[int, ...]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds to run")
     parser.add_argument("--out", default="runs/newcomers")
     parser.add_argument("--algorithms", default=",".join(ALGORITHM_NAMES))
     parser.add_argument("--steps", default=",".join(map(str, STEPS)))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table", action="store_true",
+                        help="run nothing: the table of the seeds already in --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps = tuple(int(s) for s in args.steps.split(","))
     out = Path(args.out)
-    by_seed = {seed: run_seed(seed, out, args.algorithms.split(","), steps)
-               for seed in range(args.seeds)}
-    (out / "newcomers.json").write_text(json.dumps(by_seed, indent=1))
-    text = table(by_seed, steps)
+    if not args.table:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            run_seed(seed, out, args.algorithms.split(","), steps)
+    by_seed = {int(path.parent.name.removeprefix("seed")): json.loads(path.read_text())
+               for path in sorted(out.glob("seed*/newcomers.json"))}
+    text = f"seeds {sorted(by_seed)}\n\n" + table(by_seed, steps)
     (out / "newcomers.md").write_text(text + "\n")
     print(text)
 

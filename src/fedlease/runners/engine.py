@@ -11,6 +11,7 @@ Flower grid (``runners.flower.server_app``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Instruction, Reply
 from fedlease.algorithms.base import Tensors
 from fedlease.algorithms.validation import accept_replies
+from fedlease.algorithms.wire import roundtrip
 from fedlease.config import RunConfig
 from fedlease.errors import CheckpointError, UploadsRejected
 from fedlease.model.lora import AdapterLayout
@@ -92,6 +94,9 @@ class Transport(Protocol):
     Flower every node keeps its client's state)."""
 
     local_states: dict[str, Tensors]
+    # whether the transport sends the tensors in ``federation.transport_precision`` itself
+    # (Flower's records); else the engine rounds them as they would arrive (``sent``)
+    encodes_tensors: bool
 
     def fingerprint(self) -> str:
         """Identifies the clients' data, as far as this runner sees it; a resume must find the
@@ -184,7 +189,8 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
         config, roster.clients, roster.adapter_shapes, roster.representation_dim)
     check_clients_per_round(config.federation.clients_per_round, len(roster.clients))
     result = RunResult(config, roster.tasks, data=roster.data)
-    meter = TrafficMeter()  # bytes each client downloads and uploads
+    # bytes each client downloads and uploads, in the transport precision
+    meter = TrafficMeter(config.federation.transport_precision)
     trained: set[str] = set()  # clients whose upload was accepted at least once
     if resume:
         first_round = resume_from_checkpoint(writer.dir, algorithm, roster, transport,
@@ -243,7 +249,8 @@ def run_profile_step(algorithm, transport: Transport, meter: TrafficMeter) -> No
     profile = algorithm.configure_profile()
     if not profile:
         return
-    profiled = transport.profile(profile)
+    precision = rounded_precision(algorithm.config, transport)
+    profiled = arrived(transport.profile(sent(profile, precision)), precision)
     meter.sent(profile, profiled)
     accepted, rejected = accept_replies(algorithm, 0, profile, profiled)
     if rejected and not accepted:
@@ -256,9 +263,11 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     """Round ``rnd``: train the chosen clients, check and aggregate their uploads (adding them
     to ``trained``), evaluate; its history entry, appended to ``result``."""
     round_start = time.perf_counter()
+    precision = rounded_precision(algorithm.config, transport)
     chosen, first_time = transport.choose_fit(rnd, trained)
     fit = algorithm.configure_fit(rnd, first_time=first_time)
-    replies = transport.fit(rnd, {cid: fit[cid] for cid in chosen})
+    replies = arrived(transport.fit(rnd, sent({cid: fit[cid] for cid in chosen}, precision)),
+                      precision)
     meter.sent({cid: fit[cid] for cid in chosen}, replies)
     accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
     if rejected and not accepted:
@@ -274,7 +283,7 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
         steps = algorithm.config.federation.newcomer_steps
         evaluate.update({cid: algorithm.newcomer(steps, client_id=cid) for cid in newcomers})
     asked = {cid: evaluate[cid] for cid in picked}
-    evaluated = transport.evaluate(rnd, asked)
+    evaluated = transport.evaluate(rnd, sent(asked, precision))
     meter.sent(asked, {})
     if not evaluated:
         raise RuntimeError(f"round {rnd}: no client answered; see the warnings above")
@@ -285,6 +294,29 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     result.history.append(entry)
     result.report = algorithm.report()
     return entry
+
+
+def rounded_precision(config: RunConfig, transport: Transport) -> str:
+    """The precision the engine rounds messages to: the run's, unless the transport's own
+    encoding does it on the wire (rounding twice could move an int8 scale by one ulp)."""
+    return "float32" if transport.encodes_tensors else config.federation.transport_precision
+
+
+def sent(instructions: dict[str, Instruction], precision: str) -> dict[str, Instruction]:
+    """The instructions as their clients receive them: tensors in the transport precision."""
+    if precision == "float32":
+        return instructions
+    return {cid: dataclasses.replace(ins, arrays=roundtrip(ins.arrays, precision))
+            for cid, ins in instructions.items()}
+
+
+def arrived(replies: dict, precision: str) -> dict:
+    """The replies as the server receives them: tensors in the transport precision (a reply
+    that could not be read, ``MalformedReply``, as it is)."""
+    if precision == "float32":
+        return replies
+    return {cid: dataclasses.replace(r, arrays=roundtrip(r.arrays, precision))
+            if isinstance(r, Reply) else r for cid, r in replies.items()}
 
 
 def save_round(rnd: int, writer: RunWriter, algorithm, roster: ClientRoster,

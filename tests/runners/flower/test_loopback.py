@@ -291,3 +291,27 @@ def test_feddpa_client_joining_late_gets_both_of_its_loras(small_config, tmp_pat
                for e in result.history]
     assert [len(t) for t in trained] == [2, 2] and not trained[0] & trained[1]
     assert not result.history[1]["rejected"]
+
+
+@pytest.mark.parametrize("algorithm, precision", [("fedlease", "int8"), ("fedit", "bfloat16")])
+def test_a_transport_precision_gives_the_same_run_on_flower_and_in_the_simulator(
+        algorithm, precision, small_config, tmp_path):
+    # the simulator rounds what would travel, Flower's records send it encoded: same values
+    small_config.federation.algorithm = algorithm
+    full = run_simulation(small_config, None, progress=False)
+    small_config.federation.transport_precision = precision
+    simulated = run_simulation(small_config, None, progress=False)
+    flower, _ = run_on_loopback(small_config, tmp_path)
+    assert without_timings(flower.history) == without_timings(simulated.history)
+    assert flower.report == simulated.report
+    traffic = [e["traffic"] for e in simulated.history]
+    assert [e["traffic"] for e in flower.history] == traffic
+    # the tensors were rounded on the way: the run differs from the float32 one
+    assert without_timings(simulated.history) != without_timings(full.history)
+    for before, after in zip((e["traffic"] for e in full.history), traffic, strict=True):
+        for way in ("download", "upload"):
+            if precision == "bfloat16":
+                assert after[way] == before[way] // 2
+            else:  # a quarter, and a 4-byte scale per tensor (of 64 values or more here)
+                scales = after[way] - before[way] // 4
+                assert 0 < scales <= before[way] // 64 and scales % 4 == 0
