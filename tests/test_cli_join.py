@@ -3,6 +3,7 @@ import json
 import pytest
 
 from fedlease.cli import main
+
 from .conftest import write_federation
 
 
