@@ -8,8 +8,8 @@ offline does not answer and is left out of that step.
 
 Evaluation: each round, the clients that trained in it (sampled and accepted at least once);
 in the last round every client, so the final table covers the whole federation. A client
-that never trained is then evaluated as a newcomer would start: the server's current tensors
-over the initial ones, and the common head init (``Algorithm.configure_fit(first_time=...)``).
+that never trained is then evaluated by the newcomer protocol every algorithm shares
+(``Algorithm.newcomer``), after ``federation.newcomer_steps`` local steps.
 """
 
 from __future__ import annotations
