@@ -1,8 +1,10 @@
 """Newcomers: what a finished federation gives a client that arrives after it (issue 31).
 
-Per seed, the four built-in tasks are split into 4 clients each (24 training examples apiece):
-3 per task form the federation (their test splits cut to 8 examples), the 4th of each task is a
-newcomer held out of it, with its 24 training examples to adapt on and 200 test examples.
+Per seed, the four built-in tasks are split into 3 clients each (24 training examples apiece):
+2 per task form the federation (their test splits cut to 8 examples), the 3rd of each task is a
+newcomer held out of it, with its 24 training examples to adapt on and 200 test examples. The
+federation trains 4 rounds (FedLEASE: 1 warm-up round, embedding allocation), 1 local epoch,
+batch 8, lr 1e-2, 32 tokens, on the default model (sized for a shared 2-core CPU).
 FedLEASE, IFCA-LoRA and FedIT train on the federation as ``fedlease run`` does (its clients
 written as a JSONL folder, ``data.source = "jsonl"``); then every newcomer joins each finished
 run by the algorithm's newcomer protocol (what ``fedlease join`` runs: ``newcomers.onboard``)
@@ -35,14 +37,14 @@ from fedlease.runners.simulator import run_simulation
 
 ALGORITHM_NAMES = ("fedlease", "ifca-lora", "fedit")
 STEPS = (0, 10, 50)
-CLIENTS_PER_TASK = 4  # the last of each task is the newcomer
+CLIENTS_PER_TASK = 3  # the last of each task is the newcomer
 FEDERATION_TEST = 8  # test examples a federation client keeps (its per-round evaluation)
 SETTINGS = {
     "model": {"max_length": 32},
     "data": {"source": "builtin", "clients_per_task": CLIENTS_PER_TASK, "train_per_client": 24,
              "test_per_client": 200},
     "train": {"lr": 1e-2, "batch_size": 8, "local_epochs": 1},
-    "federation": {"rounds": 5, "warmup_rounds": 2, "max_experts": 4,
+    "federation": {"rounds": 4, "warmup_rounds": 1, "max_experts": 4,
                    "allocation": "embedding"},
 }
 
@@ -84,43 +86,51 @@ def run_seed(seed: int, out: Path, algorithms: list[str], steps: tuple[int, ...]
     data = write_clients(out / f"seed{seed}" / "federation", federation, FEDERATION_TEST)
     model, tokenizer = load_base_model(split, training=False)
     trainers = {c.client_id: client_trainer(split, model, tokenizer, c) for c in newcomers}
-    results: dict = {}
-    for name in algorithms:
-        config = dataclasses.replace(split, data=dataclasses.replace(
-            split.data, source="jsonl", path=str(data)), federation=dataclasses.replace(
-            split.federation, algorithm=name))
-        run_dir = out / f"seed{seed}" / name
-        start = time.perf_counter()
-        if not (run_dir / "run.json").exists():
-            run_simulation(config, run_dir, progress=False, overwrite=True)
-        trained = time.perf_counter() - start
-        algorithm = restore_server(run_dir, config, model)
-        results[name] = {str(s): newcomer_accuracy(algorithm, trainers, s) for s in steps}
-        print(f"seed {seed} {name}: run {trained:.0f} s, newcomers "
-              + ", ".join(f"{s} steps {statistics.mean(v.values()):.3f}"
-                          for s, v in results[name].items()), flush=True)
+    record = out / f"seed{seed}" / "newcomers.json"
+    # what an earlier, stopped invocation finished is kept (the budgets must be the same)
+    results: dict = json.loads(record.read_text()) if record.exists() else {}
     local = ALGORITHMS["local"](split, [ClientInfo(c.client_id, len(c.train)) for c in federation],
                                 model.adapter_shapes(), model.representation_dim)
-    results["local"] = {str(s): newcomer_accuracy(local, trainers, s) for s in steps}
-    print(f"seed {seed} local: " + ", ".join(
-        f"{s} steps {statistics.mean(v.values()):.3f}" for s, v in results["local"].items()),
-        flush=True)
-    (out / f"seed{seed}" / "newcomers.json").write_text(json.dumps(results, indent=1))
+    for name in ["local", *algorithms]:
+        if set(results.get(name, {})) == {str(s) for s in steps}:
+            continue
+        start = time.perf_counter()
+        if name == "local":  # no federation: the common init, trained from scratch
+            algorithm = local
+        else:
+            algorithm = trained_server(split, data, name, out / f"seed{seed}" / name, model)
+        results[name] = {str(s): newcomer_accuracy(algorithm, trainers, s) for s in steps}
+        record.write_text(json.dumps(results, indent=1))  # what finished, if stopped
+        print(f"seed {seed} {name}: {time.perf_counter() - start:.0f} s, newcomers "
+              + ", ".join(f"{s} steps {statistics.mean(v.values()):.3f}"
+                          for s, v in results[name].items()), flush=True)
     return results
 
 
+def trained_server(split, data: Path, name: str, run_dir: Path, model):
+    """The server of algorithm ``name`` after ``fedlease run`` on the federation ``data``."""
+    config = dataclasses.replace(
+        split, data=dataclasses.replace(split.data, source="jsonl", path=str(data)),
+        federation=dataclasses.replace(split.federation, algorithm=name))
+    if not (run_dir / "run.json").exists():
+        run_simulation(config, run_dir, progress=False, overwrite=True)
+    return restore_server(run_dir, config, model)
+
+
 def table(by_seed: dict[int, dict], steps: tuple[int, ...]) -> str:
-    """Markdown: per algorithm and budget, mean +- std over seeds of the newcomers' mean."""
-    names = list(next(iter(by_seed.values())))
-    lines = ["| algorithm | " + " | ".join(f"{s} steps" for s in steps) + " |",
-             "|---|" + "---|" * len(steps)]
+    """Markdown: per algorithm and budget, mean +- std over the seeds that have it of the
+    newcomers' mean accuracy (%)."""
+    names = list(dict.fromkeys(name for results in by_seed.values() for name in results))
+    lines = ["| algorithm | seeds | " + " | ".join(f"{s} steps" for s in steps) + " |",
+             "|---|---|" + "---|" * len(steps)]
     for name in names:
+        runs = [results[name] for results in by_seed.values() if name in results]
         cells = []
         for s in steps:
-            means = [100 * statistics.mean(r[name][str(s)].values()) for r in by_seed.values()]
+            means = [100 * statistics.mean(run[str(s)].values()) for run in runs]
             spread = statistics.stdev(means) if len(means) > 1 else 0.0
             cells.append(f"{statistics.mean(means):.1f} ± {spread:.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
