@@ -16,7 +16,7 @@ import os
 import time
 
 from fedlease.configure import load_config
-from fedlease.runners.simulator import run_simulation
+from fedlease.transports.simulator import run_simulation
 
 
 def main() -> None:

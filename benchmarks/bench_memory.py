@@ -2,7 +2,7 @@
 step on CPU, per configuration: base weights, then adapters + optimizer + activations.
 
 Each case runs in a fresh process. It loads the base model as a run does
-(``runners.clients.load_base_model``: quantized, checkpointing on, as configured), and its
+(``tasks.loading.load_base_model``: quantized, checkpointing on, as configured), and its
 resident memory after the load, less the one before, is the measured weights. Then the peak
 counter is reset (Linux ``/proc/self/clear_refs``) and one AdamW step runs on a batch of the
 longest sequences under the FedLEASE layout of ``max_experts = 4`` (4 experts, 7 router slots):
@@ -28,12 +28,12 @@ from typing import NamedTuple
 import torch
 
 from fedlease.configure import load_config
-from fedlease.model.classifier import ADAPTER_PREFIX
+from fedlease.model.adapted import ADAPTER_PREFIX
 from fedlease.model.hub import resolve_model_path
 from fedlease.model.lora import AdapterLayout
 from fedlease.model.memory import GiB, estimate_memory, read_model_shape, run_settings
-from fedlease.runners.clients import base_model_path, load_base_model
 from fedlease.tasks import task_of
+from fedlease.tasks.loading import base_model_path, load_base_model
 
 EXPERTS = 4
 

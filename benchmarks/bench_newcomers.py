@@ -32,8 +32,8 @@ import torch
 from fedlease.algorithms import ALGORITHMS, ClientInfo
 from fedlease.configure import load_config
 from fedlease.newcomers import onboard, restore_server
-from fedlease.runners.clients import client_trainer, load_base_model, load_clients
-from fedlease.runners.simulator import run_simulation
+from fedlease.tasks.loading import client_trainer, load_base_model, load_clients
+from fedlease.transports.simulator import run_simulation
 
 ALGORITHM_NAMES = ("fedlease", "ifca-lora", "fedit")
 STEPS = (0, 10, 50)

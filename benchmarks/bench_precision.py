@@ -20,9 +20,9 @@ import statistics
 import torch
 
 from fedlease.configure import load_config
-from fedlease.model.classifier import ADAPTER_PREFIX
+from fedlease.model.adapted import ADAPTER_PREFIX
 from fedlease.model.lora import AdapterLayout
-from fedlease.runners.clients import build_trainers, load_clients
+from fedlease.tasks.loading import build_trainers, load_clients
 
 LAYOUTS = {"warm-up LoRA": AdapterLayout(), "FedLEASE mixture": AdapterLayout.fedlease(4, 0)}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from fedlease.configure import load_config
-from fedlease.runners.clients import build_trainers, load_clients
+from fedlease.tasks.loading import build_trainers, load_clients
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_precision import LAYOUTS, initial_state  # noqa: E402

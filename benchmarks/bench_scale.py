@@ -9,7 +9,7 @@ split into N label-skewed clients with a few examples each, in a fresh process. 
   clustering itself (distance matrix of N clients -> hierarchical clustering for k = 2..M_max,
   silhouettes) is timed apart on the run's own distance matrix;
 - peak RSS (VmHWM) and its growth per added client, next to one client's adapter state (the
-  states of clients not training live on disk, ``runners.client_states``);
+  states of clients not training live on disk, ``federation.client_states``);
 - bytes downloaded and uploaded in round 2 (``traffic``) and the client states' bytes on disk.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_scale.py                  # N = 16, 100, 1000
@@ -48,7 +48,7 @@ def adapter_state_bytes(config, num_experts: int, num_labels: int) -> int:
     layer, and its head, float32 (read from the model's config: no weights loaded)."""
     from transformers import AutoConfig
 
-    from fedlease.runners.clients import base_model_path
+    from fedlease.tasks.loading import base_model_path
 
     model = AutoConfig.from_pretrained(base_model_path(config), local_files_only=True)
     hidden, layers = model.hidden_size, model.num_hidden_layers
@@ -62,7 +62,7 @@ def one_point(args) -> dict:
     import numpy as np
 
     from fedlease.algorithms.clustering import cluster_clients
-    from fedlease.runners.simulator import run_simulation
+    from fedlease.transports.simulator import run_simulation
 
     config = bench_config(args, args.point)
     start = time.perf_counter()

@@ -24,8 +24,8 @@ import torch
 
 from fedlease.config import PRECISIONS
 from fedlease.configure import load_config
-from fedlease.runners.simulator import run_simulation
 from fedlease.tasks.classification import collate, tokenize
+from fedlease.transports.simulator import run_simulation
 
 TASKS = 4  # the built-in federation's tasks
 

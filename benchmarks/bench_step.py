@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from fedlease.config import PRECISIONS
 from fedlease.model.classifier import FederatedClassifier, default_model_path
 from fedlease.model.lora import AdapterLayout, MixtureLoRALinear, init_lora, init_router
-from fedlease.training import autocast_dtype
+from fedlease.model.precision import autocast_dtype
 
 VARIANTS = ("frozen_forward", "peft_lora", "fedlease_own", "fedlease_all", "reference_slots")
 BASELINE = "peft_lora"

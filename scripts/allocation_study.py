@@ -23,17 +23,18 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo
-from fedlease.algorithms.base import EMBEDDING_PART, Instruction, UploadSpec, client_embedding
+from fedlease.algorithms.base import client_embedding
 from fedlease.algorithms.clustering import (
     b_distance_matrix,
     cluster_clients,
     embedding_distance_matrix,
     hybrid_distance,
 )
+from fedlease.algorithms.messages import EMBEDDING_PART, Instruction, UploadSpec
 from fedlease.configure import load_config, with_overrides
 from fedlease.privacy.client import client_privacy
 from fedlease.reporting.summary import clustering_ari
-from fedlease.runners.simulator import build_trainers, load_clients
+from fedlease.transports.simulator import build_trainers, load_clients
 
 
 class Computed:

@@ -66,7 +66,7 @@ def run_cell(config_path: str, out: str, cell: tuple) -> float:
     import torch
 
     from fedlease.reporting.comparison import is_finished, mark_finished
-    from fedlease.runners.simulator import run_simulation
+    from fedlease.transports.simulator import run_simulation
 
     torch.set_num_threads(1)
     folder = cell_folder(Path(out), *cell)

@@ -247,7 +247,7 @@ def finished_run(tmp_path_factory, tiny_model_dir, tiny_llama_dir):
     """``finished_run(algorithm, task="classification")``: the folder of a finished 3-round run
     on the tiny models (made once per session per algorithm and task)."""
     from fedlease.configure import load_config
-    from fedlease.runners.simulator import run_simulation
+    from fedlease.transports.simulator import run_simulation
 
     made = {}
 

@@ -10,7 +10,7 @@ import torch
 from fedlease import cli, configure
 from fedlease.config import dump_toml
 from fedlease.reporting import outputs
-from fedlease.runners import simulator
+from fedlease.transports import simulator
 
 
 def run_cli(config, tmp_path, capsys, *extra):

@@ -19,7 +19,8 @@ def test_an_algorithm_brings_its_own_config_checks(monkeypatch):
             rounds = config.federation.rounds
             return [] if rounds % 2 == 0 else [f"federation.rounds = {rounds}: expected even"]
 
-    monkeypatch.setitem(ALGORITHMS, EvenRounds.name, EvenRounds)
+    # registered for this test only (a Registry has no removal: undone by monkeypatch)
+    monkeypatch.setitem(ALGORITHMS._entries, EvenRounds.name, EvenRounds)
     assert load_config(overrides={"federation": {"algorithm": "even-rounds", "rounds": 4}})
     with pytest.raises(ConfigError) as err:
         load_config(overrides={"federation": {"algorithm": "even-rounds", "rounds": 3},

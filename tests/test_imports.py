@@ -126,12 +126,34 @@ def test_every_module_imports_first_in_a_fresh_interpreter():
 def test_the_config_package_imports_nothing_above_it():
     """``fedlease.config`` only reads and type-checks; what needs the registries (algorithms,
     tasks, data sources) is ``fedlease.configure``'s, at any level of the code."""
-    above = ("fedlease.algorithms", "fedlease.tasks", "fedlease.data", "fedlease.runners",
-             "fedlease.reporting", "fedlease.configure")
+    above = ("fedlease.algorithms", "fedlease.tasks", "fedlease.data", "fedlease.federation",
+             "fedlease.transports", "fedlease.experiments", "fedlease.reporting",
+             "fedlease.configure")
     found = {name: sorted(t for t in targets if t.startswith(above))
              for name, targets in import_graph().items() if name.startswith("fedlease.config.")
              or name == "fedlease.config"}
     assert {name: targets for name, targets in found.items() if targets} == {}
+
+
+# the package's layers, bottom up (docs/architecture.md): a top-level package or module imports
+# only those of the layers below its own
+LAYERS = [
+    {"errors"}, {"config", "registry"}, {"model", "data"}, {"training", "privacy"},
+    {"algorithms", "attacks"}, {"tasks"}, {"configure"}, {"reporting"}, {"saved_models"},
+    {"federation"}, {"transports"}, {"experiments", "inference", "export"}, {"newcomers"},
+    {"cli"},
+]
+
+
+def test_no_package_imports_a_package_above_it():
+    layer = {unit: level for level, units in enumerate(LAYERS) for unit in units}
+    units = {name.split(".")[1] for name in module_names() if name.count(".") >= 1}
+    assert units == set(layer), "every top-level module and package has a layer"
+    upward = sorted(f"{name} -> {target}" for name, targets in import_graph().items()
+                    if name.count(".") >= 1 for target in targets if target.count(".") >= 1
+                    and layer[target.split(".")[1]] >= layer[name.split(".")[1]]
+                    and target.split(".")[1] != name.split(".")[1])
+    assert upward == []
 
 
 def test_the_cli_starts_without_torch():

@@ -72,7 +72,7 @@ def _resume_config(args):
 def cmd_run(args) -> int:
     from fedlease.configure import load_config
     from fedlease.reporting.summary import summary_table
-    from fedlease.runners.simulator import run_simulation
+    from fedlease.transports.simulator import run_simulation
 
     if args.resume:
         config = _resume_config(args)
@@ -91,7 +91,7 @@ def cmd_run(args) -> int:
 
 def cmd_compare(args) -> int:
     from fedlease.configure import load_config
-    from fedlease.runners.compare import parse_algorithms, run_comparison
+    from fedlease.experiments.compare import parse_algorithms, run_comparison
     from fedlease.tasks import task_of
 
     config = load_config(args.config, _overrides(args))

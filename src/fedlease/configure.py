@@ -7,11 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedlease import attacks
 from fedlease.algorithms import ALGORITHMS
+from fedlease.algorithms.aggregation import AGGREGATION_RULES
 from fedlease.algorithms.clustering import SIGNALS
+from fedlease.algorithms.wire import TRANSPORT_PRECISIONS
+from fedlease.attacks import ATTACKS
 from fedlease.config import RunConfig, build_config, overridden, read_toml, set_defaults
 from fedlease.config.loading import validate as check_values
 from fedlease.data.sources import SOURCES
+from fedlease.model.quantization import QUANTIZATIONS
+from fedlease.privacy.accountants import ACCOUNTANTS
+from fedlease.registry import Registry
 from fedlease.tasks import TASKS
 
 
@@ -41,16 +48,19 @@ def validate(config: RunConfig) -> RunConfig:
 def registry_problems(config: RunConfig) -> list[str]:
     """The names a config gives must be in their registries; then each named entry checks the
     config itself."""
-    problems = []
-    for label, value, registry in (
-        ("model.task", config.model.task, TASKS),
-        ("data.source", config.data.source, SOURCES),
-        ("federation.allocation", config.federation.allocation, SIGNALS),
-        ("federation.algorithm", config.federation.algorithm, ALGORITHMS),
-    ):
-        if value not in registry:
-            names = sorted(registry) if registry is ALGORITHMS else list(registry)
-            problems.append(f"{label} = {value!r}: expected one of {', '.join(names)}")
+    named: list[tuple[str, Registry]] = [
+        (config.model.task, TASKS),
+        (config.model.quantization, QUANTIZATIONS),
+        (config.data.source, SOURCES),
+        (config.federation.allocation, SIGNALS),
+        (config.federation.algorithm, ALGORITHMS),
+        (config.federation.aggregation, AGGREGATION_RULES),
+        (config.federation.transport_precision, TRANSPORT_PRECISIONS),
+        (config.privacy.accountant, ACCOUNTANTS),
+        (config.attack.kind, ATTACKS),
+    ]
+    problems = [problem for name, registry in named
+                if (problem := registry.problem(name)) is not None]
     if config.model.task in TASKS:
         problems += TASKS[config.model.task].config_problems(config)
     if config.data.source in SOURCES:
@@ -63,4 +73,6 @@ def registry_problems(config: RunConfig) -> list[str]:
                             f"{total} clients of data.tasks x data.clients_per_task")
     if config.federation.algorithm in ALGORITHMS:
         problems += ALGORITHMS[config.federation.algorithm].config_problems(config)
+    if config.attack.kind in ATTACKS:
+        problems += attacks.config_problems(config)
     return problems

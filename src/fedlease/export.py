@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save as save_tensors
 
 from fedlease.errors import ModelFileError
-from fedlease.model.classifier import ADAPTER_PREFIX, HEAD_PREFIX, load_pretrained
+from fedlease.model.adapted import ADAPTER_PREFIX, HEAD_PREFIX, load_pretrained
 from fedlease.model.lora import AdapterLayout
 from fedlease.reporting.files import atomic_write, atomic_write_bytes
 from fedlease.saved_models import MODEL_FILE, MODEL_WEIGHTS, SavedModel, describe_model

@@ -41,7 +41,7 @@ class ClientModel:
     """One client's final model (or an exported one), ready to predict."""
 
     def __init__(self, saved: SavedModel, device: str = "cpu"):
-        from fedlease.runners.clients import load_base_model
+        from fedlease.tasks.loading import load_base_model
 
         train = dataclasses.replace(saved.config.train, device=device)
         self.saved = saved
@@ -66,7 +66,7 @@ class ClientModel:
 
     def _trainer(self, examples):
         """The run's evaluation path over ``examples`` (as the client's test split)."""
-        from fedlease.runners.clients import client_trainer
+        from fedlease.tasks.loading import client_trainer
 
         data = self.run_task.client_data(self.saved.name, self.saved.task, self.labels, examples)
         return client_trainer(self.config, self.model, self.tokenizer, data)
@@ -154,7 +154,7 @@ def file_inputs(model: ClientModel, path: str | Path, split: str | None = None) 
 def run_split_inputs(model: ClientModel, run_dir: str | Path, split: str) -> Inputs:
     """Client's ``split`` ("train"/"test") of the run's own data, rebuilt from its
     ``config.toml`` exactly as the run built it."""
-    from fedlease.runners.clients import load_clients
+    from fedlease.tasks.loading import load_clients
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedlease.algorithms import ALGORITHMS, Algorithm, ClientInfo
-from fedlease.algorithms.base import Tensors
+from fedlease.algorithms.messages import Tensors
 from fedlease.config import RunConfig
 from fedlease.configure import load_config
 from fedlease.errors import ConfigError, DataError, ModelFileError
@@ -47,7 +47,7 @@ def onboard(algorithm: Algorithm, trainer, steps: int) -> tuple[Tensors, Adapter
 
 def restore_server(run_dir: Path, config: RunConfig, model) -> Algorithm:
     """The run's algorithm as its server was after the last checkpointed round."""
-    from fedlease.runners.checkpoint import load_checkpoint, restore_algorithm_state
+    from fedlease.federation.checkpoint import load_checkpoint, restore_algorithm_state
 
     checkpoint = load_checkpoint(run_dir, config)
     ids = checkpoint.runner.get("clients", list(checkpoint.local_states))
@@ -82,7 +82,7 @@ def join(run_dir: str | Path, data: str | Path, out: str | Path, steps: int,
          client_id: str | None = None, device: str = "cpu") -> Joined:
     """Onboard the client of ``data`` into the finished run ``run_dir`` with ``steps`` local
     steps; its model is written to ``out`` (a ``fedlease`` export folder)."""
-    from fedlease.runners.clients import base_model_path, client_trainer, load_base_model
+    from fedlease.tasks.loading import base_model_path, client_trainer, load_base_model
 
     run_dir = Path(run_dir)
     if steps < 0:

@@ -15,26 +15,9 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from fedlease.config.schema import PRECISIONS, RunConfig
+from fedlease.config.schema import RunConfig
 from fedlease.model.lora import AdapterLayout
-
-
-def autocast_dtype(device: str, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype of ``train.precision`` on ``device`` (None: no autocast, fp32).
-
-    ``auto`` is bf16 on GPUs that support it, fp16 on older GPUs and fp32 on CPU; fp16 steps
-    go through a gradient scaler (see ``LocalTrainer.train``)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"train.precision = {precision!r}: expected one of {PRECISIONS}")
-    cuda = device.startswith("cuda")
-    if precision == "auto":
-        if not cuda:
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
-        raise ValueError("train.precision = 'bf16': this GPU does not support bf16; "
-                         "use fp16 or auto")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+from fedlease.model.precision import autocast_dtype
 
 
 class LocalTrainer(ABC):

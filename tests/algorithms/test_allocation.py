@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
-from fedlease.algorithms.base import EMBEDDING_KEY, Instruction, UploadSpec, client_embedding
+from fedlease.algorithms.base import client_embedding
 from fedlease.algorithms.clustering import (
     embedding_distance_matrix,
     hybrid_distance,
     mean_offdiagonal,
 )
+from fedlease.algorithms.messages import EMBEDDING_KEY, Instruction, UploadSpec
 from fedlease.algorithms.validation import accept_replies
 from fedlease.configure import load_config
 from fedlease.errors import ConfigError
@@ -180,7 +181,7 @@ def test_client_embedding_is_unit_length_plus_seeded_noise_of_the_chosen_scale()
 
 
 def test_mean_representation_differs_by_task_and_ignores_the_adapters(tiny_config):
-    from fedlease.runners.clients import build_trainers, load_clients
+    from fedlease.tasks.loading import build_trainers, load_clients
 
     trainers = build_trainers(tiny_config, load_clients(tiny_config))
     vectors = {cid: t.mean_representation() for cid, t in trainers.items()}
@@ -205,7 +206,7 @@ def test_mean_representation_differs_by_task_and_ignores_the_adapters(tiny_confi
 @pytest.mark.parametrize("allocation, warmup", [("embedding", 0), ("hybrid", 1)])
 def test_runs_recover_the_planted_tasks(tiny_config, allocation, warmup):
     from fedlease.reporting.summary import clustering_ari
-    from fedlease.runners.simulator import run_simulation
+    from fedlease.transports.simulator import run_simulation
 
     tiny_config.federation.allocation = allocation
     tiny_config.federation.warmup_rounds = warmup

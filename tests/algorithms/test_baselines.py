@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
-from fedlease.algorithms.base import UploadSpec, select_upload
 from fedlease.algorithms.ifca_lora import ChosenCluster, pick_lowest
+from fedlease.algorithms.messages import UploadSpec, select_upload
 from fedlease.configure import load_config
 from fedlease.errors import ConfigError
 

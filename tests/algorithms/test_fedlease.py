@@ -3,7 +3,7 @@
 import torch
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
-from fedlease.algorithms.base import UploadSpec, select_upload
+from fedlease.algorithms.messages import UploadSpec, select_upload
 from fedlease.configure import load_config
 
 SHAPES = {"l0.query": (6, 5), "l0.value": (6, 5)}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
-from fedlease.algorithms.base import EMBEDDING_KEY
+from fedlease.algorithms.messages import EMBEDDING_KEY
 from fedlease.configure import load_config
 
 SHAPES = {"l0.query": (6, 5), "l0.value": (6, 5)}

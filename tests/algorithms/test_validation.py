@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
-from fedlease.algorithms.base import UploadSpec, select_upload
+from fedlease.algorithms.messages import UploadSpec, select_upload
 from fedlease.algorithms.validation import accept_replies
 from fedlease.configure import load_config
 
@@ -189,8 +189,8 @@ def test_ifca_reply_without_a_valid_cluster_is_rejected_on_arrival(extra):
 
 
 def test_algorithm_fields_round_trip_and_are_type_checked():
-    from fedlease.algorithms.base import Instruction, read_fields
     from fedlease.algorithms.ifca_lora import AssignedCluster
+    from fedlease.algorithms.messages import Instruction, read_fields
     from fedlease.errors import ProtocolError
     from fedlease.model.lora import AdapterLayout
 

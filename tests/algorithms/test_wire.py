@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from fedlease.algorithms.wire import decode, encode, roundtrip, wire_bytes
+from fedlease.errors import ConfigError
 
 
 @pytest.fixture
@@ -46,5 +47,6 @@ def test_int8_payload_and_scale():
 
 
 def test_an_unknown_precision_is_refused(tensors):
-    with pytest.raises(ValueError, match="transport precision 'fp8'"):
+    with pytest.raises(ConfigError, match="federation.transport_precision = 'fp8': expected one "
+                       "of float32, bfloat16, int8"):
         wire_bytes(tensors, "fp8")

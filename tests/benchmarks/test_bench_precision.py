@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedlease.runners.clients import build_trainers, load_clients
+from fedlease.tasks.loading import build_trainers, load_clients
 
 from ..conftest import load_script
 

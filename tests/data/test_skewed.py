@@ -6,7 +6,7 @@ from fedlease.configure import load_config
 from fedlease.data.client_data import ClientData, Example
 from fedlease.data.skewed import check_every_client_has_examples, split_task_skewed
 from fedlease.errors import DataError
-from fedlease.runners.clients import load_clients
+from fedlease.tasks.loading import load_clients
 
 POOL = [Example(f"text {i}", i % 3) for i in range(300)]
 

@@ -140,7 +140,7 @@ def test_a_cached_hub_id_loads_through_hf_home_offline(tmp_path, tiny_llama_dir)
 def test_a_run_with_an_absent_hub_id_writes_nothing(hub_cache, tiny_generation_config,
                                                    tmp_path):
     from fedlease.configure import with_overrides
-    from fedlease.runners.simulator import run_simulation
+    from fedlease.transports.simulator import run_simulation
 
     out = tmp_path / "run"
     config = with_overrides(tiny_generation_config, {"model": {"path": "other-org/absent"}})

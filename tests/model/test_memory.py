@@ -99,7 +99,7 @@ def test_a_model_without_checkpointing_is_refused(tiny_llama_dir):
 
 
 def test_a_run_with_checkpointing_matches_one_without(tiny_generation_config):
-    from fedlease.runners.simulator import run_simulation
+    from fedlease.transports.simulator import run_simulation
 
     config = with_overrides(tiny_generation_config, {"federation": {"rounds": 2}})
     plain = run_simulation(config, None, progress=False)
@@ -199,7 +199,7 @@ def test_nothing_fits_says_so(tiny_llama_dir, monkeypatch):
 
 def test_a_run_that_cannot_fit_is_refused_before_training_and_writes_nothing(
         tiny_generation_config, monkeypatch, tmp_path, capsys):
-    from fedlease.runners.simulator import run_simulation
+    from fedlease.transports.simulator import run_simulation
 
     monkeypatch.setattr(memory, "free_memory", lambda device: 10_000)
     out = tmp_path / "refused"
@@ -215,7 +215,7 @@ def test_a_run_that_cannot_fit_is_refused_before_training_and_writes_nothing(
 def test_a_model_whose_config_cannot_be_read_is_left_to_the_loader(tmp_path):
     """No estimate (said so), and the loader's own one-line error names the folder."""
     from fedlease.configure import load_config
-    from fedlease.runners.clients import load_base_model, memory_line
+    from fedlease.tasks.loading import load_base_model, memory_line
 
     (tmp_path / "empty").mkdir()
     config = load_config(overrides={"model": {"path": str(tmp_path / "empty")}})

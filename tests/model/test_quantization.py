@@ -135,7 +135,7 @@ def test_a_4bit_run_trains_and_aggregates_as_a_full_one(task, tiny_config,
     from safetensors.torch import load_file
 
     from fedlease.configure import with_overrides
-    from fedlease.runners.simulator import run_simulation
+    from fedlease.transports.simulator import run_simulation
 
     base = tiny_config if task == "classification" else tiny_generation_config
     config = with_overrides(base, {"model": {"quantization": "4bit"},

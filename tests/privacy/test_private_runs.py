@@ -13,8 +13,8 @@ from fedlease.algorithms import ALGORITHMS
 from fedlease.configure import load_config, with_overrides
 from fedlease.errors import ConfigError
 from fedlease.privacy.accounting import read_history
-from fedlease.runners.clients import build_trainers, load_clients
-from fedlease.runners.simulator import run_simulation
+from fedlease.tasks.loading import build_trainers, load_clients
+from fedlease.transports.simulator import run_simulation
 
 dp_accounting = pytest.importorskip("dp_accounting", reason="the second accountant")
 from dp_accounting import dp_event  # noqa: E402

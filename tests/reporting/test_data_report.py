@@ -72,7 +72,7 @@ def test_cli_names_a_missing_column_before_training(tiny_model_dir, colors_csv, 
 def test_generation_run_on_an_instruction_table(tiny_generation_config, tmp_path):
     pytest.importorskip("flwr_datasets")
     from fedlease.config import DatasetConfig
-    from fedlease.runners.simulator import run_simulation
+    from fedlease.transports.simulator import run_simulation
 
     from ..conftest import INSTRUCTIONS, planted_table
 

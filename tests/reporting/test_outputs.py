@@ -12,8 +12,8 @@ from fedlease import cli
 from fedlease.config import dump_toml
 from fedlease.errors import ConfigError
 from fedlease.reporting import files, outputs
-from fedlease.runners.clients import load_base_model, load_clients
-from fedlease.runners.simulator import run_bytes, run_simulation
+from fedlease.tasks.loading import load_base_model, load_clients
+from fedlease.transports.simulator import run_bytes, run_simulation
 
 
 def run_cli(config, tmp_path, capsys, *extra):
@@ -155,7 +155,7 @@ def test_space_estimate_is_close_to_what_a_run_writes(tiny_config, tmp_path, alg
     clients = load_clients(tiny_config)
     model, tokenizer = load_base_model(tiny_config)
     from fedlease.algorithms import ALGORITHMS, ClientInfo
-    from fedlease.runners.clients import client_trainer
+    from fedlease.tasks.loading import client_trainer
 
     trainers = {c.client_id: client_trainer(tiny_config, model, tokenizer, c) for c in clients}
     algorithm_obj = ALGORITHMS[algorithm](tiny_config, [ClientInfo(c.client_id, len(c.train))

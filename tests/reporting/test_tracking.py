@@ -6,9 +6,9 @@ import pytest
 
 from fedlease.configure import load_config
 from fedlease.errors import ConfigError
+from fedlease.federation.engine import RunResult
 from fedlease.reporting.outputs import RunWriter
 from fedlease.reporting.tracking import CSV_FILE, metrics_csv
-from fedlease.runners.engine import RunResult
 
 HISTORY = [
     {"round": r, "seconds": 1.0, "mean_accuracy": 0.5 + r / 10,

@@ -7,7 +7,7 @@ import sys
 from fedlease.config import dump_toml
 from fedlease.configure import with_overrides
 from fedlease.reporting.summary import clustering_ari
-from fedlease.runners.simulator import run_simulation
+from fedlease.transports.simulator import run_simulation
 
 from ..conftest import load_script
 

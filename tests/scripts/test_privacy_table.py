@@ -4,7 +4,7 @@ epsilon the runs spent and the allocation's ARI."""
 import math
 
 from fedlease.configure import with_overrides
-from fedlease.runners.compare import run_comparison
+from fedlease.experiments.compare import run_comparison
 
 from ..conftest import load_script
 

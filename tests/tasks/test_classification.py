@@ -6,8 +6,8 @@ import torch
 from fedlease.data.sources import load_source_clients
 from fedlease.model.classifier import load_classifier
 from fedlease.model.lora import AdapterLayout
+from fedlease.model.precision import autocast_dtype
 from fedlease.tasks.classification import ClassificationTrainer
-from fedlease.training import autocast_dtype
 
 
 @pytest.mark.parametrize("bf16_ok,precision,expected", [

@@ -23,6 +23,8 @@ from functools import partial
 
 import torch
 
+from fedlease.registry import Registry
+
 Tensors = dict[str, torch.Tensor]
 # the clients' tensors of one key (same shape) and their weights -> the combined tensor
 AggregationRule = Callable[[list[torch.Tensor], list[float]], torch.Tensor]
@@ -56,11 +58,12 @@ def trimmed_mean(tensors: list[torch.Tensor], weights: list[float],
 
 
 # federation.aggregation -> its rule, given federation.trim_fraction
-AGGREGATION_RULES: dict[str, Callable[[float], AggregationRule]] = {
-    "mean": lambda trim_fraction: weighted_mean,
-    "median": lambda trim_fraction: coordinate_median,
-    "trimmed-mean": lambda trim_fraction: partial(trimmed_mean, trim_fraction=trim_fraction),
-}
+AGGREGATION_RULES: Registry[Callable[[float], AggregationRule]] = Registry(
+    "federation.aggregation")
+AGGREGATION_RULES.register("mean", lambda trim_fraction: weighted_mean)
+AGGREGATION_RULES.register("median", lambda trim_fraction: coordinate_median)
+AGGREGATION_RULES.register(
+    "trimmed-mean", lambda trim_fraction: partial(trimmed_mean, trim_fraction=trim_fraction))
 
 
 def aggregation_rule(name: str, trim_fraction: float = 0.0) -> AggregationRule:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedlease.registry import Registry
+
 
 @dataclass(frozen=True)
 class AllocationSignal:
@@ -49,14 +51,15 @@ class AllocationSignal:
         return (b_distance / b_scale + embedding_distance / embedding_scale) / 2
 
 
-SIGNALS = {signal.name: signal for signal in (
+SIGNALS: Registry[AllocationSignal] = Registry("federation.allocation", {
+    signal.name: signal for signal in (
     AllocationSignal("lora-b", True, False, "their warm-up LoRA B matrices",
                      "1 - cos(B_i, B_j)"),
     AllocationSignal("embedding", False, True, "their mean frozen-model representations",
                      "1 - cos(e_i, e_j)"),
     AllocationSignal("hybrid", True, True, "B matrices and representations (hybrid)",
                      "B and embedding distance, scaled"),
-)}
+)})
 
 
 @dataclass

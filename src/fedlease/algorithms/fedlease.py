@@ -32,14 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedlease.algorithms.base import (
-    EMBEDDING_KEY,
-    EMBEDDING_PART,
-    Algorithm,
-    Instruction,
-    Reply,
-    UploadSpec,
-)
+from fedlease.algorithms.base import Algorithm
 from fedlease.algorithms.clustering import (
     SIGNALS,
     Clustering,
@@ -48,7 +41,14 @@ from fedlease.algorithms.clustering import (
     embedding_distance_matrix,
     mean_offdiagonal,
 )
-from fedlease.model.classifier import ADAPTER_PREFIX
+from fedlease.algorithms.messages import (
+    EMBEDDING_KEY,
+    EMBEDDING_PART,
+    Instruction,
+    Reply,
+    UploadSpec,
+)
+from fedlease.model.adapted import ADAPTER_PREFIX
 from fedlease.model.lora import AdapterLayout, init_router
 
 LORA_PARTS = ["lora_A", "lora_B"]

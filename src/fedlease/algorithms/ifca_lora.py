@@ -17,17 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fedlease.algorithms.base import (
-    Algorithm,
-    AlgorithmClient,
-    Instruction,
-    Reply,
-    Tensors,
-    UploadSpec,
-    with_head,
-)
+from fedlease.algorithms.base import Algorithm, AlgorithmClient, with_head
+from fedlease.algorithms.messages import Instruction, Reply, Tensors, UploadSpec
 from fedlease.errors import RejectedUpload
-from fedlease.model.classifier import ADAPTER_PREFIX
+from fedlease.model.adapted import ADAPTER_PREFIX
 from fedlease.model.lora import AdapterLayout
 
 LORA_PARTS = ["lora_A", "lora_B"]

@@ -14,14 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from fedlease.algorithms.base import (
-    Algorithm,
-    AlgorithmClient,
-    Instruction,
-    Reply,
-    Tensors,
-    UploadSpec,
-)
+from fedlease.algorithms.base import Algorithm, AlgorithmClient
+from fedlease.algorithms.messages import Instruction, Reply, Tensors, UploadSpec
 from fedlease.model.lora import AdapterLayout
 
 

@@ -18,16 +18,16 @@ import numbers
 
 import torch
 
-from fedlease.algorithms.base import (
+from fedlease.algorithms.base import Algorithm
+from fedlease.algorithms.messages import (
     EMBEDDING_KEY,
-    Algorithm,
     Instruction,
     MalformedReply,
     Reply,
     read_fields,
 )
 from fedlease.errors import ProtocolError, RejectedUpload
-from fedlease.model.classifier import ADAPTER_PREFIX
+from fedlease.model.adapted import ADAPTER_PREFIX
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from fedlease.config.schema import TRANSPORT_PRECISIONS
+from fedlease.registry import Registry
 
 Tensors = dict[str, torch.Tensor]
+# federation.transport_precision: the precisions a tensor may travel in, and its bytes a value
+TRANSPORT_PRECISIONS: Registry[int] = Registry("federation.transport_precision", {
+    "float32": 4, "bfloat16": 2, "int8": 1})
 INT8_STEPS = 127  # int8 values in [-127, 127]: symmetric around 0
 SCALE_BYTES = 4  # one float32 scale per int8 tensor
 
@@ -59,13 +62,11 @@ def roundtrip(tensors: Tensors, precision: str) -> Tensors:
 
 def wire_bytes(tensors: Tensors, precision: str) -> int:
     """The bytes ``tensors`` take on the wire in ``precision`` (payload and int8 scales)."""
-    check_precision(precision)
-    per_value = {"float32": 4, "bfloat16": 2, "int8": 1}[precision]
+    per_value = TRANSPORT_PRECISIONS[precision]
     scales = SCALE_BYTES * len(tensors) if precision == "int8" else 0
     return sum(t.numel() for t in tensors.values()) * per_value + scales
 
 
 def check_precision(precision: str) -> None:
-    if precision not in TRANSPORT_PRECISIONS:
-        raise ValueError(f"transport precision {precision!r}: expected one of "
-                         f"{', '.join(TRANSPORT_PRECISIONS)}")
+    """``UnknownName`` (a ``ConfigError``) naming the precisions, for one not registered."""
+    TRANSPORT_PRECISIONS[precision]  # noqa: B018 (raises for an unknown name)

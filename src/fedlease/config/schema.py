@@ -13,20 +13,10 @@ from pathlib import Path
 
 # seeds are numpy's range; offsets added to it (per client, per expert) stay far below 2**64
 MAX_SEED = 2**32 - 1
-# train.precision: autocast dtype of the training step (see training.autocast_dtype)
+# train.precision: autocast dtype of the training step (see model/precision.py)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# privacy.accountant: Opacus' accountants the epsilon of a DP run is computed with
-PRIVACY_ACCOUNTANTS = ("rdp", "prv")
-# federation.aggregation: how a group's uploads are combined (algorithms/aggregation.py)
-AGGREGATIONS = ("mean", "median", "trimmed-mean")
-# federation.transport_precision: how every tensor of a message travels (algorithms/wire.py)
-TRANSPORT_PRECISIONS = ("float32", "bfloat16", "int8")
-# attack.kind: what the attack harness's malicious clients do (runners/attacks.py)
-ATTACKS = ("sign-flip", "scale", "label-flip", "forged-embedding")
-# model.quantization: how the frozen base's linear layers are stored (model/quantization.py)
-QUANTIZATIONS = ("none", "8bit", "4bit")
 # settings of how a run uses its machine, not of what it computes: a resumed run or a reused
-# comparison may change them (runners/checkpoint.py, runners/compare.py)
+# comparison may change them (federation/checkpoint.py, experiments/compare.py)
 MACHINE_SETTINGS = {("model", "download"), ("train", "check_memory"),
                     ("train", "gradient_checkpointing")}
 
@@ -146,7 +136,7 @@ class FederationConfig:
     # (floor(trim_fraction * n) each); below 0.5, so at least one client is left
     trim_fraction: float = 0.2
     # clients that train per round, drawn by a rule of (seed, round, client list) that every
-    # runner shares (runners/sampling.py); 0 = all clients every round
+    # runner shares (federation/sampling.py); 0 = all clients every round
     clients_per_round: int = 0
     # local steps a client that never trained (never sampled) takes by the newcomer protocol
     # before it is evaluated (docs/algorithms.md, "Newcomers"); 0: evaluated as it starts
@@ -192,7 +182,7 @@ class PrivacyConfig:
 @dataclass
 class AttackConfig:
     """The attack harness (an experiment tool of the simulator, not a production path): the
-    named clients behave maliciously (runners/attacks.py)."""
+    named clients behave maliciously (attacks.py)."""
 
     clients: list[str] = field(default_factory=list)  # [] = no attack
     # sign-flip: upload start - (trained - start); scale: start + scale * (trained - start),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from fedlease.data.client_data import ClientData, Example
 from fedlease.data.partitioned import columns, partition_datasets, text_value
 from fedlease.data.sources import builtin_dir, load_source_clients, read_jsonl_clients
 from fedlease.errors import DataError
+from fedlease.registry import Registry
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
     from fedlease.config.schema import DataConfig, DatasetConfig
@@ -197,8 +199,8 @@ def load_builtin_instructions(data: DataConfig, seed: int) -> list[InstructionCl
 
 # data.source -> loader of instruction clients; other sources are classification federations
 # turned into instructions (``to_instructions``)
-INSTRUCTION_SOURCES = {
+INSTRUCTION_SOURCES: Registry[Callable] = Registry("data.source", {
     "instructions": load_builtin_instructions,
     "jsonl": lambda data, seed: load_instruction_jsonl(Path(data.path)),
     "datasets": load_instruction_datasets,
-}
+})

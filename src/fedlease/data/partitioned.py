@@ -40,8 +40,8 @@ def dataset_problems(data: DataConfig) -> list[str]:
         need(bool(d.path), "path", "a data file or a save_to_disk folder", d.path)
         need(d.format in ("", *FORMATS), "format", "one of " + ", ".join(FORMATS)
              + " (or \"\" to infer it from the path)", d.format)
-        need(d.partitioner in PARTITIONERS, "partitioner", "one of " + ", ".join(PARTITIONERS),
-             d.partitioner)
+        unknown = PARTITIONERS.problem(d.partitioner, f"{where}.partitioner")
+        problems.extend([unknown] if unknown else [])
         need(d.num_partitions >= (0 if d.partitioner == "natural" else 1), "num_partitions",
              "an integer >= 1" + (" (0: one client per value)" if d.partitioner == "natural"
                                   else ""), d.num_partitions)

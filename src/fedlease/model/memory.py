@@ -28,9 +28,9 @@ from torch import nn
 
 from fedlease.config.schema import RunConfig
 from fedlease.errors import ConfigError
-from fedlease.model.classifier import matches_target
+from fedlease.model.adapted import matches_target
+from fedlease.model.precision import autocast_dtype
 from fedlease.model.quantization import BYTES_PER_WEIGHT
-from fedlease.training import autocast_dtype
 
 GiB = 2**30
 # per token and layer, what a decoder layer keeps for backward (counted with autograd's saved-tensor

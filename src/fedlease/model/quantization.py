@@ -10,8 +10,10 @@ as CUDA, gradients through the quantized layers included.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 
 from fedlease.errors import ConfigError
+from fedlease.registry import Registry
 
 BITSANDBYTES_DEVICES = ("cpu", "cuda")  # what this module was checked on
 # bytes a quantized weight takes per parameter, with its scales: 4-bit NF4 with double
@@ -20,10 +22,27 @@ BITSANDBYTES_DEVICES = ("cpu", "cuda")  # what this module was checked on
 BYTES_PER_WEIGHT = {"8bit": 1.0, "4bit": 0.5 + 1 / 64 + 4 / (64 * 256)}
 
 
+def nf4_config(torch, bits_and_bytes_config):
+    """QLoRA's 4-bit: NF4, double quantization, bf16 compute."""
+    return bits_and_bytes_config(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                 bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+# model.quantization -> its transformers BitsAndBytesConfig, given torch and that class (both
+# imported only when a quantized base loads); None: full precision
+QUANTIZATIONS: Registry[Callable | None] = Registry("model.quantization", {
+    "none": None,
+    "8bit": lambda torch, bits_and_bytes_config: bits_and_bytes_config(load_in_8bit=True),
+    "4bit": nf4_config,
+})
+
+
 def quantization_kwargs(quantization: str, device: str) -> dict:
     """``from_pretrained`` keyword arguments that load the base quantized on ``device``
     (``{}`` for ``none``); a one-line ``ConfigError`` naming what is missing otherwise."""
-    if quantization == "none":
+    build = QUANTIZATIONS[quantization]
+    if build is None:
         return {}
     where = f"model.quantization = {quantization!r}"
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -36,13 +55,8 @@ def quantization_kwargs(quantization: str, device: str) -> dict:
     import torch
     from transformers import BitsAndBytesConfig
 
-    if quantization == "4bit":
-        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                    bnb_4bit_use_double_quant=True,
-                                    bnb_4bit_compute_dtype=torch.bfloat16)
-    else:
-        config = BitsAndBytesConfig(load_in_8bit=True)
-    return {"quantization_config": config, "device_map": {"": device}}
+    return {"quantization_config": build(torch, BitsAndBytesConfig),
+            "device_map": {"": device}}
 
 
 def keep_trainable(backbone) -> None:

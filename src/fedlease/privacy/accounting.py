@@ -27,6 +27,7 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from fedlease.config.schema import PrivacyConfig
 from fedlease.errors import ConfigError
+from fedlease.privacy.accountants import ACCOUNTANTS
 
 HISTORY_KEY = "privacy.history"  # [entries, 3] float64: noise multiplier, sample rate, steps
 # the budget checks' slack for floating-point noise in the accountant
@@ -35,18 +36,6 @@ EPSILON_SLACK = 1e-6
 MAX_NOISE_MULTIPLIER = 1e4
 
 Mechanism = tuple[float, float, int]  # noise multiplier, sample rate, steps
-# the RDP orders searched: fractional ones near 1 (costly to compute) sparse, integers dense;
-# Opacus' default stops at 63, which cannot state an epsilon much below 0.2 at delta 1e-5 (the
-# allocation vector's share can be); a coarser grid only loosens the bound (upper bound kept)
-RDP_ORDERS = ([1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5, 4.0, 4.5] + list(range(5, 64))
-              + [80, 96, 128, 192, 256, 384, 512, 1024])
-
-
-def accountant_options(accountant: str) -> dict:
-    """Keyword arguments of the accountant's ``get_epsilon``."""
-    return {"alphas": RDP_ORDERS} if accountant == "rdp" else {}
-
-
 def client_delta(privacy: PrivacyConfig, num_train: int) -> float:
     """``privacy.delta``, or for 0 the smaller of 1e-5 and ``1 / (10 n)``: below ``1/n``."""
     return privacy.delta if privacy.delta > 0 else min(1e-5, 0.1 / max(num_train, 1))
@@ -61,7 +50,7 @@ def epsilon_of(history: list[Mechanism], delta: float, accountant: str) -> float
     acc.history = entries
     with warnings.catch_warnings():  # "optimal order is the largest alpha": a looser bound
         warnings.simplefilter("ignore")
-        return float(acc.get_epsilon(delta=delta, **accountant_options(accountant)))
+        return float(acc.get_epsilon(delta=delta, **ACCOUNTANTS[accountant]))
 
 
 @dataclass(frozen=True)
@@ -130,7 +119,7 @@ def _calibrate(privacy_values: tuple, num_train: int, batch_size: int, local_epo
             embedding_z = get_noise_multiplier(
                 target_epsilon=privacy.epsilon * privacy.embedding_share, target_delta=delta,
                 sample_rate=1.0, steps=1, accountant=privacy.accountant,
-                **accountant_options(privacy.accountant))
+                **ACCOUNTANTS[privacy.accountant])
     prior = [(embedding_z, 1.0, 1)] if embedding_z else []
     noise = privacy.noise_multiplier or _noise_for(
         privacy, prior, sample_rate, steps_per_round * rounds, delta)

@@ -1,6 +1,6 @@
 """What a client does differently under ``[privacy]``: its plan, calibrated once from the
 config and its own training-set size, drives its local update (DP-SGD) and its allocation
-vector. A trainer holds one as ``trainer.privacy`` (``runners.clients`` sets it)."""
+vector. A trainer holds one as ``trainer.privacy`` (``tasks.loading`` sets it)."""
 
 from __future__ import annotations
 

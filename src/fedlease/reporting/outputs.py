@@ -16,7 +16,7 @@
     OUT/adapters/server.safetensors     the server's experts after the last round (if it has any)
     OUT/adapters/warmup/<client>.safetensors  each client's warm-up LoRA and head (FedLEASE)
     OUT/run.json           what the run's models are: base model, layouts, labels (saved_models.py)
-    OUT/checkpoint/        the state after the last finished round (see runners/checkpoint.py)
+    OUT/checkpoint/        the state after the last finished round (see federation/checkpoint.py)
     OUT/fedlease-error.log the traceback of an error fedlease did not foresee (cli.py)
 
 Every path in the folder is named here (the writer's methods, the constants and functions below);
@@ -55,7 +55,7 @@ SPACE_SAFETY_FACTOR = 1.5
 # RUN_MARKERS means the folder holds a run, finished or interrupted
 CONFIG_FILE = "config.toml"  # the configuration the run used (a resume reads it)
 METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoint"  # the server checkpoint (fedlease.runners.checkpoint)
+CHECKPOINT_DIR = "checkpoint"  # the server checkpoint (fedlease.federation.checkpoint)
 ADAPTERS_DIR = "adapters"
 SERVER_ADAPTERS = f"{ADAPTERS_DIR}/server.safetensors"  # the server's experts (if any)
 RUN_FILE = "run.json"  # what the run's models are (fedlease.saved_models)

@@ -1,4 +1,5 @@
-"""A run's communication totals, from the ``traffic`` of its rounds (``runners.traffic``)."""
+"""A run's communication totals, from the ``traffic`` of its rounds (what
+``federation.traffic_meter`` counted)."""
 
 from __future__ import annotations
 

@@ -4,11 +4,13 @@ A task is one module of this package (its ``Task`` subclass and trainer) and one
 the rest of the package asks the run's task (``task_of``) and never branches on its name.
 """
 
+from fedlease.registry import Registry
 from fedlease.tasks.base import Task
 from fedlease.tasks.classification import ClassificationTask
 from fedlease.tasks.generation import GenerationTask
 
-TASKS: dict[str, Task] = {task.name: task for task in (ClassificationTask(), GenerationTask())}
+TASKS: Registry[Task] = Registry(
+    "model.task", {task.name: task for task in (ClassificationTask(), GenerationTask())})
 
 # each task's primary metric as plots and comparisons name it
 METRIC_LABELS = {task.metric: task.metric_label for task in TASKS.values()}

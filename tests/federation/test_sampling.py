@@ -1,0 +1,150 @@
+"""Client sampling (federation.clients_per_round): the one rule, its checks, a sampled run in
+the simulator, client states on disk and the traffic each round records."""
+
+import pytest
+import torch
+
+from fedlease.configure import load_config
+from fedlease.errors import ConfigError
+from fedlease.federation.client_states import DiskStates, MemoryStates
+from fedlease.federation.sampling import (
+    check_clients_per_round,
+    clients_to_evaluate,
+    sampled_clients,
+)
+from fedlease.transports.simulator import run_simulation
+
+IDS = [f"c{i}" for i in range(10)]
+
+
+def test_the_rule_is_a_function_of_seed_round_and_clients():
+    first = sampled_clients(IDS, 3, seed=0, rnd=1)
+    assert first == sampled_clients(list(IDS), 3, seed=0, rnd=1)  # no hidden state
+    assert len(first) == 3 and first == [c for c in IDS if c in first]  # in client order
+    rounds = {tuple(sampled_clients(IDS, 3, 0, rnd)) for rnd in range(1, 11)}
+    assert len(rounds) > 5  # rounds differ
+    assert sampled_clients(IDS, 3, 1, 1) != first or sampled_clients(IDS, 3, 1, 2) != \
+        sampled_clients(IDS, 3, 0, 2)  # seeds differ
+    assert sampled_clients(IDS, 0, 0, 1) == IDS == sampled_clients(IDS, 10, 0, 1)
+
+
+def test_evaluation_covers_the_round_then_everyone():
+    chosen = ["c1", "c4"]
+    assert clients_to_evaluate(2, 5, IDS, chosen, {"c1", "c4", "c7"}) == ["c1", "c4"]
+    assert clients_to_evaluate(2, 5, IDS, chosen, {"c4"}) == ["c4"]  # c1's upload rejected
+    assert clients_to_evaluate(5, 5, IDS, chosen, {"c4"}) == IDS
+
+
+@pytest.mark.parametrize("value", [-1, 11])
+def test_clients_per_round_out_of_range_is_refused_before_any_work(value):
+    with pytest.raises(ConfigError, match=r"federation.clients_per_round = .*\[0, 10\]"):
+        check_clients_per_round(value, 10)
+
+
+def test_config_checks_clients_per_round_and_label_skew():
+    with pytest.raises(ConfigError, match="federation.clients_per_round = -2"):
+        load_config(overrides={"federation": {"clients_per_round": -2}})
+    with pytest.raises(ConfigError, match="clients_per_round = 17: expected at most the 16"):
+        load_config(overrides={"federation": {"clients_per_round": 17}})
+    with pytest.raises(ConfigError, match="data.label_skew = -0.5"):
+        load_config(overrides={"data": {"label_skew": -0.5}})
+    with pytest.raises(ConfigError, match="label_skew = 0.5: applies to data.source = builtin"):
+        load_config(overrides={"data": {"label_skew": 0.5, "source": "jsonl", "path": "x"}})
+
+
+def test_a_sampled_jsonl_federation_too_small_is_refused_before_training(tiny_config):
+    tiny_config.federation.clients_per_round = 5  # the tiny federation has 4 clients
+    with pytest.raises(ConfigError, match="clients_per_round = 5"):
+        run_simulation(tiny_config, None, progress=False)
+
+
+def test_a_sampled_run_trains_few_clients_and_evaluates_all_at_the_end(tiny_config, tmp_path):
+    tiny_config.federation.clients_per_round = 2
+    tiny_config.federation.seed = 1  # never samples colors-1 in 3 rounds
+    result = run_simulation(tiny_config, tmp_path / "run", progress=False)
+    trained = [{c for c, m in e["clients"].items() if "train_loss" in m}
+               for e in result.history]
+    assert [len(t) for t in trained] == [2, 2, 2]
+    assert set(result.history[0]["clients"]) == trained[0]
+    assert sorted(result.history[-1]["clients"]) == sorted(result.tasks)
+    for entry, picked in zip(result.history, trained, strict=True):
+        traffic = entry["traffic"]
+        assert set(traffic["clients"]) >= picked
+        assert traffic["download"] == sum(d for d, _ in traffic["clients"].values())
+        assert traffic["upload"] == sum(u for _, u in traffic["clients"].values())
+        for cid in picked:  # each trained client sent exactly its upload
+            assert traffic["clients"][cid][1] >= entry["clients"][cid]["upload_bytes"]
+    # a client never sampled has no model of its own to save
+    assert not (tmp_path / "run" / "adapters" / "colors-1.safetensors").exists()
+    assert (tmp_path / "run" / "adapters" / "colors-0.safetensors").exists()
+    summary = (tmp_path / "run" / "summary.txt").read_text()
+    assert "downloaded MB per client" in summary and "uploaded MB in all" in summary
+
+
+def test_the_same_run_with_all_clients_is_unchanged_by_sampling_code(tiny_config):
+    # clients_per_round = 0 and = the client count sample the same clients; the default
+    # keeps states in memory, the sampled one on disk: the results agree to the last bit
+    everyone = run_simulation(tiny_config, None, progress=False)
+    tiny_config.federation.clients_per_round = 4
+    sampled_all = run_simulation(tiny_config, None, progress=False)
+    strip = [{c: {k: v for k, v in m.items() if "seconds" not in k}
+              for c, m in e["clients"].items()} for e in everyone.history]
+    assert strip == [{c: {k: v for k, v in m.items() if "seconds" not in k}
+                      for c, m in e["clients"].items()} for e in sampled_all.history]
+
+
+def test_disk_states_round_trip_and_hold_nothing_in_memory(tmp_path):
+    states = DiskStates(["a/b", "c"], tmp_path / "states")
+    assert not states.has("a/b") and states["a/b"] == {}
+    states["a/b"] = {"x": torch.arange(3.0)}
+    assert states.has("a/b") and torch.equal(states["a/b"]["x"], torch.arange(3.0))
+    assert sorted(states) == ["a/b", "c"] and states.nbytes() > 0
+    states["a/b"] = {}
+    assert not states.has("a/b")
+    with pytest.raises(KeyError):
+        states["unknown"]
+    memory = MemoryStates({"a": {}})
+    assert not memory.has("a")
+
+
+@pytest.mark.parametrize("algorithm", ["fedlease", "ifca-lora", "fedsa-lora"])
+def test_a_sampled_run_resumes_to_the_same_metrics(algorithm, tiny_config, tmp_path,
+                                                   monkeypatch):
+    # the states on disk go with the checkpoint; the rule needs no sampler state
+    from fedlease.algorithms import ALGORITHMS
+
+    tiny_config.federation.algorithm = algorithm
+    tiny_config.federation.clients_per_round = 2
+    tiny_config.federation.seed = 1
+    reference = run_simulation(tiny_config, None, progress=False)
+    algorithm_cls = ALGORITHMS[algorithm]
+    original = algorithm_cls.configure_fit
+
+    def interrupted(self, rnd, first_time=()):
+        if rnd == 3:
+            raise KeyboardInterrupt
+        return original(self, rnd, first_time)
+
+    monkeypatch.setattr(algorithm_cls, "configure_fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(tiny_config, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    resumed = run_simulation(tiny_config, tmp_path / "run", progress=False, resume=True)
+
+    def strip(history):
+        return [{c: {k: v for k, v in m.items() if "seconds" not in k}
+                 for c, m in e["clients"].items()} for e in history]
+
+    assert strip(resumed.history) == strip(reference.history)
+    assert [e["traffic"] for e in resumed.history] == [e["traffic"] for e in reference.history]
+
+
+def test_compare_tables_a_sampled_run_with_never_sampled_clients(tiny_config, tmp_path):
+    # the last round evaluates clients that never trained (no training metrics): the table
+    # still has its trainable parameters (of those that trained) and its traffic
+    from fedlease.experiments.compare import run_comparison
+
+    tiny_config.federation.clients_per_round = 2
+    rows = run_comparison(tiny_config, ["fedit"], [1], tmp_path / "cmp", progress=False)
+    assert rows[0]["trainable_params"] > 0 and rows[0]["download_per_client"] > 0
+    assert (tmp_path / "cmp" / "accuracy_vs_bytes.png").exists()
