@@ -127,9 +127,9 @@ def table(by_seed: dict[int, dict], steps: tuple[int, ...]) -> str:
         runs = [results[name] for results in by_seed.values() if name in results]
         cells = []
         for s in steps:
-            means = [100 * statistics.mean(run[str(s)].values()) for run in runs]
+            means = [100 * statistics.mean(run[str(s)].values()) for run in runs if str(s) in run]
             spread = statistics.stdev(means) if len(means) > 1 else 0.0
-            cells.append(f"{statistics.mean(means):.1f} ± {spread:.1f}")
+            cells.append(f"{statistics.mean(means):.1f} ± {spread:.1f}" if means else "–")
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
