@@ -25,16 +25,25 @@ from statistics import mean, stdev
 from fedlease.algorithms import ALGORITHMS, ClientInfo
 from fedlease.algorithms.base import client_embedding
 from fedlease.algorithms.clustering import (
+    SIGNALS,
     b_distance_matrix,
     cluster_clients,
     embedding_distance_matrix,
-    hybrid_distance,
+    mean_offdiagonal,
 )
 from fedlease.algorithms.messages import EMBEDDING_PART, Instruction, UploadSpec
 from fedlease.configure import load_config, with_overrides
 from fedlease.privacy.client import client_privacy
 from fedlease.reporting.summary import clustering_ari
-from fedlease.transports.simulator import build_trainers, load_clients
+from fedlease.tasks.loading import build_trainers, load_clients
+
+
+def hybrid_distance(b_distance, embedding_distance):
+    """The hybrid signal's distance, each matrix scaled to a mean off-diagonal of 1 (as
+    FedLEASE scales them at its allocation round)."""
+    return SIGNALS["hybrid"].distance(b_distance, embedding_distance,
+                                      [mean_offdiagonal(b_distance),
+                                       mean_offdiagonal(embedding_distance)])
 
 
 class Computed:

@@ -275,6 +275,34 @@ def finished_run(tmp_path_factory, tiny_model_dir, tiny_llama_dir):
     return make
 
 
+# -- a run stopped between two rounds, then resumed -------------------------------------------
+
+@pytest.fixture
+def interrupted_then_resumed():
+    """``interrupted_then_resumed(config, out, stop_round)``: the run of ``config`` into ``out``
+    stopped (``KeyboardInterrupt``) as round ``stop_round`` begins, after the checkpoint of the
+    round before, then resumed from it; the resumed run's ``RunResult``."""
+    from fedlease.algorithms import ALGORITHMS
+    from fedlease.transports.simulator import run_simulation
+
+    def run(config, out, stop_round: int):
+        algorithm_cls = ALGORITHMS[config.federation.algorithm]
+        original = algorithm_cls.configure_fit
+
+        def interrupted(self, rnd, first_time=()):
+            if rnd == stop_round:
+                raise KeyboardInterrupt
+            return original(self, rnd, first_time)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(algorithm_cls, "configure_fit", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                run_simulation(config, out, progress=False)
+        return run_simulation(config, out, progress=False, resume=True)
+
+    return run
+
+
 # -- one labelled table (data.source = "datasets"): the colors task, with a domain column ----
 
 def planted_table(rows: int = 240, labels=("red", "blue"), domains=("web", "mail", "chat"),

@@ -1,7 +1,7 @@
 """What a run folder says about the models it holds, and reading one model back from it.
 
-A finished simulator run writes ``OUT/run.json`` next to its adapters, so that prediction and
-export need nothing but the folder::
+A finished simulator run writes ``OUT/run.json`` next to its adapters
+(``reporting.outputs.describe_run``), so that prediction and export need nothing but the folder::
 
     {"format": "fedlease-run", "version": 1, "algorithm": "fedlease",
      "config": {"model": {...}, "lora": {...}, "train": {...}},   # model.path: the resolved base
@@ -18,7 +18,6 @@ loads without its run folder. ``SavedModel`` is what either of them holds for on
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,17 +25,19 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 
-from fedlease.config import RunConfig, config_to_dict
+from fedlease.config import RunConfig
 from fedlease.configure import load_config
 from fedlease.errors import ConfigError, ModelFileError
 from fedlease.model.lora import AdapterLayout
-from fedlease.reporting.outputs import RUN_FILE, SERVER_ADAPTERS, client_adapters, warmup_adapters
+from fedlease.reporting.outputs import (
+    FORMAT_VERSION,
+    MODEL_SECTIONS,
+    RUN_FILE,
+    model_config,
+)
 
 MODEL_FILE = "fedlease_model.json"
 MODEL_WEIGHTS = "model.safetensors"
-FORMAT_VERSION = 1
-# the config sections a model needs to be rebuilt and run as in the run
-MODEL_SECTIONS = ("model", "lora", "train")
 
 
 
@@ -51,31 +52,6 @@ class SavedModel:
     state: dict[str, torch.Tensor]  # adapter.* and, for a classifier, head.*
     task: str = ""  # the client's task name (sentiment, ...)
     labels: list[str] = field(default_factory=list)  # label names by index (classification)
-
-
-def model_config(config: RunConfig, model_path: str) -> dict:
-    """The sections of ``config`` a saved model needs, with the base model's absolute path."""
-    sections = {name: dict(config_to_dict(config)[name]) for name in MODEL_SECTIONS}
-    sections["model"]["path"] = os.path.abspath(model_path)
-    return sections
-
-
-def describe_run(config: RunConfig, model_path: str, clients: dict[str, dict],
-                 server_experts: int = 0, warmup: bool = False) -> dict:
-    """``run.json``'s content. ``clients``: id -> ``{"task", "labels", "layout"}``;
-    ``server_experts``: how many experts ``adapters/server.safetensors`` holds (0: none);
-    ``warmup``: each client's warm-up LoRA is in ``adapters/warmup/``."""
-    described = {}
-    for cid, info in clients.items():
-        entry = {**info, "weights": client_adapters(cid)}
-        if warmup:
-            entry["warmup_weights"] = warmup_adapters(cid)
-        described[cid] = entry
-    server = ({"weights": SERVER_ADAPTERS, "num_experts": server_experts}
-              if server_experts else None)
-    return {"format": "fedlease-run", "version": FORMAT_VERSION,
-            "algorithm": config.federation.algorithm, "config": model_config(config, model_path),
-            "clients": described, "server": server}
 
 
 def describe_model(model: SavedModel) -> dict:

@@ -9,8 +9,8 @@ import torch
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Reply
 from fedlease.algorithms.base import client_embedding
 from fedlease.algorithms.clustering import (
+    SIGNALS,
     embedding_distance_matrix,
-    hybrid_distance,
     mean_offdiagonal,
 )
 from fedlease.algorithms.messages import EMBEDDING_KEY, Instruction, UploadSpec
@@ -104,7 +104,7 @@ def test_hybrid_is_the_mean_of_the_two_distances_each_scaled_to_mean_one():
     e = np.array([[0, 0.1, 0.1], [0.1, 0, 0.4], [0.1, 0.4, 0]])  # mean off-diagonal 0.2
     assert mean_offdiagonal(b) == pytest.approx(4.0)
     expected = np.array([[0, 0.5, 0.75], [0.5, 0, 1.75], [0.75, 1.75, 0]])
-    assert np.allclose(hybrid_distance(b, e), expected)
+    assert np.allclose(SIGNALS["hybrid"].distance(b, e, [4.0, 0.2]), expected)
 
 
 def test_embedding_distance_is_one_minus_cosine():

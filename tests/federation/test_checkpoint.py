@@ -115,7 +115,8 @@ def strip_seconds(record: dict) -> dict:
                          [(name, "lora-b", 1) for name in ALGORITHMS]
                          + [("fedlease", "embedding", 0), ("fedlease", "hybrid", 1)])
 def test_interrupted_run_resumes_to_the_same_final_metrics(algorithm, allocation, warmup,
-                                                           tiny_config, tmp_path, monkeypatch):
+                                                           tiny_config, tmp_path,
+                                                           interrupted_then_resumed):
     """In process: stop a run in round 2 (after round 1's checkpoint), resume it, and compare
     with an uninterrupted run of the same seed (the embeddings travel in the checkpoint)."""
     tiny_config.federation.rounds = 2
@@ -123,20 +124,7 @@ def test_interrupted_run_resumes_to_the_same_final_metrics(algorithm, allocation
     tiny_config.federation.allocation = allocation
     tiny_config.federation.warmup_rounds = warmup
     reference = run_simulation(tiny_config, None, progress=False)
-    algorithm_cls = ALGORITHMS[algorithm]
-    original = algorithm_cls.configure_fit
-
-    def interrupted(self, rnd, first_time=()):
-        if rnd == 2:
-            raise KeyboardInterrupt
-        return original(self, rnd, first_time)
-
-    out = tmp_path / "run"
-    monkeypatch.setattr(algorithm_cls, "configure_fit", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_simulation(tiny_config, out, progress=False)
-    monkeypatch.undo()
-    resumed = run_simulation(tiny_config, out, progress=False, resume=True)
+    resumed = interrupted_then_resumed(tiny_config, tmp_path / "run", stop_round=2)
     assert [r["round"] for r in resumed.history] == [1, 2]
     assert strip_seconds(resumed.history[-1]) == strip_seconds(reference.history[-1])
     assert resumed.report == reference.report

@@ -115,23 +115,11 @@ def test_a_fixed_noise_multiplier_stops_before_the_round_that_would_cross(tiny_c
 
 
 def test_an_interrupted_private_run_resumes_its_accountant(tiny_config, tmp_path,
-                                                          monkeypatch):
+                                                          interrupted_then_resumed):
     config = private(tiny_config, epsilon=4.0)
     config.federation.rounds = 2
     reference = run_simulation(config, None, progress=False)
-    cls = ALGORITHMS["fedlease"]
-    original = cls.configure_fit
-
-    def interrupted(self, rnd, first_time=()):
-        if rnd == 2:
-            raise KeyboardInterrupt
-        return original(self, rnd, first_time)
-
-    monkeypatch.setattr(cls, "configure_fit", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_simulation(config, tmp_path / "run", progress=False)
-    monkeypatch.undo()
-    resumed = run_simulation(config, tmp_path / "run", progress=False, resume=True)
+    resumed = interrupted_then_resumed(config, tmp_path / "run", stop_round=2)
     assert strip_seconds(resumed.history) == strip_seconds(reference.history)
     assert resumed.privacy["clients"] == reference.privacy["clients"]
 

@@ -113,12 +113,6 @@ def mean_offdiagonal(distance: np.ndarray) -> float:
     return mean if mean > 0 else 1.0
 
 
-def hybrid_distance(b_distance: np.ndarray, embedding_distance: np.ndarray) -> np.ndarray:
-    """The average of the two distance matrices, each scaled to a mean off-diagonal of 1."""
-    return SIGNALS["hybrid"].distance(b_distance, embedding_distance,
-                                      [mean_offdiagonal(b_distance),
-                                       mean_offdiagonal(embedding_distance)])
-
 
 def cluster_clients(distance: np.ndarray, max_clusters: int, tol: float = 1e-6) -> Clustering:
     """Average-linkage agglomerative clustering for k in 2..min(M_max, N-1), k by silhouette.

@@ -19,7 +19,7 @@ import torch
 
 from fedlease.errors import ProtocolError
 from fedlease.model.adapted import ADAPTER_PREFIX
-from fedlease.model.lora import AdapterLayout
+from fedlease.model.lora import ADAPTER_PARTS, AdapterLayout
 
 Tensors = dict[str, torch.Tensor]
 
@@ -27,7 +27,7 @@ Tensors = dict[str, torch.Tensor]
 EMBEDDING_PART = "embedding"
 EMBEDDING_KEY = "profile.embedding"
 # what an upload spec may ask for: the adapter parts, and the representation vector
-UPLOAD_PARTS = ("lora_A", "lora_B", "router", EMBEDDING_PART)
+UPLOAD_PARTS = (*ADAPTER_PARTS, EMBEDDING_PART)
 
 
 @dataclass(frozen=True)

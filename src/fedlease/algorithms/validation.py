@@ -28,6 +28,7 @@ from fedlease.algorithms.messages import (
 )
 from fedlease.errors import ProtocolError, RejectedUpload
 from fedlease.model.adapted import ADAPTER_PREFIX
+from fedlease.model.lora import adapter_part_shape
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,15 @@ def expected_upload_shapes(instruction: Instruction, adapter_shapes: dict[str, t
         shapes[EMBEDDING_KEY] = (representation_dim,)
     if layout is None:  # a profile request: the embedding alone
         return shapes
-    num = len(spec.experts)
+    # a router is uploaded whole (its slots); LoRA parts for the experts asked for
+    counts = {"lora_A": len(spec.experts), "lora_B": len(spec.experts)}
+    if layout.router_slots is not None:
+        counts["router"] = len(layout.router_slots)
     for name, (d_in, d_out) in adapter_shapes.items():
-        part_shapes = {"lora_A": (num, rank, d_in), "lora_B": (num, d_out, rank)}
-        if layout.router_slots is not None:
-            part_shapes["router"] = (len(layout.router_slots), d_in)
         for part in spec.parts:
-            if part in part_shapes:
-                shapes[f"{ADAPTER_PREFIX}{name}.{part}"] = part_shapes[part]
+            if part in counts:
+                shapes[f"{ADAPTER_PREFIX}{name}.{part}"] = adapter_part_shape(
+                    part, d_in, d_out, rank, counts[part])
     return shapes
 
 

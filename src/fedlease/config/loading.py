@@ -16,8 +16,11 @@ from pathlib import Path
 from fedlease.config.schema import (
     MAX_SEED,
     PRECISIONS,
+    DataConfig,
+    LoRAConfig,
     ModelConfig,
     RunConfig,
+    TrainConfig,
 )
 from fedlease.errors import ConfigError
 
@@ -32,55 +35,11 @@ def validate(config: RunConfig,
     """Values that parse but cannot work; one message per problem, all at once. ``more_checks``:
     the checks of the layers above (``fedlease.configure``: the registries'), run here so that
     every problem is reported in one message."""
-    problems = []
-
-    def need(ok: bool, name: str, expected: str, value):
-        problems.extend(failed([(ok, name, expected, value)]))
-
-    need(config.lora.rank >= 1, "lora.rank", "an integer >= 1", config.lora.rank)
-    need(0 < config.lora.alpha < math.inf, "lora.alpha", "a number > 0", config.lora.alpha)
-    need(0 <= config.lora.dropout < 1, "lora.dropout", "a number in [0, 1)", config.lora.dropout)
-    need(config.model.max_new_tokens >= 1, "model.max_new_tokens", "an integer >= 1",
-         config.model.max_new_tokens)
-    need(len(config.model.target_modules) > 0, "model.target_modules", "a non-empty list",
-         config.model.target_modules)
-    need(config.model.max_length >= 8, "model.max_length", "an integer >= 8",
-         config.model.max_length)
-    need(len(set(config.data.tasks)) == len(config.data.tasks), "data.tasks",
-         "each task once (a task's clients are data.clients_per_task)", config.data.tasks)
-    need(config.data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
-         config.data.clients_per_task)
-    need(config.data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
-         config.data.train_per_client)
-    need(config.data.test_per_client >= 1, "data.test_per_client", "an integer >= 1",
-         config.data.test_per_client)
-    need(0 < config.train.lr < math.inf, "train.lr", "a number > 0", config.train.lr)
-    need(0 <= config.train.weight_decay < math.inf, "train.weight_decay", "a number >= 0",
-         config.train.weight_decay)
-    need(config.train.batch_size >= 1, "train.batch_size", "an integer >= 1",
-         config.train.batch_size)
-    need(config.train.local_epochs >= 1, "train.local_epochs", "an integer >= 1",
-         config.train.local_epochs)
-    need(config.train.device in ("cpu", "cuda") or config.train.device.startswith("cuda:"),
-         "train.device", "cpu or cuda", config.train.device)
-    need(config.train.precision in PRECISIONS, "train.precision",
-         "one of " + ", ".join(PRECISIONS), config.train.precision)
-    need(config.federation.rounds >= 1, "federation.rounds", "an integer >= 1",
-         config.federation.rounds)
-    need(0 <= config.federation.seed <= MAX_SEED, "federation.seed",
-         f"an integer in [0, {MAX_SEED}]", config.federation.seed)
-    need(config.federation.max_experts >= 1, "federation.max_experts", "an integer >= 1",
-         config.federation.max_experts)
-    need(0 <= config.federation.embedding_noise < math.inf, "federation.embedding_noise",
-         "a number >= 0", config.federation.embedding_noise)
-    need(config.federation.max_update_norm > 0, "federation.max_update_norm",
-         "a number > 0 (inf: no bound)", config.federation.max_update_norm)
-    need(bool(config.output.dir), "output.dir", "a folder path", config.output.dir)
-    need(not config.output.tensorboard or importlib.util.find_spec("tensorboard") is not None,
-         "output.tensorboard", "false, or the tensorboard package installed (pip install "
-         "'fedlease[tensorboard]')", config.output.tensorboard)
-    problems += failed(model_loading_checks(config.model) + scale_checks(config)
-                       + robustness_checks(config) + privacy_checks(config))
+    problems = failed(lora_checks(config.lora) + model_checks(config.model)
+                      + data_checks(config.data) + train_checks(config.train)
+                      + federation_checks(config) + model_loading_checks(config.model)
+                      + scale_checks(config) + robustness_checks(config)
+                      + privacy_checks(config))
     for check in more_checks:
         problems += check(config)
     if problems:
@@ -96,6 +55,72 @@ def failed(checks: list[Check]) -> list[str]:
     """One message per failed check, in the form every config error takes."""
     return [f"{name} = {value!r}: expected {expected}"
             for ok, name, expected, value in checks if not ok]
+
+
+def lora_checks(lora: LoRAConfig) -> list[Check]:
+    return [
+        (lora.rank >= 1, "lora.rank", "an integer >= 1", lora.rank),
+        (0 < lora.alpha < math.inf, "lora.alpha", "a number > 0", lora.alpha),
+        (0 <= lora.dropout < 1, "lora.dropout", "a number in [0, 1)", lora.dropout),
+    ]
+
+
+def model_checks(model: ModelConfig) -> list[Check]:
+    """What the model reads and generates (how it loads: ``model_loading_checks``)."""
+    return [
+        (model.max_new_tokens >= 1, "model.max_new_tokens", "an integer >= 1",
+         model.max_new_tokens),
+        (len(model.target_modules) > 0, "model.target_modules", "a non-empty list",
+         model.target_modules),
+        (model.max_length >= 8, "model.max_length", "an integer >= 8", model.max_length),
+    ]
+
+
+def data_checks(data: DataConfig) -> list[Check]:
+    return [
+        (len(set(data.tasks)) == len(data.tasks), "data.tasks",
+         "each task once (a task's clients are data.clients_per_task)", data.tasks),
+        (data.clients_per_task >= 1, "data.clients_per_task", "an integer >= 1",
+         data.clients_per_task),
+        (data.train_per_client >= 2, "data.train_per_client", "an integer >= 2",
+         data.train_per_client),
+        (data.test_per_client >= 1, "data.test_per_client", "an integer >= 1",
+         data.test_per_client),
+    ]
+
+
+def train_checks(train: TrainConfig) -> list[Check]:
+    return [
+        (0 < train.lr < math.inf, "train.lr", "a number > 0", train.lr),
+        (0 <= train.weight_decay < math.inf, "train.weight_decay", "a number >= 0",
+         train.weight_decay),
+        (train.batch_size >= 1, "train.batch_size", "an integer >= 1", train.batch_size),
+        (train.local_epochs >= 1, "train.local_epochs", "an integer >= 1", train.local_epochs),
+        (train.device in ("cpu", "cuda") or train.device.startswith("cuda:"), "train.device",
+         "cpu or cuda", train.device),
+        (train.precision in PRECISIONS, "train.precision", "one of " + ", ".join(PRECISIONS),
+         train.precision),
+    ]
+
+
+def federation_checks(config: RunConfig) -> list[Check]:
+    """The rounds and the server's settings, and where the run writes."""
+    federation, output = config.federation, config.output
+    return [
+        (federation.rounds >= 1, "federation.rounds", "an integer >= 1", federation.rounds),
+        (0 <= federation.seed <= MAX_SEED, "federation.seed",
+         f"an integer in [0, {MAX_SEED}]", federation.seed),
+        (federation.max_experts >= 1, "federation.max_experts", "an integer >= 1",
+         federation.max_experts),
+        (0 <= federation.embedding_noise < math.inf, "federation.embedding_noise",
+         "a number >= 0", federation.embedding_noise),
+        (federation.max_update_norm > 0, "federation.max_update_norm",
+         "a number > 0 (inf: no bound)", federation.max_update_norm),
+        (bool(output.dir), "output.dir", "a folder path", output.dir),
+        (not output.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+         "output.tensorboard", "false, or the tensorboard package installed (pip install "
+         "'fedlease[tensorboard]')", output.tensorboard),
+    ]
 
 
 def privacy_checks(config: RunConfig) -> list[Check]:

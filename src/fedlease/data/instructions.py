@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedlease.data.client_data import ClientData, Example
-from fedlease.data.partitioned import columns, partition_datasets, text_value
 from fedlease.data.sources import builtin_dir, load_source_clients, read_jsonl_clients
+from fedlease.data.tables import columns, partition_datasets, text_value
 from fedlease.errors import DataError
 from fedlease.registry import Registry
 

@@ -1,5 +1,5 @@
 """Where a federation's examples come from: the built-in sample, a glue_data folder, JSONL, or
-local tables partitioned into clients (``partitioned.py``).
+local tables partitioned into clients (``tables.py``).
 
 Every loader returns a list of ``ClientData``; ``load_source_clients`` picks one by ``data.source``
 from ``SOURCES`` (defined at the end of this module), which also says what the source reads
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedlease.data.client_data import ClientData, Example, split_task
-from fedlease.data.partitioned import dataset_problems, load_partitioned
 from fedlease.data.skewed import split_task_skewed
+from fedlease.data.tables import dataset_problems, load_partitioned
 from fedlease.errors import DataError
 from fedlease.registry import Registry
 

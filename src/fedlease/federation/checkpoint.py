@@ -40,6 +40,7 @@ from fedlease.config import RunConfig, changed_fields, config_to_dict
 from fedlease.config.schema import MACHINE_SETTINGS
 from fedlease.errors import CheckpointError
 from fedlease.model.adapted import ADAPTER_PREFIX, HEAD_PREFIX
+from fedlease.model.lora import adapter_part_shape
 from fedlease.reporting.files import atomic_write, atomic_write_bytes
 from fedlease.reporting.outputs import CHECKPOINT_DIR
 
@@ -260,10 +261,10 @@ def check_fits_model(checkpoint: Checkpoint, model, rank: int, where: Path) -> N
         if layer not in shapes:
             fail(label, f"{key} names a layer the model does not adapt")
         d_in, d_out = shapes[layer]
-        expected = {"lora_A": (3, {1: rank, 2: d_in}), "lora_B": (3, {1: d_out, 2: rank}),
-                    "router": (2, {1: d_in})}.get(part)
-        if expected is None or value.dim() != expected[0] or any(
-                value.shape[axis] != size for axis, size in expected[1].items()):
+        # any number of experts (router slots): the other axes by the model's layer and rank
+        expected = adapter_part_shape(part, d_in, d_out, rank, value.shape[0] if value.dim() else 0)
+        if expected is None or value.dim() != len(expected) or \
+                tuple(value.shape[1:]) != expected[1:]:
             fail(label, f"{key} has shape {tuple(value.shape)}")
 
     def visit(value, label: str) -> None:

@@ -69,10 +69,6 @@ class DiskStates(MutableMapping):
     def __len__(self) -> int:
         return len(self._files)
 
-    def nbytes(self) -> int:
-        """Bytes on disk (the states' files)."""
-        return sum(p.stat().st_size for p in self._files.values() if p.exists())
-
 
 def client_states(client_ids: list[str], on_disk: bool, folder: str | Path | None = None):
     """The store for ``client_ids``, every state empty: on disk (``folder``, else a temporary

@@ -37,7 +37,7 @@ from fedlease.federation.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fedlease.federation.sampling import check_clients_per_round
+from fedlease.federation.sampling import ClientSampling
 from fedlease.federation.traffic_meter import TrafficMeter
 from fedlease.model.lora import AdapterLayout
 from fedlease.privacy.report import over_budget, privacy_report
@@ -91,9 +91,11 @@ class ClientRoster:
 class Transport(Protocol):
     """How the engine reaches the clients. ``local_states``: the clients' own state where the
     server holds it (the simulator; checkpointed and saved as final models), else empty (on
-    Flower every node keeps its client's state)."""
+    Flower every node keeps its client's state). ``sampling``: the run's one sampling rule,
+    which the transport's ``choose_*`` and the engine ask."""
 
     local_states: dict[str, Tensors]
+    sampling: ClientSampling
     # whether the transport sends the tensors in ``federation.transport_precision`` itself
     # (Flower's records); else the engine rounds them as they would arrive (``sent``)
     encodes_tensors: bool
@@ -187,7 +189,7 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
     start = time.perf_counter() if start is None else start
     algorithm = ALGORITHMS[config.federation.algorithm](
         config, roster.clients, roster.adapter_shapes, roster.representation_dim)
-    check_clients_per_round(config.federation.clients_per_round, len(roster.clients))
+    transport.sampling.check(len(roster.clients))
     result = RunResult(config, roster.tasks, data=roster.data)
     # bytes each client downloads and uploads, in the transport precision
     meter = TrafficMeter(config.federation.transport_precision)
@@ -278,7 +280,7 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     evaluate = algorithm.configure_evaluate(rnd)
     picked = transport.choose_evaluate(rnd, list(evaluate), trained)
     newcomers = [cid for cid in picked if cid not in trained]
-    if algorithm.config.federation.clients_per_round and newcomers:
+    if transport.sampling.samples and newcomers:
         # never sampled: evaluated by the newcomer protocol, every algorithm the same (base.py)
         steps = algorithm.config.federation.newcomer_steps
         evaluate.update({cid: algorithm.newcomer(steps, client_id=cid) for cid in newcomers})

@@ -16,11 +16,24 @@ weight decay) never touches them. ``benchmarks/bench_step.py`` measures the cost
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+# the tensors of one adapted layer, by their layer-local names
+ADAPTER_PARTS = ("lora_A", "lora_B", "router")
+
+
+def adapter_part_shape(part: str, d_in: int, d_out: int, rank: int,
+                       count: int) -> tuple[int, ...] | None:
+    """THE shape rule of a layer's adapter tensors (``count``: its experts, or for the router
+    its slots): ``lora_A [count, rank, d_in]``, ``lora_B [count, d_out, rank]``, ``router
+    [count, d_in]``; None for a name that is no adapter part."""
+    return {"lora_A": (count, rank, d_in), "lora_B": (count, d_out, rank),
+            "router": (count, d_in)}.get(part)
 
 
 @dataclass(frozen=True)
@@ -103,8 +116,10 @@ class MixtureLoRALinear(nn.Module):
     ) -> None:
         """Install copies of the adapter tensors under ``layout``; trainable ones become
         parameters, the others buffers."""
-        E, r = layout.num_experts, self.rank
-        expect_A, expect_B = (E, r, self.in_features), (E, self.out_features, r)
+        shape = functools.partial(adapter_part_shape, d_in=self.in_features,
+                                  d_out=self.out_features, rank=self.rank)
+        expect_A = shape("lora_A", count=layout.num_experts)
+        expect_B = shape("lora_B", count=layout.num_experts)
         if tuple(lora_A.shape) != expect_A or tuple(lora_B.shape) != expect_B:
             raise ValueError(
                 f"adapter shapes A{tuple(lora_A.shape)} B{tuple(lora_B.shape)} do not match the "
@@ -119,11 +134,11 @@ class MixtureLoRALinear(nn.Module):
         self.train_A = nn.Parameter(self.frozen_A[idx].clone()) if layout.train_A else None
         self.train_B = nn.Parameter(self.frozen_B[idx].clone())
         # every expert trainable, in order (plain LoRA, FedDPA...): nothing frozen to splice in
-        self.all_trainable = layout.trainable == tuple(range(E))
+        self.all_trainable = layout.trainable == tuple(range(layout.num_experts))
         if layout.router_slots is None:
             self.router = None
         else:
-            expect = (len(layout.router_slots), self.in_features)
+            expect = shape("router", count=len(layout.router_slots))
             if router is None or tuple(router.shape) != expect:
                 got = None if router is None else tuple(router.shape)
                 raise ValueError(

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from safetensors.torch import save as save_tensors
 
-from fedlease.config import dump_toml
+from fedlease.config import RunConfig, config_to_dict, dump_toml
 from fedlease.errors import ConfigError, OutputError
 from fedlease.model.lora import AdapterLayout
 from fedlease.reporting.files import atomic_write, atomic_write_bytes
@@ -58,7 +58,10 @@ METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoint"  # the server checkpoint (fedlease.federation.checkpoint)
 ADAPTERS_DIR = "adapters"
 SERVER_ADAPTERS = f"{ADAPTERS_DIR}/server.safetensors"  # the server's experts (if any)
-RUN_FILE = "run.json"  # what the run's models are (fedlease.saved_models)
+RUN_FILE = "run.json"  # what the run's models are (describe_run; read by fedlease.saved_models)
+FORMAT_VERSION = 1  # of run.json and of an exported model's fedlease_model.json
+# the config sections a model needs to be rebuilt and run as in the run
+MODEL_SECTIONS = ("model", "lora", "train")
 ERROR_LOG = "fedlease-error.log"
 RUN_OUTPUTS = (CONFIG_FILE, METRICS_FILE, "clustering.json", "data.json", "summary.txt",
                "result.json", "plots", ADAPTERS_DIR, CHECKPOINT_DIR, "metrics.csv", RUN_FILE,
@@ -93,6 +96,31 @@ def nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def model_config(config: RunConfig, model_path: str) -> dict:
+    """The sections of ``config`` a saved model needs, with the base model's absolute path."""
+    sections = {name: dict(config_to_dict(config)[name]) for name in MODEL_SECTIONS}
+    sections["model"]["path"] = os.path.abspath(model_path)
+    return sections
+
+
+def describe_run(config: RunConfig, model_path: str, clients: dict[str, dict],
+                 server_experts: int = 0, warmup: bool = False) -> dict:
+    """``run.json``'s content. ``clients``: id -> ``{"task", "labels", "layout"}``;
+    ``server_experts``: how many experts ``adapters/server.safetensors`` holds (0: none);
+    ``warmup``: each client's warm-up LoRA is in ``adapters/warmup/``."""
+    described = {}
+    for cid, info in clients.items():
+        entry = {**info, "weights": client_adapters(cid)}
+        if warmup:
+            entry["warmup_weights"] = warmup_adapters(cid)
+        described[cid] = entry
+    server = ({"weights": SERVER_ADAPTERS, "num_experts": server_experts}
+              if server_experts else None)
+    return {"format": "fedlease-run", "version": FORMAT_VERSION,
+            "algorithm": config.federation.algorithm, "config": model_config(config, model_path),
+            "clients": described, "server": server}
 
 
 class RunWriter:
@@ -207,8 +235,8 @@ class RunWriter:
 
     def finish(self, result, client_models: dict[str, tuple[dict, dict]],
                description: dict | None = None) -> None:
-        """The final reports and each client's model; ``description`` (``run.json``, see
-        ``fedlease.saved_models``) is written last, once the files it names exist."""
+        """The final reports and each client's model; ``description`` (``run.json``,
+        ``describe_run``) is written last, once the files it names exist."""
         from fedlease.reporting.plots import plot_run
         from fedlease.reporting.summary import summary_table
 

@@ -24,10 +24,9 @@ from fedlease.federation.engine import (
     client_state_bytes,
     run_rounds,
 )
-from fedlease.federation.sampling import clients_to_evaluate, sampled_clients
+from fedlease.federation.sampling import ClientSampling
 from fedlease.reporting.data_report import data_report
-from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
-from fedlease.saved_models import describe_run
+from fedlease.reporting.outputs import RunWriter, describe_run, estimate_run_bytes
 from fedlease.tasks.loading import base_model_path, build_trainers, load_clients
 from fedlease.training import LocalTrainer
 
@@ -53,9 +52,10 @@ class InProcessTransport:
                  progress: bool):
         self.config, self.clients, self.trainers = config, clients, trainers
         self.client_side = ALGORITHMS[config.federation.algorithm].client
+        self.sampling = ClientSampling.of(config)
         # on disk under sampling: memory must not grow with every client's state
         self.local_states = client_states([c.client_id for c in clients],
-                                          on_disk=config.federation.clients_per_round > 0)
+                                          on_disk=self.sampling.samples)
         self.chosen: list[str] = []  # the clients of the current round
         self.progress = progress
         self._fingerprint: str | None = None
@@ -69,18 +69,13 @@ class InProcessTransport:
         return run_bytes(self.config, algorithm, self.trainers)
 
     def choose_fit(self, rnd: int, trained: set[str]) -> tuple[list[str], list[str]]:
-        """``federation.clients_per_round`` of the clients (all by default), by the rule every
-        runner shares; those without a local state yet start from the initial tensors."""
-        federation = self.config.federation
-        self.chosen = sampled_clients([c.client_id for c in self.clients],
-                                      federation.clients_per_round, federation.seed, rnd)
+        """The clients of the sampling rule every transport shares (all by default); those
+        without a local state yet start from the initial tensors."""
+        self.chosen = self.sampling.fit_clients([c.client_id for c in self.clients], rnd)
         return self.chosen, [cid for cid in self.chosen if not self.local_states.has(cid)]
 
     def choose_evaluate(self, rnd: int, candidates: list[str], trained: set[str]) -> list[str]:
-        if not self.config.federation.clients_per_round:
-            return candidates
-        return clients_to_evaluate(rnd, self.config.federation.rounds, candidates,
-                                   self.chosen, trained)
+        return self.sampling.evaluate_clients(rnd, candidates, self.chosen, trained)
 
     def _bar(self, ids, desc: str):
         return tqdm(ids, desc=desc, leave=False, disable=not self.progress)
@@ -113,8 +108,8 @@ class InProcessTransport:
 
     def finish(self, writer: RunWriter, algorithm, result: RunResult) -> None:
         """Each client's final model (what it kept locally plus the last download), the
-        server's experts, and ``run.json`` describing them (see ``fedlease.saved_models``);
-        clients that never trained (never sampled) have none."""
+        server's experts, and ``run.json`` describing them (``describe_run``, read by
+        ``fedlease.saved_models``); clients that never trained (never sampled) have none."""
         config = result.config
         # a client never sampled (client sampling) trained nothing: it has no model to save
         final = {cid: ins for cid, ins in

@@ -36,7 +36,7 @@ from fedlease.algorithms import ClientInfo, Instruction, Reply
 from fedlease.config import RunConfig
 from fedlease.errors import ConfigError, ProtocolError
 from fedlease.federation.engine import ClientRoster, RunResult, client_state_bytes, run_rounds
-from fedlease.federation.sampling import clients_to_evaluate, sampled_clients
+from fedlease.federation.sampling import ClientSampling
 from fedlease.reporting.outputs import RunWriter, estimate_run_bytes
 from fedlease.tasks import task_of
 from fedlease.transports.flower.records import (
@@ -163,6 +163,7 @@ class GridTransport:
         self.roster, self.node_of = roster, node_of
         self.local_states: dict = {}  # every node keeps its own client's state
         self.order = [c.client_id for c in roster.clients]
+        self.sampling = ClientSampling.of(config)
         self.rng = random.Random(config.federation.seed)
         self.available: list[str] = []
         self.chosen: list[str] = []  # the clients of the current round
@@ -186,9 +187,8 @@ class GridTransport:
         the simulator) whose node is connected."""
         self.available = self.online()
         online = set(self.available)
-        federation = self.config.federation
-        self.chosen = [cid for cid in sampled_clients(self.order, federation.clients_per_round,
-                                                      federation.seed, rnd) if cid in online]
+        self.chosen = [cid for cid in self.sampling.fit_clients(self.order, rnd)
+                       if cid in online]
         log(INFO, "round %s: training %s of %s available clients", rnd, len(self.chosen),
             len(self.available))
         return self.chosen, [cid for cid in self.chosen
@@ -196,14 +196,13 @@ class GridTransport:
 
     def choose_evaluate(self, rnd: int, candidates: list[str], trained: set[str]) -> list[str]:
         """Without sampling: the connected clients that have trained; with it, the rule of
-        ``sampling.clients_to_evaluate``. ``fraction-evaluate`` thins every round but the
+        ``ClientSampling.evaluate_clients``. ``fraction-evaluate`` thins every round but the
         last (whose table covers every client)."""
-        if self.config.federation.clients_per_round:
+        if self.sampling.samples:
             online = set(self.available)
-            evaluable = clients_to_evaluate(rnd, self.config.federation.rounds,
-                                            [c for c in candidates if c in online],
-                                            self.chosen, trained)
-            if rnd == self.config.federation.rounds:
+            evaluable = self.sampling.evaluate_clients(
+                rnd, [c for c in candidates if c in online], self.chosen, trained)
+            if rnd == self.sampling.rounds:
                 return evaluable
         else:
             evaluable = [cid for cid in self.available if cid in trained and cid in candidates]
