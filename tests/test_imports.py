@@ -141,7 +141,7 @@ LAYERS = [
     {"errors"}, {"config", "registry"}, {"model", "data"}, {"training", "privacy"},
     {"algorithms", "attacks"}, {"tasks"}, {"plugins"}, {"configure"}, {"reporting"},
     {"saved_models"}, {"federation"}, {"transports"}, {"experiments", "inference", "export"},
-    {"cli"}, {"__main__"},
+    {"newcomers"}, {"cli"}, {"__main__"},
 ]
 
 

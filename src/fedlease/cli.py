@@ -192,9 +192,10 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     from fedlease.export import export_model
-    from fedlease.saved_models import load_saved_model
+    from fedlease.saved_models import MODEL_FILE, load_saved_model
 
-    if (args.client is None) == (args.expert is None):
+    exported = (Path(args.run_dir) / MODEL_FILE).exists()  # one model: no choice to make
+    if (args.client is None) == (args.expert is None) and not exported:
         raise ConfigError("choose the model: --client ID (a client's final model) or --expert K "
                           "(expert K of the server's last round)")
     if args.warmup and args.client is None:
@@ -246,6 +247,23 @@ def cmd_config_check(args) -> int:
     for line in data_and_memory_report(config, clients):
         print(line)
     print(f"nothing was trained; run it with: fedlease run --config {args.file}")
+    return 0
+
+
+def cmd_join(args) -> int:
+    from fedlease.newcomers import join
+
+    joined = join(args.run_dir, args.data, args.out, args.steps, args.client, args.device)
+    model = joined.model
+    where = (f" with expert {model.layout.trainable[0]} as its own"
+             if model.layout.router_slots else "")
+    print(f"fedlease join: {model.name} joined the {model.algorithm} run {args.run_dir}{where} "
+          f"after {args.steps} local step(s); its model is in {args.out}/ (fedlease predict "
+          f"{args.out} --text ...)")
+    if joined.metrics:
+        print("on its test split: " + ", ".join(
+            f"{name} {value:.4f}" for name, value in joined.metrics.items()
+            if name != "eval_seconds"))
     return 0
 
 
@@ -371,6 +389,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="CONFIG", help="the TOML config file")
     add_setting_flags(check, "check")
     check.set_defaults(func=cmd_config_check)
+
+    join = sub.add_parser("join", help="onboard a client that was not in the federation into a "
+                                       "finished run: its model after a few local steps")
+    join.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    join.add_argument("--data", required=True, metavar="FOLDER",
+                      help="the newcomer's labelled examples: a folder of <client>.jsonl files "
+                           "as in training data ({text, text_pair?, label, split?} lines)")
+    join.add_argument("--client", help="which client of --data joins (if it holds several)")
+    join.add_argument("--steps", type=int, default=10,
+                      help="local training steps of the newcomer's head and adapters (default "
+                           "10; 0: the model it starts from)")
+    join.add_argument("--out", required=True, metavar="DIR",
+                      help="a new or empty folder for its model (a --format fedlease folder)")
+    join.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    join.set_defaults(func=cmd_join)
 
     debug_help = "on an error, show Python's full traceback instead of one line"
     parser.add_argument("--debug", action="store_true", help=debug_help)

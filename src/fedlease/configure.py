@@ -11,6 +11,7 @@ from fedlease import attacks
 from fedlease.algorithms import ALGORITHMS
 from fedlease.algorithms.aggregation import AGGREGATION_RULES
 from fedlease.algorithms.clustering import SIGNALS
+from fedlease.algorithms.wire import TRANSPORT_PRECISIONS
 from fedlease.attacks import ATTACKS
 from fedlease.config import RunConfig, build_config, overridden, read_toml, set_defaults
 from fedlease.config.loading import collect_config, problems_message, value_problems
@@ -65,6 +66,7 @@ def registry_problems(config: RunConfig) -> list[str]:
         (config.federation.allocation, SIGNALS),
         (config.federation.algorithm, ALGORITHMS),
         (config.federation.aggregation, AGGREGATION_RULES),
+        (config.federation.transport_precision, TRANSPORT_PRECISIONS),
         (config.privacy.accountant, ACCOUNTANTS),
         (config.attack.kind, ATTACKS),
     ]

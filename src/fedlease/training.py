@@ -129,21 +129,27 @@ class LocalTrainer(ABC):
             vector = vector + noise * torch.randn(vector.shape, generator=gen)
         return vector
 
-    def update_rule(self, state: dict[str, torch.Tensor], seed: int):
+    def update_rule(self, state: dict[str, torch.Tensor], seed: int,
+                    max_steps: int | None = None):
         """How ``train`` steps: the client's DP-SGD under ``[privacy]``, else ``PlainUpdate``."""
         if self.privacy is not None:
             return self.privacy.update_rule(self, state, seed)
-        return PlainUpdate(self, seed)
+        return PlainUpdate(self, seed, max_steps)
 
     def train(self, state: dict[str, torch.Tensor], layout: AdapterLayout, seed: int,
-              local_loss: LocalLoss | None = None):
+              local_loss: LocalLoss | None = None, max_steps: int | None = None):
         """One local update of the layout's trainable tensors and the head: the one loop, its
         steps and their optimiser the update rule's (``update_rule``); ``local_loss`` (an
-        algorithm's, ``AlgorithmClient.local_loss``) is added to every step's loss."""
+        algorithm's, ``AlgorithmClient.local_loss``) is added to every step's loss; with
+        ``max_steps``, exactly that many steps (a newcomer's budget, ``Algorithm.newcomer``)."""
         if self.privacy is not None and local_loss is not None:
             raise ValueError("an algorithm with a local loss term cannot run with [privacy] on "
                              "(DP-SGD clips per-example gradients of the task's loss alone)")
-        rule = self.update_rule(state, seed)  # DP: refuses a round past the budget, first
+        if self.privacy is not None and max_steps is not None:
+            raise ValueError("a step budget (a newcomer's adaptation) is not DP-SGD: "
+                             "[privacy] runs have no newcomer protocol")
+        # DP: the rule refuses a round past the budget, before any work
+        rule = self.update_rule(state, seed, max_steps)
         torch.manual_seed(seed)  # dropout
         self.model.load_state(state, layout)
         self.model.train()
@@ -172,9 +178,10 @@ class PlainUpdate:
     mini-batches (fp16: through a gradient scaler, as fp16 gradients underflow without loss
     scaling; bf16 and fp32 need none); reports the mean training loss and the tokens seen."""
 
-    def __init__(self, trainer: LocalTrainer, seed: int):
+    def __init__(self, trainer: LocalTrainer, seed: int, max_steps: int | None = None):
         self.trainer = trainer
         self.order_gen = torch.Generator().manual_seed(seed)
+        self.max_steps = max_steps
         self.total_loss, self.steps_done, self.tokens = 0.0, 0, 0
 
     @contextlib.contextmanager
@@ -187,10 +194,17 @@ class PlainUpdate:
         yield
 
     def steps(self):
-        for _ in range(self.trainer.local_epochs):
+        """``local_epochs`` shuffled passes of mini-batches, or passes until ``max_steps``
+        batches (none for 0)."""
+        steps, epoch, budget = 0, 0, self.max_steps
+        while (epoch < self.trainer.local_epochs if budget is None else steps < budget):
             order = torch.randperm(self.trainer.num_train, generator=self.order_gen)
             for batch in self.trainer.batches("train", order):
+                if budget is not None and steps == budget:
+                    return
+                steps += 1
                 yield [batch]
+            epoch += 1
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

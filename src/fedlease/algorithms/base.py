@@ -15,6 +15,16 @@ Before round 1 an algorithm may ask each client for a profile (``configure_profi
 ``AlgorithmClient.profile`` -> ``aggregate_profile``): FedLEASE's ``embedding`` allocation asks
 for the client's mean representation, one vector under ``EMBEDDING_KEY``.
 
+A client that never trained (a newcomer: one that joins after the run, ``fedlease join``, or one
+that client sampling never picked) is served by ONE protocol for every algorithm, with the same
+budget of local steps (docs/algorithms.md, "Newcomers"): the server may first ask it for its
+placement signal (``Algorithm.newcomer_request`` -> ``AlgorithmClient.newcomer_signal``), then
+sends what it starts from (``Algorithm.newcomer``: FedLEASE its cluster's experts and router,
+IFCA every cluster LoRA, FedIT the global LoRA, local LoRA the common init); the client
+installs it over the common head init (IFCA: picks the cluster with the lowest loss on its
+training data) and trains head and adapters for ``Instruction.newcomer_steps`` steps
+(``AlgorithmClient.onboard``).
+
 The client keeps whatever it does not upload (its head, local LoRA parts) in
 its local state between rounds; the server never sees it.
 """
@@ -72,9 +82,12 @@ class AlgorithmClient:
 
     @classmethod
     def train_and_upload(cls, state: Tensors, ins: Instruction, trainer) -> tuple[Reply, Tensors]:
+        """Train (a newcomer: its ``newcomer_steps``), then upload what ``ins`` asks."""
         local_loss = cls.local_loss(ins)
-        extra = {} if local_loss is None else {"local_loss": local_loss}
-        state, metrics = trainer.train(state, ins.layout, seed=ins.seed, **extra)
+        options = {} if local_loss is None else {"local_loss": local_loss}
+        if ins.newcomer_steps is not None:
+            options["max_steps"] = ins.newcomer_steps
+        state, metrics = trainer.train(state, ins.layout, seed=ins.seed, **options)
         upload = select_upload(state, ins.upload)
         if ins.upload is not None and ins.upload.embedding:
             upload[EMBEDDING_KEY] = client_embedding(trainer, ins)
@@ -89,10 +102,37 @@ class AlgorithmClient:
 
     @classmethod
     def evaluate(cls, ins: Instruction, local_state: Tensors, trainer) -> dict:
-        """A client that never trained (under client sampling) has no head of its own yet:
-        it is evaluated with the common head init, as it would start."""
+        """A newcomer (``ins.newcomer_steps`` set) is evaluated as the newcomer protocol
+        leaves it (``onboard``); a client is otherwise evaluated with its own state."""
+        if ins.newcomer_steps is not None:
+            return trainer.evaluate(cls.onboard(ins, trainer), ins.layout)
         return trainer.evaluate(with_head(cls.install(ins, local_state), ins, trainer),
                                 ins.layout)
+
+    # -- the newcomer protocol, client side ------------------------------------------------
+
+    @classmethod
+    def start_state(cls, ins: Instruction, trainer) -> Tensors:
+        """What a newcomer starts from: the download over the common head init."""
+        return with_head(cls.install(ins, {}), ins, trainer)
+
+    @classmethod
+    def newcomer_signal(cls, ins: Instruction, trainer) -> Reply:
+        """What ``Algorithm.newcomer_request`` asked, for the server to place the newcomer:
+        its representation vector (a profile), or the LoRA it trains from the download in its
+        ``newcomer_steps`` (FedLEASE's ``lora-b`` signal)."""
+        if ins.layout is None:
+            return cls.profile(ins, trainer)
+        return cls.train_and_upload(cls.start_state(ins, trainer), ins, trainer)[0]
+
+    @classmethod
+    def onboard(cls, ins: Instruction, trainer) -> Tensors:
+        """The newcomer's model: ``start_state``, then ``ins.newcomer_steps`` steps of local
+        training of the head and of what ``ins.layout`` trains (none: as it starts)."""
+        state = cls.start_state(ins, trainer)
+        if not ins.newcomer_steps:
+            return state
+        return trainer.train(state, ins.layout, seed=ins.seed, max_steps=ins.newcomer_steps)[0]
 
 
 class Algorithm(ABC):
@@ -153,6 +193,31 @@ class Algorithm(ABC):
         """Raise ``RejectedUpload`` unless ``reply.extra`` (already of type ``reply_fields``)
         holds values this algorithm's aggregation can use (e.g. IFCA's cluster in range);
         checked on arrival with the tensors. The default checks nothing more."""
+
+    # -- the newcomer protocol, server side -------------------------------------------------
+
+    def newcomer_request(self, steps: int) -> Instruction | None:
+        """What a newcomer computes and uploads for the server to place it (FedLEASE: its
+        allocation signal), given its budget of ``steps``; None (the default): nothing."""
+        return None
+
+    @abstractmethod
+    def newcomer_start(self, signal: Reply | None, client_id: str | None) -> Instruction:
+        """The tensors, layout and fields a newcomer starts from: after ``newcomer_request``
+        (``signal``: its answer, None if none was asked), or for ``client_id``, a client of the
+        federation that never trained (placed by what the server holds of it)."""
+
+    def newcomer(self, steps: int, signal: Reply | None = None,
+                 client_id: str | None = None) -> Instruction:
+        """The newcomer protocol, server side: ``newcomer_start`` with a budget of ``steps``
+        local steps, the common head seed and a seed of its own (the client's, for a client of
+        the federation)."""
+        ins = self.newcomer_start(signal, client_id)
+        seed = self.config.federation.seed
+        ins.seed = seed if client_id is None else self.client_seed(0, client_id)
+        ins.head_seed = seed
+        ins.newcomer_steps = steps
+        return ins
 
     def report(self) -> dict:
         """Extra results for the run summary (e.g. the clustering); JSON-serialisable."""

@@ -22,6 +22,11 @@ first time it uploads (its LoRA, and its embedding where the signal needs one), 
 cluster by the same signal, then gets the experts like every other client. Past
 ``federation.exact_allocation_clients`` the clustering sees a seeded sample of the clients and
 the others join the nearest cluster the same way at once (``clustering.py``).
+
+A newcomer (``Algorithm.newcomer``) is placed the same way once: it uploads its signal (its
+embedding; under ``lora-b`` the B matrices of a warm-up LoRA trained in its step budget), joins
+the nearest cluster and starts from all K experts and its cluster's router, then adapts its head,
+expert and router. Before the allocation it starts a warm-up LoRA, as every client does.
 """
 
 from __future__ import annotations
@@ -101,7 +106,11 @@ class FedLEASE(Algorithm):
         return self.clustering.num_clusters
 
     def layout_for(self, client_id: str) -> AdapterLayout:
-        return AdapterLayout.fedlease(self.num_experts, self.cluster_of[client_id])
+        return self.expert_layout(self.cluster_of[client_id])
+
+    def expert_layout(self, expert: int) -> AdapterLayout:
+        """The layout of a client of cluster ``expert``: it trains that expert."""
+        return AdapterLayout.fedlease(self.num_experts, expert)
 
     def client_layout_bound(self) -> AdapterLayout:
         """At most ``max_experts`` clusters: that many experts and their router slots."""
@@ -261,16 +270,19 @@ class FedLEASE(Algorithm):
         """Each of ``ids`` joins the nearest cluster by the signal: the experts' B matrices
         (``lora-b``), the mean embedding distance to the clustered members (``embedding``, as
         average linkage), both scaled as at allocation (hybrid). Linear in ``ids``."""
-        nearest = self.distances_to_clusters(ids, replies).argmin(axis=1)
+        nearest = self.distances_to_clusters(
+            [replies.get(cid) for cid in ids], [self.embeddings.get(cid) for cid in ids]
+        ).argmin(axis=1)
         self.cluster_of.update(zip(ids, (int(c) for c in nearest), strict=True))
 
-    def distances_to_clusters(self, ids: list[str], replies: dict[str, Reply]) -> np.ndarray:
-        """``[len(ids), K]``: each client's distance to each cluster by the signal."""
+    def distances_to_clusters(self, replies: list[Reply | None],
+                              embeddings: list[torch.Tensor | None]) -> np.ndarray:
+        """``[len(replies), K]``: each client's distance to each cluster by the signal (its
+        LoRA upload, its embedding)."""
         return self.signal.distance(
-            self._b_distance_to_experts([replies[cid] for cid in ids])
-            if self.signal.uses_lora_b else None,
-            self._embedding_distance_to_clusters(ids) if self.signal.uses_embedding else None,
-            self.distance_scales)
+            self._b_distance_to_experts(replies) if self.signal.uses_lora_b else None,
+            self._embedding_distance_to_clusters(embeddings) if self.signal.uses_embedding
+            else None, self.distance_scales)
 
     def _b_distance_to_experts(self, replies: list[Reply]) -> np.ndarray:
         b_keys = sorted(k for k in self.experts if k.endswith(".lora_B"))
@@ -279,10 +291,43 @@ class FedLEASE(Algorithm):
         return b_distance_between([{k: r.arrays[k] for k in b_keys} for r in replies],
                                   expert_bs)
 
-    def _embedding_distance_to_clusters(self, ids: list[str]) -> np.ndarray:
+    def _embedding_distance_to_clusters(self, embeddings: list[torch.Tensor]) -> np.ndarray:
         members = [[self.embeddings[m] for m in self.clustered if self.cluster_of[m] == c]
                    for c in range(self.num_experts)]
-        return mean_embedding_distance([self.embeddings[cid] for cid in ids], members)
+        return mean_embedding_distance(embeddings, members)
+
+    def newcomer_request(self, steps: int) -> Instruction | None:
+        """After the allocation: the newcomer's signal (a warm-up LoRA trained in its
+        ``steps``, under ``lora-b`` and ``hybrid``, and its embedding where the signal uses it)."""
+        if self.clustering is None:
+            return None
+        noise = self.config.federation.embedding_noise
+        embedding = (EMBEDDING_PART,) if self.signal.uses_embedding else ()
+        if not self.signal.uses_lora_b:
+            return Instruction({}, upload=UploadSpec((), embedding, noise),
+                               seed=self.config.federation.seed)
+        return Instruction(dict(self.initial_lora), AdapterLayout(),
+                           UploadSpec((0,), (*LORA_PARTS, *embedding), noise),
+                           seed=self.config.federation.seed,
+                           head_seed=self.config.federation.seed, newcomer_steps=steps)
+
+    def newcomer_start(self, signal: Reply | None, client_id: str | None) -> Instruction:
+        """Its cluster's layout over all K experts and that cluster's router; a warm-up LoRA
+        from the common init when it has no cluster (before the allocation, or a client of
+        the federation whose signal the server lacks)."""
+        cluster = self.newcomer_cluster(signal, client_id)
+        if cluster is None:
+            return Instruction(dict(self.initial_lora), AdapterLayout())
+        return Instruction({**self.experts, **self.routers[cluster]}, self.expert_layout(cluster))
+
+    def newcomer_cluster(self, signal: Reply | None, client_id: str | None) -> int | None:
+        """The cluster of a client of the federation, or the nearest one to a signal."""
+        if self.clustering is None:
+            return None
+        if client_id is not None:
+            return self.cluster_of.get(client_id)
+        embedding = signal.arrays.get(EMBEDDING_KEY) if signal is not None else None
+        return int(self.distances_to_clusters([signal], [embedding])[0].argmin())
 
     def server_experts(self) -> dict[str, torch.Tensor]:
         return dict(self.experts)

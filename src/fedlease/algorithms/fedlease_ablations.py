@@ -30,10 +30,9 @@ class FedLEASEFixedTopM(FedLEASE):
 
     name = "fedlease-fixed-top-m"
 
-    def layout_for(self, client_id: str) -> AdapterLayout:
+    def expert_layout(self, expert: int) -> AdapterLayout:
         K = self.num_experts
-        return AdapterLayout(K, (self.cluster_of[client_id],), True, tuple(range(K)),
-                             min(FIXED_TOP_M, K))
+        return AdapterLayout(K, (expert,), True, tuple(range(K)), min(FIXED_TOP_M, K))
 
 
 class FedLEASENoCluster(FedLEASE):

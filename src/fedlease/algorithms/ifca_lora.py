@@ -71,13 +71,19 @@ class IFCALoRAClient(AlgorithmClient):
         return reply, new_state
 
     @classmethod
+    def start_state(cls, ins: Instruction, trainer) -> Tensors:
+        """A newcomer picks its cluster as its first training round would: the lowest loss
+        (with the common head init) on its training data."""
+        if ins.extra.cluster is not None:
+            return super().start_state(ins, trainer)
+        best, candidates, _ = cls.pick_cluster(ins, with_head({}, ins, trainer), trainer)
+        return candidates[best]
+
+    @classmethod
     def evaluate(cls, ins: Instruction, local_state: Tensors, trainer) -> dict:
-        """A client that never trained (under client sampling) picks its cluster as its first
-        training round would: the lowest loss."""
-        if ins.extra.cluster is None:
-            state = with_head(local_state, ins, trainer)
-            best, candidates, _ = cls.pick_cluster(ins, state, trainer)
-            return trainer.evaluate(candidates[best], ins.layout)
+        """A client that never trained (no cluster yet) is evaluated as a newcomer starts."""
+        if ins.extra.cluster is None and ins.newcomer_steps is None:
+            return trainer.evaluate(cls.start_state(ins, trainer), ins.layout)
         return super().evaluate(ins, local_state, trainer)
 
 
@@ -121,6 +127,10 @@ class IFCALoRA(Algorithm):
             for key, mean in self.aggregate_replies(group).items():
                 self.clusters[key] = self.clusters[key].clone()
                 self.clusters[key][c] = mean[0]
+
+    def newcomer_start(self, signal: Reply | None, client_id: str | None) -> Instruction:
+        """Every cluster LoRA; the newcomer picks one by its loss (``start_state``)."""
+        return Instruction(dict(self.clusters), AdapterLayout(), extra=AssignedCluster(None))
 
     def server_experts(self) -> Tensors:
         return dict(self.clusters)

@@ -80,23 +80,33 @@ class Instruction:
     seed: int = 0  # the client's seed for this step: dropout, batch order, embedding noise
     head_seed: int = 0  # a new task head's init: the same for every client
     extra: object = None  # the algorithm's own fields: an ``instruction_fields`` instance
+    # a newcomer's budget: the client never trained, it adapts for this many local steps
+    # first (``AlgorithmClient.onboard``); None: an ordinary instruction
+    newcomer_steps: int | None = None
 
     def to_config(self) -> dict:
         """Everything but the tensors, as JSON-able values (Flower sends it as one string)."""
         return {"layout": None if self.layout is None else self.layout.to_config(),
                 "upload": None if self.upload is None else self.upload.to_config(),
                 "seed": self.seed, "head_seed": self.head_seed,
-                "extra": None if self.extra is None else dataclasses.asdict(self.extra)}
+                "extra": None if self.extra is None else dataclasses.asdict(self.extra),
+                "newcomer_steps": self.newcomer_steps}
 
     @classmethod
     def from_config(cls, arrays: Tensors, value: dict, extra_type: type | None) -> Instruction:
         """The inverse of ``to_config``; ``extra_type``: the algorithm's ``instruction_fields``."""
-        keys = {"layout", "upload", "seed", "head_seed", "extra"}
+        keys = {"layout", "upload", "seed", "head_seed", "extra", "newcomer_steps"}
         if not isinstance(value, dict) or set(value) != keys:
             raise ProtocolError(f"instruction {value!r}: expected the keys {sorted(keys)}")
         layout = None if value["layout"] is None else AdapterLayout.from_config(value["layout"])
+        steps = value["newcomer_steps"]
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                                  or steps < 0):
+            raise ProtocolError(f"instruction newcomer_steps = {steps!r}: expected an integer "
+                                ">= 0 or None")
         return cls(arrays, layout, UploadSpec.from_config(value["upload"]), int(value["seed"]),
-                   int(value["head_seed"]), read_fields(extra_type, value["extra"], "instruction"))
+                   int(value["head_seed"]), read_fields(extra_type, value["extra"], "instruction"),
+                   steps)
 
 
 @dataclass

@@ -74,9 +74,14 @@ class SharedLoRA(Algorithm):
         instructions = super().configure_fit(rnd, first_time)
         if rnd > 1:
             for cid in first_time:
-                instructions[cid].arrays = self.client.install(Instruction(dict(self.shared)),
-                                                        self.initial_state())
+                instructions[cid].arrays = self.newcomer_start(None, cid).arrays
         return instructions
+
+    def newcomer_start(self, signal: Reply | None, client_id: str | None) -> Instruction:
+        """The initial LoRAs with the shared parts replaced by the server's latest average
+        (FedIT: the global LoRA; local LoRA: the common init, trained from scratch)."""
+        return Instruction(self.client.install(Instruction(dict(self.shared)),
+                                               self.initial_state()), self.layout)
 
     def upload_spec(self, rnd: int, client_id: str) -> UploadSpec | None:
         if not self.shared_parts:

@@ -200,6 +200,8 @@ def scale_checks(config: RunConfig) -> list[Check]:
          "federation.evaluate_every", "1 under [privacy] (a private run may stop before its "
          "last round, and its last round must be evaluated)", config.federation.evaluate_every),
         (0 <= skew < math.inf, "data.label_skew", "a number >= 0 (0: balanced)", skew),
+        (config.federation.newcomer_steps >= 0, "federation.newcomer_steps",
+         "an integer >= 0", config.federation.newcomer_steps),
     ]
 
 

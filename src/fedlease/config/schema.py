@@ -154,6 +154,12 @@ class FederationConfig:
     # evaluate the clients every this many rounds, and always in the last one (with many test
     # examples an evaluation can cost more than a round's training); 1 = every round
     evaluate_every: int = 1
+    # local steps a client that never trained (never sampled) takes by the newcomer protocol
+    # before it is evaluated (docs/algorithms.md, "Newcomers"); 0: evaluated as it starts
+    newcomer_steps: int = 0
+    # every tensor of every message, both ways, travels as "float32", "bfloat16" or "int8"
+    # (a per-tensor scale); the traffic meter counts those bytes (algorithms/wire.py)
+    transport_precision: str = "float32"
 
 
 @dataclass

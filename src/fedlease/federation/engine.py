@@ -11,6 +11,7 @@ Flower grid (``transports.flower.server_app``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from fedlease.algorithms import ALGORITHMS, ClientInfo, Instruction, Reply
 from fedlease.algorithms.messages import Tensors
 from fedlease.algorithms.validation import accept_replies
+from fedlease.algorithms.wire import roundtrip
 from fedlease.config import RunConfig
 from fedlease.errors import CheckpointError, UploadsRejected
 from fedlease.federation.checkpoint import (
@@ -95,6 +97,9 @@ class Transport(Protocol):
 
     local_states: dict[str, Tensors]
     sampling: ClientSampling
+    # whether the transport sends the tensors in ``federation.transport_precision`` itself
+    # (Flower's records); else the engine rounds them as they would arrive (``sent``)
+    encodes_tensors: bool
 
     def fingerprint(self) -> str:
         """Identifies the clients' data, as far as this runner sees it; a resume must find the
@@ -198,7 +203,8 @@ def run_rounds(config: RunConfig, roster: ClientRoster, transport: Transport,
         config, roster.clients, roster.adapter_shapes, roster.representation_dim)
     transport.sampling.check(len(roster.clients))
     result = RunResult(config, roster.tasks, data=roster.data)
-    meter = TrafficMeter()  # bytes each client downloads and uploads
+    # bytes each client downloads and uploads, in the transport precision
+    meter = TrafficMeter(config.federation.transport_precision)
     trained: set[str] = set()  # clients whose upload was accepted at least once
     client_files: dict[str, list[str]] = {}  # the last checkpoint's files of client states
     if resume:
@@ -264,7 +270,8 @@ def run_profile_step(algorithm, transport: Transport, meter: TrafficMeter) -> No
     profile = algorithm.configure_profile()
     if not profile:
         return
-    profiled = transport.profile(profile)
+    precision = rounded_precision(algorithm.config, transport)
+    profiled = arrived(transport.profile(sent(profile, precision)), precision)
     meter.sent(profile, profiled)
     accepted, rejected = accept_replies(algorithm, 0, profile, profiled)
     if rejected and not accepted:
@@ -279,10 +286,12 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     and the clients that trained (their local states changed). The entry's ``train_seconds``
     time this; its ``seconds`` too, until ``save_round`` adds the reports and the checkpoint."""
     round_start = time.perf_counter()
+    precision = rounded_precision(algorithm.config, transport)
     chosen = transport.choose_fit(rnd)
     fit = algorithm.configure_fit(rnd, first_time=transport.sampling.first_timers(
         chosen, trained, transport.stateless))
-    replies = transport.fit(rnd, {cid: fit[cid] for cid in chosen})
+    replies = arrived(transport.fit(rnd, sent({cid: fit[cid] for cid in chosen}, precision)),
+                      precision)
     meter.sent({cid: fit[cid] for cid in chosen}, replies)
     accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
     if rejected and not accepted:
@@ -318,15 +327,40 @@ def evaluate_round(rnd: int, algorithm, transport: Transport, chosen: list[str],
     picked = transport.reachable(sampling.evaluate_clients(rnd, list(evaluate), chosen,
                                                            trained))
     newcomers = sampling.first_timers(picked, trained, transport.stateless)
-    if newcomers:  # evaluated as it would start training next round (sampling.py)
-        fresh = algorithm.configure_fit(rnd + 1, first_time=newcomers)
-        evaluate.update({cid: fresh[cid] for cid in newcomers})
+    if newcomers:
+        # never accepted: evaluated by the newcomer protocol, every algorithm the same (base.py)
+        steps = algorithm.config.federation.newcomer_steps
+        evaluate.update({cid: algorithm.newcomer(steps, client_id=cid) for cid in newcomers})
     asked = {cid: evaluate[cid] for cid in picked}
-    evaluated = transport.evaluate(rnd, asked)
+    precision = rounded_precision(algorithm.config, transport)
+    evaluated = transport.evaluate(rnd, sent(asked, precision))
     meter.sent(asked, {})
     if not evaluated:
         raise RuntimeError(f"round {rnd}: no client answered; see the warnings above")
     return evaluated
+
+
+def rounded_precision(config: RunConfig, transport: Transport) -> str:
+    """The precision the engine rounds messages to: the run's, unless the transport's own
+    encoding does it on the wire (rounding twice could move an int8 scale by one ulp)."""
+    return "float32" if transport.encodes_tensors else config.federation.transport_precision
+
+
+def sent(instructions: dict[str, Instruction], precision: str) -> dict[str, Instruction]:
+    """The instructions as their clients receive them: tensors in the transport precision."""
+    if precision == "float32":
+        return instructions
+    return {cid: dataclasses.replace(ins, arrays=roundtrip(ins.arrays, precision))
+            for cid, ins in instructions.items()}
+
+
+def arrived(replies: dict, precision: str) -> dict:
+    """The replies as the server receives them: tensors in the transport precision (a reply
+    that could not be read, ``MalformedReply``, as it is)."""
+    if precision == "float32":
+        return replies
+    return {cid: dataclasses.replace(r, arrays=roundtrip(r.arrays, precision))
+            if isinstance(r, Reply) else r for cid, r in replies.items()}
 
 
 def save_round(rnd: int, writer: RunWriter, algorithm, roster: ClientRoster,

@@ -16,8 +16,9 @@ Evaluation (``evaluate_clients``): each round, the round's chosen clients (all, 
 sampling) that the server accepted an upload of at least once, thinned to
 ``federation.fraction_evaluate`` of them (Flower's ``fraction-evaluate``) by a generator of
 (seed, round); in the last round every client, so the final table covers the whole
-federation. A newcomer is then evaluated as it would start: the server's current tensors over
-the initial ones, and the common head init (``Algorithm.configure_fit(first_time=...)``).
+federation. A newcomer is then evaluated by the newcomer protocol every algorithm shares
+(``Algorithm.newcomer``), after ``federation.newcomer_steps`` local steps (0: as it would
+start: the server's current tensors over the initial ones, and the common head init).
 
 ``ClientSampling`` is that rule as one object: the engine and both transports ask it, and it
 is the one place that reads ``federation.clients_per_round`` and ``fraction_evaluate``.

@@ -4,8 +4,9 @@ Counted by the engine on what it hands the transport and what comes back, so eve
 and every runner is measured the same way: a download is the tensors of an ``Instruction``
 sent to a client (train, evaluate and profile messages), an upload the tensors of a
 ``Reply`` received (rejected ones included: they travelled; of a reply that could not be
-read, ``MalformedReply.upload_bytes``, the arrays that arrived). Bytes are the float32 payload
-(``numel * element_size``); Flower's message framing (``.npy`` headers, the JSON fields) is
+read, ``MalformedReply.upload_bytes``, the arrays that arrived). Bytes are the tensor payload
+in the run's ``federation.transport_precision`` (4, 2 or 1 byte a value, and an int8 tensor's
+scale; ``algorithms.wire``); Flower's message framing (``.npy`` headers, the JSON fields) is
 not counted. The profile step before round 1 is counted in round 1. Run totals:
 ``reporting.traffic``.
 """
@@ -14,13 +15,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from fedlease.algorithms.messages import MalformedReply, tensor_bytes
+from fedlease.algorithms.messages import MalformedReply
+from fedlease.algorithms.wire import wire_bytes
 
 
 class TrafficMeter:
     """Per client, the bytes sent and received since the last ``round_total``."""
 
-    def __init__(self):
+    def __init__(self, precision: str = "float32"):
+        self.precision = precision
         self._down: dict[str, int] = defaultdict(int)
         self._up: dict[str, int] = defaultdict(int)
 
@@ -28,10 +31,10 @@ class TrafficMeter:
         """``instructions`` went down to their clients; ``replies`` (``Reply``, or metrics
         without tensors) came back."""
         for cid, ins in instructions.items():
-            self._down[cid] += tensor_bytes(ins.arrays)
+            self._down[cid] += wire_bytes(ins.arrays, self.precision)
         for cid, reply in replies.items():
             self._up[cid] += (reply.upload_bytes if isinstance(reply, MalformedReply)
-                              else tensor_bytes(getattr(reply, "arrays", {})))
+                              else wire_bytes(getattr(reply, "arrays", {}), self.precision))
 
     def round_total(self) -> dict:
         """The round's traffic (``download``/``upload``: totals; ``clients``: per client

@@ -46,6 +46,8 @@ def run_bytes(config: RunConfig, algorithm, trainers: dict[str, LocalTrainer]) -
 class InProcessTransport:
     """Every client trained and evaluated here, its local state kept in ``local_states``."""
 
+    encodes_tensors = False  # nothing is encoded in one process: the engine rounds the tensors
+
     def __init__(self, config: RunConfig, clients, trainers: dict[str, LocalTrainer],
                  progress: bool):
         self.config, self.clients, self.trainers = config, clients, trainers

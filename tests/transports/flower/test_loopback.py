@@ -340,3 +340,47 @@ def test_a_rejected_upload_and_thinned_evaluation_are_the_same_on_both_runners(
     assert [e["traffic"] for e in flower.history] == [e["traffic"] for e in simulated.history]
     assert flower.history[0]["traffic"]["clients"]["colors-1"][1] > 0
     assert [len(e["clients"]) for e in flower.history] == [1, 2, 4]  # 3 and 4 trained, halved
+
+
+@pytest.mark.parametrize("algorithm, precision", [("fedlease", "int8"), ("fedit", "bfloat16")])
+def test_a_transport_precision_gives_the_same_run_on_flower_and_in_the_simulator(
+        algorithm, precision, small_config, tmp_path):
+    # the simulator rounds what would travel, Flower's records send it encoded: same values
+    small_config.federation.algorithm = algorithm
+    full = run_simulation(small_config, None, progress=False)
+    small_config.federation.transport_precision = precision
+    simulated = run_simulation(small_config, None, progress=False)
+    flower, _ = run_on_loopback(small_config, tmp_path)
+    assert without_timings(flower.history) == without_timings(simulated.history)
+    assert flower.report == simulated.report
+    traffic = [e["traffic"] for e in simulated.history]
+    assert [e["traffic"] for e in flower.history] == traffic
+    # the tensors were rounded on the way: the run differs from the float32 one
+    assert without_timings(simulated.history) != without_timings(full.history)
+    for before, after in zip((e["traffic"] for e in full.history), traffic, strict=True):
+        for way in ("download", "upload"):
+            if precision == "bfloat16":
+                assert after[way] == before[way] // 2
+            else:  # a quarter, and a 4-byte scale per tensor (of 64 values or more here)
+                scales = after[way] - before[way] // 4
+                assert 0 < scales <= before[way] // 64 and scales % 4 == 0
+
+
+@pytest.mark.parametrize("algorithm", ["fedlease", "ifca-lora"])
+def test_never_sampled_clients_adapt_by_the_newcomer_protocol_on_both_runners(
+        algorithm, small_config, tmp_path):
+    # seed 1 samples 2 of 4 per round and never colors-1 in 3 rounds: it is evaluated as a
+    # newcomer, after federation.newcomer_steps local steps, the same on both runners
+    small_config.federation.algorithm = algorithm
+    small_config.federation.rounds = 3
+    small_config.federation.clients_per_round = 2
+    small_config.federation.seed = 1
+    as_it_starts = run_simulation(small_config, None, progress=False)
+    small_config.federation.newcomer_steps = 2
+    simulated = run_simulation(small_config, None, progress=False)
+    flower, _ = run_on_loopback(small_config, tmp_path)
+    assert without_timings(flower.history) == without_timings(simulated.history)
+    last = [without_timings(run.history)[-1] for run in (as_it_starts, simulated)]
+    assert last[0]["colors-1"] != last[1]["colors-1"]  # it adapted
+    assert {cid: m for cid, m in last[0].items() if cid != "colors-1"} == \
+        {cid: m for cid, m in last[1].items() if cid != "colors-1"}  # the others did not

@@ -143,12 +143,18 @@ def _instruction(msg: Message, context: Context):
     return algorithm_cls.client, ins, local, trainer
 
 
+def _reply(reply, context: Context, msg: Message) -> Message:
+    """The reply, its tensors in the run's transport precision."""
+    config, _ = read_run_config(context.run_config)
+    return Message(content=reply_content(reply, config.federation.transport_precision),
+                   reply_to=msg)
+
+
 @app.query("profile")
 def profile(msg: Message, context: Context) -> Message:
     """What the algorithm asks of this client once, before training (FedLEASE's embedding)."""
     client_side, ins, _, trainer = _instruction(msg, context)
-    return Message(content=reply_content(client_side.profile(ins, trainer)),
-                   reply_to=msg)
+    return _reply(client_side.profile(ins, trainer), context, msg)
 
 
 @app.train()
@@ -156,7 +162,7 @@ def train(msg: Message, context: Context) -> Message:
     client_side, ins, local, trainer = _instruction(msg, context)
     reply, local = client_side.fit(ins, local, trainer)
     context.state[LOCAL_STATE] = to_array_record(local)
-    return Message(content=reply_content(reply), reply_to=msg)
+    return _reply(reply, context, msg)
 
 
 @app.evaluate()

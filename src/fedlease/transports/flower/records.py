@@ -1,7 +1,9 @@
 """The library's messages as Flower records: tensors as ``ArrayRecord`` (NumPy ``.npy`` bytes,
 never pickles), the rest of an instruction (``Instruction.to_config``) and a reply's algorithm
 fields as JSON strings in a ``ConfigRecord`` (which holds no nested dicts or None), metrics as a
-``MetricRecord``."""
+``MetricRecord``. A message's tensors travel in ``federation.transport_precision``
+(``algorithms.wire``): the ``.npy`` payload is float32, bfloat16 (its bits as int16: NumPy has no
+bfloat16) or int8, and the ``encoding`` record names the precision and holds the int8 scales."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedlease.algorithms.messages import Instruction, MalformedReply, Reply, Tensors
+from fedlease.algorithms.wire import Encoded, check_precision, decode, encode
 from fedlease.errors import ProtocolError
 
 NUM_EXAMPLES = "num-examples"
@@ -29,9 +32,49 @@ def from_array_record(record: ArrayRecord) -> Tensors:
     return {key: torch.from_numpy(np.array(array.numpy())) for key, array in record.items()}
 
 
-def instruction_content(client_id: str, ins: Instruction) -> RecordDict:
+# the wire dtype of a payload, per precision (bfloat16 as its int16 bits)
+WIRE_DTYPES = {"float32": np.float32, "bfloat16": np.int16, "int8": np.int8}
+
+
+def encoded_records(tensors: Tensors, precision: str) -> dict:
+    """``arrays`` (the payloads) and ``encoding`` (the precision and int8 scales) records of
+    ``tensors`` sent in ``precision``."""
+    encoded = {key: encode(t, precision) for key, t in tensors.items()}
+    payloads = {key: e.payload.view(torch.int16) if precision == "bfloat16" else e.payload
+                for key, e in encoded.items()}
+    scales = {key: e.scale for key, e in encoded.items()} if precision == "int8" else {}
+    return {"arrays": to_array_record(payloads),
+            "encoding": ConfigRecord({"precision": precision, "scales": json.dumps(scales)})}
+
+
+def decoded_arrays(content: RecordDict) -> Tensors:
+    """The float32 tensors of a message's ``arrays``, decoded by its ``encoding`` (none:
+    float32). ``ProtocolError`` for a payload that is not of the declared precision."""
+    encoding = content["encoding"] if "encoding" in content else {"precision": "float32",
+                                                                   "scales": "{}"}
+    precision = str(encoding["precision"])
+    try:
+        check_precision(precision)
+    except KeyError as err:  # UnknownName: its message names the precisions
+        raise ProtocolError(str(err)) from None
+    scales = json.loads(str(encoding["scales"]))
+    out = {}
+    for key, payload in from_array_record(_record(content, "arrays")).items():
+        if payload.numpy().dtype != WIRE_DTYPES[precision]:
+            raise ProtocolError(f"tensor {key!r}: a {payload.numpy().dtype} payload, expected "
+                                f"{np.dtype(WIRE_DTYPES[precision])} for {precision}")
+        if precision == "bfloat16":
+            payload = payload.view(torch.bfloat16)
+        if precision == "int8" and not isinstance(scales.get(key), (int, float)):
+            raise ProtocolError(f"tensor {key!r}: int8 without its scale")
+        out[key] = decode(Encoded(payload, float(scales.get(key, 1.0))))
+    return out
+
+
+def instruction_content(client_id: str, ins: Instruction,
+                        precision: str = "float32") -> RecordDict:
     return RecordDict({
-        "arrays": to_array_record(ins.arrays),
+        **encoded_records(ins.arrays, precision),
         "config": ConfigRecord({"client-id": client_id,
                                 "instruction": json.dumps(ins.to_config())}),
     })
@@ -41,7 +84,7 @@ def read_instruction(content: RecordDict, extra_type: type | None) -> tuple[str,
     """``extra_type``: the algorithm's ``instruction_fields``."""
     config = content["config"]
     return (str(config["client-id"]),
-            Instruction.from_config(from_array_record(content["arrays"]),
+            Instruction.from_config(decoded_arrays(content),
                                     json.loads(str(config["instruction"])), extra_type))
 
 
@@ -53,9 +96,9 @@ def metric_record(metrics: dict, num_examples: int) -> MetricRecord:
     return MetricRecord({**metrics, NUM_EXAMPLES: num_examples})
 
 
-def reply_content(reply: Reply) -> RecordDict:
+def reply_content(reply: Reply, precision: str = "float32") -> RecordDict:
     extra = None if reply.extra is None else dataclasses.asdict(reply.extra)
-    return RecordDict({"arrays": to_array_record(reply.arrays),
+    return RecordDict({**encoded_records(reply.arrays, precision),
                        "metrics": metric_record(reply.metrics, reply.num_examples),
                        "extra": ConfigRecord({"fields": json.dumps(extra)})})
 
@@ -73,7 +116,7 @@ def read_reply(content: RecordDict) -> Reply | MalformedReply:
         num_examples = metrics.pop(NUM_EXAMPLES)
         extra = json.loads(str(_record(content, "extra")["fields"])) \
             if "extra" in content else None
-        return Reply(from_array_record(_record(content, "arrays")), num_examples, metrics, extra)
+        return Reply(decoded_arrays(content), num_examples, metrics, extra)
     except ProtocolError as err:
         return MalformedReply(str(err), arrived_bytes(content))
     except (KeyError, TypeError, ValueError) as err:  # json, .npy and record decoding

@@ -144,6 +144,8 @@ class GridTransport:
     ``federation.clients_per_round`` or ``fraction-train``), those of them that are connected;
     a client that does not answer is left out of that step."""
 
+    encodes_tensors = True  # the records send them in the transport precision
+
     def __init__(self, grid: Grid, settings: FlowerSettings, config: RunConfig,
                  roster: ClientRoster, node_of: dict[str, int], stateless: set[str]):
         self.grid, self.settings, self.config = grid, settings, config
@@ -189,7 +191,8 @@ class GridTransport:
              instructions: dict[str, Instruction]) -> dict[str, RecordDict]:
         client_of = {self.node_of[cid]: cid for cid in instructions}
         received = exchange(self.grid, message_type,
-                            {self.node_of[cid]: instruction_content(cid, ins)
+                            {self.node_of[cid]: instruction_content(
+                                cid, ins, self.config.federation.transport_precision)
                              for cid, ins in instructions.items()}, self.settings.round_timeout)
         # in the algorithm's client order, whatever the arrival order: sums stay reproducible
         by_client = {client_of[node]: content for node, content in received.items()}
