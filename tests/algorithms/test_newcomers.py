@@ -42,6 +42,9 @@ class Recorder:
     def mean_representation(self):
         return self.vector
 
+    def embedding(self, seed, noise=0.0):
+        return self.vector / self.vector.norm()
+
     def train_loss(self, state, layout):
         return float(state[B_KEY].mean())
 
@@ -67,7 +70,7 @@ def onboard(server, trainer, steps):
     return ins, server.client.onboard(ins, trainer)
 
 
-@pytest.mark.parametrize("name", ["fedlease", "ifca-lora", "fedit", "local"])
+@pytest.mark.parametrize("name", ["fedlease", "ifca-lora", "fedit", "local", "fedalt"])
 @pytest.mark.parametrize("steps", [0, 7])
 def test_every_algorithm_gives_a_newcomer_the_same_budget(name, steps):
     server = clustered_fedlease() if name == "fedlease" else make_server(name)

@@ -95,8 +95,9 @@ def test_loss_is_the_answer_tokens_cross_entropy(tiny_llama_dir, tokenizer):
 def test_loss_over_answers_of_different_lengths_ignores_prompt_and_padding(tiny_llama_dir,
                                                                           tokenizer):
     """Answers of 1, 2 and 3 words (+ end-of-sequence) after prompts of different lengths, in
-    one left-padded batch: the loss is the mean over the 9 answer tokens of -log p(token),
-    each row's log-probabilities computed alone, without padding."""
+    one left-padded batch: the loss is the mean over the 3 examples of each one's mean over its
+    answer tokens of -log p(token) (an example's weight does not depend on its batch-mates), each
+    row's log-probabilities computed alone, without padding."""
     model, _ = load_causal_lm(str(tiny_llama_dir), ["q_proj", "v_proj"], 4, 16, 0.0)
     rows = [("which color is named ?", "the red", "red"),
             ("which animal is named ?", "a cat and the dog of it", "cat dog"),
@@ -117,10 +118,11 @@ def test_loss_over_answers_of_different_lengths_ignores_prompt_and_padding(tiny_
         for it in items:
             logits = model.backbone(input_ids=torch.tensor([it.prompt + it.answer])).logits[0]
             logp = torch.log_softmax(logits, -1)
-            for j, token in enumerate(it.answer):  # token j is predicted at the position before
-                nll.append(-logp[len(it.prompt) + j - 1, token])
-        reference = torch.stack(nll).mean()
-    assert len(nll) == 9
+            # token j is predicted at the position before
+            nll.append(torch.stack([-logp[len(it.prompt) + j - 1, token]
+                                    for j, token in enumerate(it.answer)]))
+        reference = torch.stack([example.mean() for example in nll]).mean()
+    assert sum(len(example) for example in nll) == 9
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
 
 

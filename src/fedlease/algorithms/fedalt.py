@@ -84,12 +84,26 @@ class FedALT(Algorithm):
         """Keep every client's latest Individual LoRA; each client's RoW LoRA is the
         combination of the others' (the zero RoW LoRA while no other client has uploaded)."""
         self.individual.update({cid: dict(reply.arrays) for cid, reply in replies.items()})
-        examples = {c.client_id: c.num_examples for c in self.clients}
-        zero = self.init_lora_state(seed_offset=REST_OF_WORLD)
         for c in self.clients:
-            others = [cid for cid in self.individual if cid != c.client_id]
-            self.rest_of_world[c.client_id] = {
-                key: self.aggregation([self.individual[cid][key] for cid in others],
-                                      [examples[cid] for cid in others])
-                for key in zero
-            } if others else zero
+            self.rest_of_world[c.client_id] = self.combined(
+                [cid for cid in self.individual if cid != c.client_id])
+
+    def combined(self, ids: list[str]) -> Tensors:
+        """The Individual LoRAs of ``ids`` combined (weighted by training examples, or by the
+        rule ``federation.aggregation`` names); the zero RoW LoRA for none."""
+        zero = self.init_lora_state(seed_offset=REST_OF_WORLD)
+        if not ids:
+            return zero
+        examples = {c.client_id: c.num_examples for c in self.clients}
+        return {key: self.aggregation([self.individual[cid][key] for cid in ids],
+                                      [examples[cid] for cid in ids])
+                for key in zero}
+
+    def newcomer_start(self, signal: Reply | None, client_id: str | None) -> Instruction:
+        """The common start (a fresh Individual LoRA and mixer) with, as its RoW LoRA, the
+        combination of every client's latest Individual LoRA (for a client of the federation:
+        of the others', as it would get next round)."""
+        row = (self.rest_of_world[client_id] if client_id in self.rest_of_world
+               else self.combined(list(self.individual)))
+        return Instruction(self.client.install(Instruction(dict(row)), self.initial_state()),
+                           self.layout)

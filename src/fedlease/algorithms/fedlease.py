@@ -137,8 +137,12 @@ class FedLEASE(Algorithm):
         }
 
     def cluster_download(self, client_id: str) -> dict[str, torch.Tensor]:
-        """What a clustered client receives: every expert and its cluster's router."""
-        return {**self.experts, **self.routers[self.cluster_of[client_id]]}
+        """What a clustered client receives (``cluster_start`` of its cluster)."""
+        return self.cluster_start(self.cluster_of[client_id])
+
+    def cluster_start(self, cluster: int) -> dict[str, torch.Tensor]:
+        """What a client of ``cluster`` receives: every expert and that cluster's router."""
+        return {**self.experts, **self.routers[cluster]}
 
     def cluster_upload(self, client_id: str) -> UploadSpec:
         """What a clustered client uploads: its own expert and its router."""
@@ -318,7 +322,7 @@ class FedLEASE(Algorithm):
         cluster = self.newcomer_cluster(signal, client_id)
         if cluster is None:
             return Instruction(dict(self.initial_lora), AdapterLayout())
-        return Instruction({**self.experts, **self.routers[cluster]}, self.expert_layout(cluster))
+        return Instruction(self.cluster_start(cluster), self.expert_layout(cluster))
 
     def newcomer_cluster(self, signal: Reply | None, client_id: str | None) -> int | None:
         """The cluster of a client of the federation, or the nearest one to a signal."""

@@ -1,4 +1,5 @@
-"""The two ablations of FedLEASE from the paper, to see what each part contributes.
+"""Three ablations of FedLEASE (two from the paper, one from FedTreeLoRA's question), to see
+what each part contributes.
 
 * ``fedlease-fixed-top-m``: the clustering and the K experts as FedLEASE, but the router has one
   slot per expert (K slots, no extra slots for the client's own expert) and keeps a fixed
@@ -47,9 +48,15 @@ class FedLEASENoCluster(FedLEASE):
 
 
 class FedLEASEClusterOnly(FedLEASE):
+    """FedLEASE's allocation, then each client uses only its cluster's expert, no router (an
+    ablation)."""
+
     name = "fedlease-cluster-only"
 
     def layout_for(self, client_id: str) -> AdapterLayout:
+        return AdapterLayout()
+
+    def expert_layout(self, expert: int) -> AdapterLayout:
         return AdapterLayout()
 
     def client_layout_bound(self) -> AdapterLayout:
@@ -58,10 +65,9 @@ class FedLEASEClusterOnly(FedLEASE):
     def initial_routers(self, layout: AdapterLayout) -> list[dict[str, torch.Tensor]]:
         return [{} for _ in range(self.num_experts)]
 
-    def cluster_download(self, client_id: str) -> dict[str, torch.Tensor]:
-        """Only the client's own cluster's expert, as a one-expert LoRA."""
-        c = self.cluster_of[client_id]
-        return {key: value[c : c + 1] for key, value in self.experts.items()}
+    def cluster_start(self, cluster: int) -> dict[str, torch.Tensor]:
+        """Only that cluster's expert, as a one-expert LoRA."""
+        return {key: value[cluster : cluster + 1] for key, value in self.experts.items()}
 
     def cluster_upload(self, client_id: str) -> UploadSpec:
         return UploadSpec((0,), tuple(LORA_PARTS))
