@@ -110,3 +110,13 @@ def test_config_path_that_is_a_folder_or_not_utf8(tmp_path):
     latin.write_bytes(b'[output]\ndir = "caf\xe9"\n')
     with pytest.raises(ConfigError, match="latin.toml is not UTF-8 text"):
         load_config(latin)
+
+
+def test_a_bare_carriage_return_is_invalid_toml_as_the_spec_reads_it(tmp_path):
+    # the file's bytes are parsed as written: no newline translation turns "\r" into "\n"
+    path = tmp_path / "cr.toml"
+    path.write_bytes(b"[federation]\nrounds = 2\n\r")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+    path.write_bytes(b"[federation]\r\nrounds = 4\r\n")  # CRLF line ends are TOML newlines
+    assert load_config(path).federation.rounds == 4

@@ -291,7 +291,8 @@ def read_toml(path: str | Path | None = None, overrides: dict | None = None) -> 
     if path is not None:
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            # the bytes as written (no newline translation): TOML as the spec reads it
+            data = tomllib.loads(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except IsADirectoryError:
