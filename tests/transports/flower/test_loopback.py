@@ -76,15 +76,21 @@ def test_flower_apps_reproduce_the_simulator_exactly(algorithm, small_config, tm
         assert "adjusted Rand index" in (out / "summary.txt").read_text()
 
 
+def sample_two_of_four(config, algorithm: str) -> None:
+    """3 rounds of ``algorithm`` with 2 of the 4 clients per round: seed 1 never samples
+    colors-1."""
+    config.federation.algorithm = algorithm
+    config.federation.rounds = 3
+    config.federation.clients_per_round = 2
+    config.federation.seed = 1
+
+
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_a_sampled_run_gives_the_same_metrics_on_flower_and_in_the_simulator(
         algorithm, small_config, tmp_path):
     # federation.clients_per_round: one sampling rule of (seed, round, clients) on both
-    # runners; seed 1 samples 2 of 4 per round and never colors-1 in 3 rounds
-    small_config.federation.algorithm = algorithm
-    small_config.federation.rounds = 3
-    small_config.federation.clients_per_round = 2
-    small_config.federation.seed = 1
+    # runners
+    sample_two_of_four(small_config, algorithm)
     simulated = run_simulation(small_config, None, progress=False)
     flower, grid = run_on_loopback(small_config, tmp_path)
     assert without_timings(flower.history) == without_timings(simulated.history)
@@ -369,12 +375,9 @@ def test_a_transport_precision_gives_the_same_run_on_flower_and_in_the_simulator
 @pytest.mark.parametrize("algorithm", ["fedlease", "ifca-lora"])
 def test_never_sampled_clients_adapt_by_the_newcomer_protocol_on_both_runners(
         algorithm, small_config, tmp_path):
-    # seed 1 samples 2 of 4 per round and never colors-1 in 3 rounds: it is evaluated as a
-    # newcomer, after federation.newcomer_steps local steps, the same on both runners
-    small_config.federation.algorithm = algorithm
-    small_config.federation.rounds = 3
-    small_config.federation.clients_per_round = 2
-    small_config.federation.seed = 1
+    # colors-1, never sampled, is evaluated as a newcomer, after federation.newcomer_steps
+    # local steps, the same on both runners
+    sample_two_of_four(small_config, algorithm)
     as_it_starts = run_simulation(small_config, None, progress=False)
     small_config.federation.newcomer_steps = 2
     simulated = run_simulation(small_config, None, progress=False)
