@@ -2,6 +2,8 @@
 same results as the in-process simulator, sampling, dropout, bad run config."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -387,3 +389,39 @@ def test_never_sampled_clients_adapt_by_the_newcomer_protocol_on_both_runners(
     assert last[0]["colors-1"] != last[1]["colors-1"]  # it adapted
     assert {cid: m for cid, m in last[0].items() if cid != "colors-1"} == \
         {cid: m for cid, m in last[1].items() if cid != "colors-1"}  # the others did not
+
+
+def test_an_algorithm_from_an_entry_point_runs_on_flower_like_in_the_simulator(
+        small_config, tmp_path, monkeypatch):
+    """A plugin reaches the Flower apps by its entry point alone: the ServerApp's config loading
+    registers it (plugins.load_plugins), the ClientApp finds it by name, and the run is the
+    simulator's. FedProx of examples/fedprox_plugin, its entry point stood in for."""
+    import importlib.util
+
+    from fedlease import plugins
+
+    source = Path(__file__).resolve().parents[3] / "examples" / "fedprox_plugin"
+    spec = importlib.util.spec_from_file_location("fedlease_fedprox",
+                                                  source / "fedlease_fedprox.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "fedlease_fedprox", module)
+    spec.loader.exec_module(module)
+
+    class Point:
+        name, value, dist = "fedprox", "fedlease_fedprox:FedProx", None
+        group = "fedlease.algorithms"
+
+        def load(self):
+            return module.FedProx
+
+    monkeypatch.setattr(plugins, "_loaded", False)
+    monkeypatch.setattr(plugins, "entry_points",
+                        lambda group: [Point()] if group == "fedlease.algorithms" else [])
+    monkeypatch.setattr(ALGORITHMS, "_entries", dict(ALGORITHMS._entries))  # undone afterwards
+    assert "fedprox" not in ALGORITHMS
+    small_config.federation.algorithm = "fedprox"
+    flower, _ = run_on_loopback(small_config, tmp_path)  # registers it, as a SuperLink would
+    assert ALGORITHMS["fedprox"] is module.FedProx
+    simulated = run_simulation(small_config, None, progress=False)
+    assert without_timings(flower.history) == without_timings(simulated.history)
+    assert flower.report == simulated.report
