@@ -289,10 +289,10 @@ def interrupted_then_resumed():
         algorithm_cls = ALGORITHMS[config.federation.algorithm]
         original = algorithm_cls.configure_fit
 
-        def interrupted(self, rnd, first_time=()):
+        def interrupted(self, rnd, first_time=(), clients=None):
             if rnd == stop_round:
                 raise KeyboardInterrupt
-            return original(self, rnd, first_time)
+            return original(self, rnd, first_time, clients)
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(algorithm_cls, "configure_fit", interrupted)

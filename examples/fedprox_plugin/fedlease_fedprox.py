@@ -42,8 +42,8 @@ class FedProx(FedIT):
     instruction_fields = ProximalWeight
     mu = 0.01  # subclass with another name and mu for another weight
 
-    def download(self, after_round: int) -> dict[str, Instruction]:
-        instructions = super().download(after_round)
+    def download(self, after_round: int, clients=None) -> dict[str, Instruction]:
+        instructions = super().download(after_round, clients)
         for ins in instructions.values():
             ins.extra = ProximalWeight(self.mu)
         return instructions

@@ -97,6 +97,35 @@ def test_a_sampled_run_trains_few_clients_and_evaluates_all_at_the_end(tiny_conf
     assert "downloaded MB per client" in summary and "uploaded MB in all" in summary
 
 
+@pytest.mark.parametrize("algorithm", ["fedlease", "fedalt", "ifca-lora"])
+def test_a_round_configures_only_the_clients_it_sends_to(algorithm, tiny_config, monkeypatch):
+    """The server's work per round grows with the clients per round, not with N: every round
+    but the last (which evaluates everyone) builds instructions for its chosen clients only."""
+    from fedlease.algorithms import ALGORITHMS
+
+    tiny_config.federation.algorithm = algorithm
+    tiny_config.federation.clients_per_round = 2
+    tiny_config.federation.rounds = 3
+    cls = ALGORITHMS[algorithm]
+    built, original, rounds = [], cls.download, []
+
+    def counted(self, after_round, clients=None):
+        instructions = original(self, after_round, clients)
+        built.append((len(rounds), len(instructions)))
+        return instructions
+
+    def round_done(self, entry, metric):
+        rounds.append(entry["round"])
+
+    from fedlease.transports.simulator import InProcessTransport
+
+    monkeypatch.setattr(cls, "download", counted)
+    monkeypatch.setattr(InProcessTransport, "round_done", round_done)
+    run_simulation(tiny_config, None, progress=False)
+    before_last = [n for done, n in built if done < tiny_config.federation.rounds - 1]
+    assert before_last and max(before_last) <= 2, built
+
+
 def test_the_same_run_with_all_clients_is_unchanged_by_sampling_code(tiny_config):
     # clients_per_round = 0 and = the client count sample the same clients; the default
     # keeps states in memory, the sampled one on disk: the results agree to the last bit

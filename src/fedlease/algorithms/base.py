@@ -3,13 +3,14 @@
 
 The message flow of one round, whatever drives it (the simulator or Flower):
 
-1. server: ``Algorithm.configure_fit(rnd)`` -> one ``Instruction`` per client
-   (tensors to install, the adapter layout to train, what to upload);
+1. server: ``Algorithm.configure_fit(rnd, clients=chosen)`` -> one ``Instruction`` per chosen
+   client (tensors to install, the adapter layout to train, what to upload);
 2. client: ``AlgorithmClient.fit(instruction, local_state, trainer)`` -> ``Reply`` + new local
    state;
 3. server: ``accept_replies`` (validation.py) checks every reply, then ``aggregate_fit(rnd,
    replies)``;
-4. server: ``configure_evaluate(rnd)``, client: ``AlgorithmClient.evaluate(...)`` -> metrics.
+4. server: ``configure_evaluate(rnd, clients)``, client: ``AlgorithmClient.evaluate(...)``
+   -> metrics.
 
 Before round 1 an algorithm may ask each client for a profile (``configure_profile`` ->
 ``AlgorithmClient.profile`` -> ``aggregate_profile``): FedLEASE's ``embedding`` allocation asks
@@ -177,9 +178,16 @@ class Algorithm(ABC):
     # -- server side: what each algorithm defines ------------------------------------------
 
     @abstractmethod
-    def download(self, after_round: int) -> dict[str, Instruction]:
-        """Per client: the tensors and layout it holds once round ``after_round`` is aggregated
-        (``after_round = 0``: before training starts)."""
+    def download(self, after_round: int, clients: Collection[str] | None = None
+                 ) -> dict[str, Instruction]:
+        """Per client of ``clients`` (None: every client; see ``client_ids``): the tensors and
+        layout it holds once round ``after_round`` is aggregated (``after_round = 0``: before
+        training starts)."""
+
+    def client_ids(self, clients: Collection[str] | None) -> Collection[str]:
+        """``clients``, or every client's id (None). A round configures only the clients it
+        sends to, so a round's server work grows with the clients per round, not with N."""
+        return self.client_index if clients is None else clients
 
     @abstractmethod
     def upload_spec(self, rnd: int, client_id: str) -> UploadSpec | None:
@@ -254,12 +262,14 @@ class Algorithm(ABC):
         return aggregate_uploads([r.arrays for r in replies], [r.num_examples for r in replies],
                                  self.aggregation)
 
-    def configure_fit(self, rnd: int, first_time: Collection[str] = ()) -> dict[str, Instruction]:
-        """``first_time``: clients that have never trained (a runner that samples clients has
-        some); they also get the initial tensors (``download(0)``) under the current ones."""
-        instructions = self.download(rnd - 1)
+    def configure_fit(self, rnd: int, first_time: Collection[str] = (),
+                      clients: Collection[str] | None = None) -> dict[str, Instruction]:
+        """The instructions of round ``rnd`` to ``clients`` (None: every client).
+        ``first_time``: those that have never trained (a runner that samples clients has some);
+        they also get the initial tensors (``download(0)``) under the current ones."""
+        instructions = self.download(rnd - 1, clients)
         if rnd > 1 and first_time:
-            initial = self.download(0)
+            initial = self.download(0, first_time)
             for cid in first_time:
                 instructions[cid].arrays = {**initial[cid].arrays, **instructions[cid].arrays}
         for cid, ins in instructions.items():
@@ -270,8 +280,9 @@ class Algorithm(ABC):
             ins.head_seed = self.config.federation.seed
         return instructions
 
-    def configure_evaluate(self, rnd: int) -> dict[str, Instruction]:
-        return self.download(rnd)
+    def configure_evaluate(self, rnd: int, clients: Collection[str] | None = None
+                           ) -> dict[str, Instruction]:
+        return self.download(rnd, clients)
 
     def client_seed(self, rnd: int, client_id: str) -> int:
         return (self.config.federation.seed * 1_000_003 + rnd * 10_007

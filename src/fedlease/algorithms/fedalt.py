@@ -60,17 +60,19 @@ class FedALT(Algorithm):
             state[f"{ADAPTER_PREFIX}{name}.router"] = init_router(d_in, 2, gen)
         return state
 
-    def download(self, after_round: int) -> dict[str, Instruction]:
+    def download(self, after_round: int, clients: Collection[str] | None = None
+                 ) -> dict[str, Instruction]:
         if after_round == 0:
-            return {c.client_id: Instruction(self.initial_state(), self.layout)
-                    for c in self.clients}
-        return {c.client_id: Instruction(dict(self.rest_of_world[c.client_id]), self.layout)
-                for c in self.clients}
+            return {cid: Instruction(self.initial_state(), self.layout)
+                    for cid in self.client_ids(clients)}
+        return {cid: Instruction(dict(self.rest_of_world[cid]), self.layout)
+                for cid in self.client_ids(clients)}
 
-    def configure_fit(self, rnd: int, first_time: Collection[str] = ()) -> dict[str, Instruction]:
+    def configure_fit(self, rnd: int, first_time: Collection[str] = (),
+                      clients: Collection[str] | None = None) -> dict[str, Instruction]:
         """A client training for the first time after round 1 gets the initial state with its
         RoW LoRA spliced in."""
-        instructions = super().configure_fit(rnd, first_time)
+        instructions = super().configure_fit(rnd, first_time, clients)
         if rnd > 1:
             for cid in first_time:
                 instructions[cid].arrays = self.client.install(

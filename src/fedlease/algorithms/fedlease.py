@@ -32,6 +32,7 @@ expert and router. Before the allocation it starts a warm-up LoRA, as every clie
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 
 import numpy as np
 import torch
@@ -120,20 +121,20 @@ class FedLEASE(Algorithm):
         """The expert of each client, in client order: its cluster."""
         return clustering.labels
 
-    def download(self, after_round: int) -> dict[str, Instruction]:
+    def download(self, after_round: int, clients: Collection[str] | None = None
+                 ) -> dict[str, Instruction]:
         if after_round < self.warmup_rounds:
             arrays = self.initial_lora if after_round == 0 else {}
-            return {c.client_id: Instruction(dict(arrays), AdapterLayout())
-                    for c in self.clients}
+            return {cid: Instruction(dict(arrays), AdapterLayout())
+                    for cid in self.client_ids(clients)}
         return {
-            c.client_id: Instruction(self.cluster_download(c.client_id),
-                                     self.layout_for(c.client_id))
-            if c.client_id in self.cluster_of
+            cid: Instruction(self.cluster_download(cid), self.layout_for(cid))
+            if cid in self.cluster_of
             # a client the allocation left out trains a warm-up LoRA from the common init
             # (with W = 0 no round sent it: its profile upload was rejected)
             else Instruction(dict(self.initial_lora) if after_round == 0 else {},
                              AdapterLayout())
-            for c in self.clients
+            for cid in self.client_ids(clients)
         }
 
     def cluster_download(self, client_id: str) -> dict[str, torch.Tensor]:

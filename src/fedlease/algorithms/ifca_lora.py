@@ -13,6 +13,7 @@ the same role).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -103,10 +104,11 @@ class IFCALoRA(Algorithm):
                                   for key in inits[0]}
         self.cluster_of: dict[str, int] = {}
 
-    def download(self, after_round: int) -> dict[str, Instruction]:
-        return {c.client_id: Instruction(dict(self.clusters), AdapterLayout(),
-                                         extra=AssignedCluster(self.cluster_of.get(c.client_id)))
-                for c in self.clients}
+    def download(self, after_round: int, clients: Collection[str] | None = None
+                 ) -> dict[str, Instruction]:
+        return {cid: Instruction(dict(self.clusters), AdapterLayout(),
+                                 extra=AssignedCluster(self.cluster_of.get(cid)))
+                for cid in self.client_ids(clients)}
 
     def upload_spec(self, rnd: int, client_id: str) -> UploadSpec | None:
         return UploadSpec((0,), tuple(LORA_PARTS))

@@ -12,6 +12,8 @@ Warm-up rounds do not apply: every round is the same.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 
 from fedlease.algorithms.base import Algorithm, AlgorithmClient
@@ -63,15 +65,16 @@ class SharedLoRA(Algorithm):
         inits = [self.init_lora_state(seed_offset=e) for e in range(self.num_experts)]
         return {key: torch.cat([init[key] for init in inits]) for key in inits[0]}
 
-    def download(self, after_round: int) -> dict[str, Instruction]:
+    def download(self, after_round: int, clients: Collection[str] | None = None
+                 ) -> dict[str, Instruction]:
         arrays = self.initial_state() if after_round == 0 else self.shared
-        return {c.client_id: Instruction(dict(arrays), self.layout) for c in self.clients}
+        return {cid: Instruction(dict(arrays), self.layout) for cid in self.client_ids(clients)}
 
-    def configure_fit(self, rnd, first_time=()):
+    def configure_fit(self, rnd, first_time=(), clients=None):
         """A client training for the first time after round 1 gets the initial LoRAs with the
         shared experts replaced by the server's average: every expert whole, as its layout
         needs (FedDPA's personal LoRA is not among the shared ones)."""
-        instructions = super().configure_fit(rnd, first_time)
+        instructions = super().configure_fit(rnd, first_time, clients)
         if rnd > 1:
             for cid in first_time:
                 instructions[cid].arrays = self.newcomer_start(None, cid).arrays

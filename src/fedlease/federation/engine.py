@@ -289,10 +289,9 @@ def run_round(rnd: int, algorithm, transport: Transport, trained: set[str], resu
     precision = rounded_precision(algorithm.config, transport)
     chosen = transport.choose_fit(rnd)
     fit = algorithm.configure_fit(rnd, first_time=transport.sampling.first_timers(
-        chosen, trained, transport.stateless))
-    replies = arrived(transport.fit(rnd, sent({cid: fit[cid] for cid in chosen}, precision)),
-                      precision)
-    meter.sent({cid: fit[cid] for cid in chosen}, replies)
+        chosen, trained, transport.stateless), clients=chosen)
+    replies = arrived(transport.fit(rnd, sent(fit, precision)), precision)
+    meter.sent(fit, replies)
     accepted, rejected = accept_replies(algorithm, rnd, fit, replies)
     if rejected and not accepted:
         raise UploadsRejected(rnd, rejected, algorithm.config.federation.max_update_norm,
@@ -322,15 +321,14 @@ def evaluates(rnd: int, federation) -> bool:
 def evaluate_round(rnd: int, algorithm, transport: Transport, chosen: list[str],
                    trained: set[str], meter: TrafficMeter) -> dict[str, dict]:
     """The evaluation metrics of the clients the transport picks, after round ``rnd``."""
-    evaluate = algorithm.configure_evaluate(rnd)
     sampling = transport.sampling
-    picked = transport.reachable(sampling.evaluate_clients(rnd, list(evaluate), chosen,
-                                                           trained))
+    picked = transport.reachable(sampling.evaluate_clients(rnd, list(algorithm.client_index),
+                                                           chosen, trained))
     newcomers = sampling.first_timers(picked, trained, transport.stateless)
-    if newcomers:
-        # never accepted: evaluated by the newcomer protocol, every algorithm the same (base.py)
-        steps = algorithm.config.federation.newcomer_steps
-        evaluate.update({cid: algorithm.newcomer(steps, client_id=cid) for cid in newcomers})
+    evaluate = algorithm.configure_evaluate(rnd, [c for c in picked if c not in newcomers])
+    # never accepted: evaluated by the newcomer protocol, every algorithm the same (base.py)
+    steps = algorithm.config.federation.newcomer_steps
+    evaluate.update({cid: algorithm.newcomer(steps, client_id=cid) for cid in newcomers})
     asked = {cid: evaluate[cid] for cid in picked}
     precision = rounded_precision(algorithm.config, transport)
     evaluated = transport.evaluate(rnd, sent(asked, precision))
