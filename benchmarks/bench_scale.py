@@ -6,9 +6,9 @@ split into N label-skewed clients with a few examples each, in a fresh process, 
 output folder (metrics, reports, plots, checkpoint every round, final adapters) to a temporary
 folder. Reported per N:
 
-- seconds of a round with the experts (round 2: 16 clients train and are evaluated; its
-  ``seconds`` cover the reports and the checkpoint, ``train_seconds`` the rest) and of the
-  last round (which evaluates every client and writes the final reports);
+- seconds of a round with the experts (the median of rounds 2 .. ``--rounds`` - 1: 16 clients
+  train and are evaluated; its ``seconds`` cover the reports and the checkpoint,
+  ``train_seconds`` the rest) and of the last round (which evaluates every client and writes the final reports);
 - seconds of the profile step (every client's embedding) and of the allocation (round 1's
   ``aggregate_seconds``: the clustering, exact or on the sample past
   ``federation.exact_allocation_clients``, and the experts' start);
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -70,7 +71,7 @@ def bench_config(args, clients: int):
         "model": {"max_length": args.max_length, **({"path": args.model} if args.model else {})},
         "data": data,
         "train": {"batch_size": args.train_per_client, "device": args.device},
-        "federation": {"rounds": 3, "warmup_rounds": 1, "allocation": "embedding",
+        "federation": {"rounds": args.rounds, "warmup_rounds": 1, "allocation": "embedding",
                        "clients_per_round": args.per_round, "seed": 0,
                        "exact_allocation_clients": args.exact_allocation_clients},
     })
@@ -128,9 +129,11 @@ def one_point(args) -> dict:
     finally:
         shutil.rmtree(out, ignore_errors=True)
     with_experts = result.history[1]
+    middle = result.history[1:-1]  # rounds with the experts that evaluate only their clients
     return {"clients": args.point, "wall": wall, "peak_rss_mib": peak_rss_kib() / 1024,
-            "round_seconds": with_experts["seconds"],
-            "round_train_seconds": with_experts["train_seconds"],
+            "round_seconds": statistics.median(e["seconds"] for e in middle),
+            "round_train_seconds": statistics.median(e["train_seconds"] for e in middle),
+            "round_seconds_each": [e["seconds"] for e in middle],
             "last_round_seconds": result.history[-1]["seconds"],
             "profile_seconds": result.profile_seconds,
             "allocation_seconds": result.history[0]["aggregate_seconds"],
@@ -184,7 +187,7 @@ def run_points(args) -> list[dict]:
                "--train-per-client", str(args.train_per_client),
                "--test-per-client", str(args.test_per_client),
                "--exact-allocation-clients", str(args.exact_allocation_clients),
-               "--source", args.source, "--glue", args.glue]
+               "--source", args.source, "--glue", args.glue, "--rounds", str(args.rounds)]
         if args.model:
             cmd += ["--model", args.model]
         if args.out_root:
@@ -240,6 +243,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[16, 100, 1000])
     parser.add_argument("--per-round", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of each run (1 warm-up; the round time is the median of "
+                             "rounds 2 .. rounds - 1, the last evaluates every client)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="", help="local model folder (default: the "
                                                     "packaged all-MiniLM-L6-v2)")
