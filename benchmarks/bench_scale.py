@@ -8,11 +8,13 @@ folder. Reported per N:
 
 - seconds of a round with the experts (the median of rounds 2 .. ``--rounds`` - 1: 16 clients
   train and are evaluated; its ``seconds`` cover the reports and the checkpoint,
-  ``train_seconds`` the rest) and of the last round (which evaluates every client and writes the final reports);
+  ``train_seconds`` the rest) and of the last round (which evaluates every client and writes
+  the final reports);
 - seconds of the profile step (every client's embedding) and of the allocation (round 1's
   ``aggregate_seconds``: the clustering, exact or on the sample past
   ``federation.exact_allocation_clients``, and the experts' start);
-- peak RSS (VmHWM) and its growth per added client, next to one client's adapter state (the
+- peak RSS (VmHWM; VmRSS after each round, and its heap and file parts after the last) and its
+  growth per added client, next to one client's adapter state (the
   states of clients not training live on disk, ``federation.client_states``);
 - bytes written to files in round 2 (``wchar`` of ``/proc/self/io``: the output folder and the
   client-state store) and the output folder's size at the end;
@@ -97,9 +99,12 @@ def written_bytes() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
 
 
-def current_rss_kib() -> int:
+def resident_mib() -> dict[str, float]:
+    """VmRSS and its parts: anonymous memory (the heap) and file pages mapped in (the model's
+    weights, shared libraries), MiB."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        fields = dict(line.split(":", 1) for line in f)
+    return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "RssAnon", "RssFile")}
 
 
 def folder_bytes(folder: Path) -> int:
@@ -116,7 +121,7 @@ def one_point(args) -> dict:
 
     def recording(self, entry, metric):
         written[entry["round"]] = written_bytes()
-        rss[entry["round"]] = current_rss_kib() / 1024
+        rss[entry["round"]] = resident_mib()
         done(self, entry, metric)
 
     InProcessTransport.round_done = recording
@@ -138,7 +143,8 @@ def one_point(args) -> dict:
             "profile_seconds": result.profile_seconds,
             "allocation_seconds": result.history[0]["aggregate_seconds"],
             "written_bytes_round": written[2] - written[1], "folder_bytes": disk,
-            "rss_mib_after_round": rss,
+            "rss_mib_after_round": {rnd: parts["VmRSS"] for rnd, parts in rss.items()},
+            "rss_parts_after_last_round": rss[max(rss)],
             "num_experts": result.report["num_experts"],
             "clustered": len(result.report["clients"]),
             "download_bytes": with_experts["traffic"]["download"],
