@@ -325,7 +325,8 @@ def evaluate_round(rnd: int, algorithm, transport: Transport, chosen: list[str],
     picked = transport.reachable(sampling.evaluate_clients(rnd, list(algorithm.client_index),
                                                            chosen, trained))
     newcomers = sampling.first_timers(picked, trained, transport.stateless)
-    evaluate = algorithm.configure_evaluate(rnd, [c for c in picked if c not in newcomers])
+    new = set(newcomers)
+    evaluate = algorithm.configure_evaluate(rnd, [c for c in picked if c not in new])
     # never accepted: evaluated by the newcomer protocol, every algorithm the same (base.py)
     steps = algorithm.config.federation.newcomer_steps
     evaluate.update({cid: algorithm.newcomer(steps, client_id=cid) for cid in newcomers})
